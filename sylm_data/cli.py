@@ -1,0 +1,124 @@
+"""The `sylm-data` command."""
+
+import glob
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from sylm_data.pipeline import config as config_module
+from sylm_data.pipeline import registry
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Build syllable-text interleaved speech corpora.")
+
+
+def _fail(message: str) -> None:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(2)
+
+
+def _expand_local(patterns: list[str]) -> list[str]:
+    """Expand local globs here so the config records real paths; hf:// patterns stay patterns."""
+    expanded = []
+    for pattern in patterns:
+        if pattern.startswith("hf://") or not glob.has_magic(pattern):
+            expanded.append(pattern)
+        else:
+            matches = sorted(glob.glob(os.path.expanduser(pattern), recursive=True))
+            if not matches:
+                _fail(f"no input matches {pattern!r}")
+            expanded.extend(os.path.abspath(match) for match in matches)
+    return [path if path.startswith("hf://") else os.path.abspath(os.path.expanduser(path)) for path in expanded]
+
+
+@app.command()
+def run(
+    output: Annotated[Path, typer.Option("--output", "-o", help="Output folder (DIR/<stage>/, DIR/rejects/, DIR/runs/).")],
+    config: Annotated[Optional[Path], typer.Option(help="TOML config file.")] = None,
+    stage: Annotated[Optional[list[str]], typer.Option(help="Stage to run (repeatable); default: the configured stages.")] = None,
+    source: Annotated[Optional[str], typer.Option(help="Source kind for ingest: emilia, emilia-yodas, yodas2, manifest.")] = None,
+    input: Annotated[Optional[list[str]], typer.Option("--input", "-i", help="Input path, glob or hf://OWNER/NAME/PATTERN (repeatable).")] = None,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override a config key: SECTION.KEY=VALUE (repeatable).")] = None,
+    address: Annotated[Optional[str], typer.Option(help="Ray address (auto, ray://HOST:PORT); default: embedded local Ray.")] = None,
+) -> None:
+    """Run stages in pipeline order; a stage not in the run reads its input from OUTPUT."""
+    from sylm_data.pipeline import runner
+
+    overrides = list(set_ or [])
+    if source:
+        overrides.append(f"ingest.source={source!r}")
+    try:
+        cfg = config_module.load(config, overrides)
+        if input:
+            cfg.stages["ingest"].inputs = _expand_local(list(input))
+        result = runner.run(cfg, list(stage or []), str(output), address=address)
+    except (config_module.ConfigError, registry.PlanError, runner.RunError) as error:
+        _fail(str(error))
+    _print_summary(result.record, result.record_path)
+
+
+def _print_summary(record: dict, record_path: str) -> None:
+    typer.echo("")
+    for counts in record["cumulative"]:
+        rejected = ", ".join(f"{reason} {n}" for reason, n in counts["rejected"].items()) or "none"
+        typer.echo(f"{counts['stage']:>10}: {counts['in']:,} in, {counts['out']:,} out; rejected: {rejected}")
+    throughput = record["throughput"]
+    typer.echo(
+        f"this run: {record['partitions']['processed']} partitions in {record['wall_s']:.1f} s "
+        f"({throughput['audio_s']:,.0f} audio-s, {throughput['audio_s_per_s']:,.1f} audio-s/s); "
+        f"{record['partitions']['skipped_done']} already done"
+    )
+    typer.echo(f"output: {record['output']}   record: {record_path}")
+
+
+@app.command()
+def stages() -> None:
+    """List the stages with what they read and write."""
+    for stage in registry.STAGES.values():
+        reads = "source corpora" if stage.consumes == "sources" else f"DIR/{stage.consumes}/"
+        typer.echo(f"{stage.name:<12} reads {reads:<16} writes DIR/{stage.name}/ ({stage.contract.metadata[b'sylm.contract'].decode()} rows)")
+        typer.echo(f"{'':<12} {stage.description}")
+
+
+@app.command()
+def inspect(
+    path: Annotated[Path, typer.Argument(help="A stage output folder, a rejects folder, a shard folder, or an output DIR.")],
+    samples: Annotated[int, typer.Option(help="How many rows to render.")] = 3,
+) -> None:
+    """Summarise a stage output, rejects or shards: counts, durations, languages, reasons, samples."""
+    from sylm_data import inspect as inspect_module
+
+    try:
+        typer.echo(inspect_module.summarize(path, samples))
+    except inspect_module.InspectError as error:
+        _fail(str(error))
+
+
+@app.command()
+def quickstart(
+    output: Annotated[Path, typer.Option("--output", "-o", help="Output folder.")] = Path("out"),
+) -> None:
+    """Run the pipeline on the bundled sample (Emilia layout, embedded Ray, no network)."""
+    from sylm_data.pipeline import runner
+    from sylm_data.sample import layouts
+
+    tars = layouts.write_emilia(output / "source", layouts.sample_utterances(), shard_size=8)
+    cfg = config_module.load(None, [])
+    cfg.stages["ingest"].source = "emilia"
+    cfg.stages["ingest"].inputs = [str(path.resolve()) for path in tars]
+    try:
+        result = runner.run(cfg, [], str(output), address=None)
+    except runner.RunError as error:
+        _fail(str(error))
+    _print_summary(result.record, result.record_path)
+    typer.echo(f"inspect it: sylm-data inspect {output}")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

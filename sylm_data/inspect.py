@@ -1,0 +1,95 @@
+"""`sylm-data inspect`: one screen about a stage output, a rejects folder, shards or a whole DIR."""
+
+import json
+import statistics
+import tarfile
+from collections import Counter
+from pathlib import Path
+
+import pyarrow.dataset as ds
+
+from sylm_data.pipeline import records
+from sylm_data.schemas import reject, utterance
+
+
+class InspectError(ValueError):
+    pass
+
+
+def summarize(path: Path, samples: int = 3) -> str:
+    path = Path(path)
+    if not path.exists():
+        raise InspectError(f"{path} does not exist")
+    if (path / "index.json").exists() or any(path.glob("shard-*.tar")):
+        return _shards(path, samples)
+    if (path / "runs").is_dir():
+        return _output_dir(path, samples)
+    if not any(path.rglob("*.parquet")):
+        raise InspectError(f"{path} holds no Parquet files, shards or run records")
+    table = ds.dataset(path, format="parquet").to_table()
+    if set(reject.SCHEMA.names) <= set(table.column_names) and utterance.AUDIO not in table.column_names:
+        return _rejects(path, table, samples)
+    return _rows(path, table, samples)
+
+
+def _output_dir(path: Path, samples: int) -> str:
+    lines = [f"{path}: run output"]
+    record = records.latest(path / "runs")
+    if record:
+        lines.append(f"last run {record['run_id']}: stages {'+'.join(record['stages'])}, {record['wall_s']:.1f} s")
+        for counts in record["cumulative"]:
+            lines.append(f"  {counts['stage']}: {counts['in']:,} in, {counts['out']:,} out, rejected {counts['rejected'] or 'none'}")
+    for child in sorted(p for p in path.iterdir() if p.is_dir() and p.name not in ("runs", "rejects")):
+        if any(child.rglob("*.parquet")) or child.name == "shards":
+            lines += ["", summarize(child, samples)]
+    rejects_dir = path / "rejects"
+    if rejects_dir.is_dir() and any(rejects_dir.rglob("*.parquet")):
+        lines += ["", summarize(rejects_dir, samples)]
+    return "\n".join(lines)
+
+
+def _rows(path: Path, table, samples: int) -> str:
+    lines = [f"{path}: {table.num_rows:,} rows"]
+    if utterance.DURATION_MS in table.column_names and table.num_rows:
+        durations = [d / 1000 for d in table[utterance.DURATION_MS].to_pylist()]
+        lines.append(
+            f"  audio: {sum(durations) / 3600:.3f} h; per row min {min(durations):.2f} s, "
+            f"median {statistics.median(durations):.2f} s, max {max(durations):.2f} s"
+        )
+    for column in (utterance.LANGUAGE, utterance.SOURCE, utterance.AUDIO_FORMAT, utterance.SAMPLE_RATE):
+        if column in table.column_names:
+            counts = Counter(table[column].to_pylist()).most_common(8)
+            lines.append(f"  {column}: " + ", ".join(f"{value} {n:,}" for value, n in counts))
+    shown = [name for name in table.column_names if name != utterance.AUDIO]
+    for row in table.select(shown).slice(0, samples).to_pylist():
+        text = row.get(utterance.TEXT, "")
+        lines.append(f"  · {row[utterance.ID]}  {row.get(utterance.DURATION_MS, 0) / 1000:.2f} s  {text!r}")
+    return "\n".join(lines)
+
+
+def _rejects(path: Path, table, samples: int) -> str:
+    lines = [f"{path}: {table.num_rows:,} rejects"]
+    for (stage, reason), n in Counter(zip(table[reject.STAGE].to_pylist(), table[reject.REASON].to_pylist())).most_common():
+        lines.append(f"  {stage}/{reason}: {n:,}")
+    for row in table.slice(0, samples).to_pylist():
+        lines.append(f"  · {row[reject.ID]}  {row[reject.REASON]}: {row[reject.DETAIL]}")
+    return "\n".join(lines)
+
+
+def _shards(path: Path, samples: int) -> str:
+    index_path = path / "index.json"
+    lines = [f"{path}: WebDataset shards"]
+    if index_path.exists():
+        index = json.loads(index_path.read_text())
+        lines.append(f"  {index['total_samples']:,} samples in {len(index['shards'])} shards, {index['total_bytes'] / 1e6:.1f} MB")
+        for name, value in sorted(index.get("stats", {}).items()):
+            lines.append(f"  {name}: {value}")
+    shard_paths = sorted(path.glob("shard-*.tar"))
+    if shard_paths:
+        from sylm_data.schemas.sample import render as render_sample
+
+        with tarfile.open(shard_paths[0]) as archive:
+            members = [m for m in archive.getmembers() if m.name.endswith(".json")][:samples]
+            for member in members:
+                lines.append(f"  · {member.name.rsplit('.', 1)[0]}  {render_sample(json.loads(archive.extractfile(member).read()))}")
+    return "\n".join(lines)

@@ -1,0 +1,1 @@
+"""Config, stage registry, the Ray Data runner, resume markers, run records and the shard writer."""

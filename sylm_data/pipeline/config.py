@@ -1,0 +1,110 @@
+"""The run config: a TOML file of sections (`[run]`, one per stage), overridden by `--set`.
+
+    [run]
+    stages = ["ingest"]
+    [ingest]
+    source = "emilia"
+    min_duration_ms = 500
+
+`--set ingest.min_duration_ms=800` overrides one key; the value is read as TOML (numbers, lists,
+booleans), and as a plain string when it does not parse.
+"""
+
+import dataclasses
+import hashlib
+import json
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sylm_data.pipeline import registry
+
+
+class ConfigError(ValueError):
+    pass
+
+
+@dataclass
+class RunConfig:
+    stages: list[str] = field(default_factory=lambda: list(registry.STAGES))
+    seed: int = 0
+    batch_rows: int = 64  # records per in-flight block: audio bytes make rows large
+    num_cpus: int | None = None  # embedded Ray only; None = all cores
+
+
+@dataclass
+class Config:
+    run: RunConfig = field(default_factory=RunConfig)
+    stages: dict[str, object] = field(
+        default_factory=lambda: {name: stage.config_type() for name, stage in registry.STAGES.items()}
+    )
+
+    def section(self, name: str):
+        return self.run if name == "run" else self.stages[name]
+
+    def to_dict(self) -> dict:
+        return {"run": dataclasses.asdict(self.run)} | {
+            name: dataclasses.asdict(section) for name, section in self.stages.items()
+        }
+
+    def stage_hash(self, names: list[str]) -> str:
+        """Fingerprint of what decides the rows of these stages (inputs excluded: partitions record them)."""
+        relevant = {name: self.to_dict()[name] for name in names}
+        relevant.get("ingest", {}).pop("inputs", None)
+        relevant["seed"] = self.run.seed
+        return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _runtime_types(annotation) -> tuple[type, ...]:
+    """int | None -> (int, NoneType); list[str] -> (list,)."""
+    union = typing.get_origin(annotation) in (typing.Union, types.UnionType)
+    return tuple(typing.get_origin(arg) or arg for arg in (typing.get_args(annotation) if union else (annotation,)))
+
+
+def _set_field(section, key: str, value, where: str) -> None:
+    known = {f.name for f in dataclasses.fields(section)}
+    if key not in known:
+        raise ConfigError(f"{where}: unknown key {key!r}; known: {', '.join(sorted(known))}")
+    allowed = _runtime_types(typing.get_type_hints(type(section))[key])
+    if float in allowed and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if not isinstance(value, allowed) or (isinstance(value, bool) and bool not in allowed):
+        raise ConfigError(f"{where}: {key} must be {' or '.join(t.__name__ for t in allowed)}, got {value!r}")
+    setattr(section, key, value)
+
+
+def _apply(config: Config, section_name: str, values: dict, where: str) -> None:
+    if section_name != "run" and section_name not in config.stages:
+        raise ConfigError(f"{where}: unknown section [{section_name}]; sections: run, {', '.join(config.stages)}")
+    section = config.section(section_name)
+    for key, value in values.items():
+        _set_field(section, key, value, f"{where} [{section_name}]")
+
+
+def parse_value(text: str):
+    try:
+        return tomllib.loads(f"value = {text}")["value"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def load(path: str | Path | None = None, overrides: list[str] = ()) -> Config:
+    config = Config()
+    if path is not None:
+        try:
+            document = tomllib.loads(Path(path).read_text())
+        except (OSError, tomllib.TOMLDecodeError) as error:
+            raise ConfigError(f"cannot read config {path}: {error}") from None
+        for section_name, values in document.items():
+            if not isinstance(values, dict):
+                raise ConfigError(f"{path}: top-level key {section_name!r} must be a [section]")
+            _apply(config, section_name, values, str(path))
+    for override in overrides:
+        dotted, separator, text = override.partition("=")
+        section_name, dot, key = dotted.strip().partition(".")
+        if not separator or not dot:
+            raise ConfigError(f"--set {override!r}: expected SECTION.KEY=VALUE, e.g. ingest.min_duration_ms=500")
+        _apply(config, section_name, {key: parse_value(text.strip())}, "--set")
+    return config

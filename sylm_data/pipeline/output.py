@@ -1,0 +1,141 @@
+"""The output folder: where each stage's rows and rejects go, and how a partition is committed.
+
+    DIR/<stage>/<partition>/*.parquet          a stage's rows (contract in schemas/)
+    DIR/<stage>/_done/<partition>.json         the partition's marker: it is complete, with counts
+    DIR/rejects/<stage>/<partition>/*.parquet  `reject` rows
+    DIR/runs/<run-id>.json                     run records
+    DIR/shards/                                WebDataset shards + index.json
+
+Workers write each batch under `.tmp/<partition>/` (invisible to readers: pyarrow skips dot
+folders). When every input sample of a partition has come out, the driver renames those folders
+into place and then writes the marker, each step atomic. A partition without a marker is wiped
+and recomputed on the next run, so a run killed at any point resumes without duplicates or losses.
+"""
+
+import json
+import os
+import shutil
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from sylm_data.schemas import stream
+
+TMP = ".tmp"
+DONE = "_done"
+
+
+class OutputLayout:
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+
+    def stage_dir(self, stage: str) -> Path:
+        return self.root / stage
+
+    def rejects_dir(self, stage: str) -> Path:
+        return self.root / "rejects" / stage
+
+    def done_dir(self, stage: str) -> Path:
+        return self.stage_dir(stage) / DONE
+
+    @property
+    def runs_dir(self) -> Path:
+        return self.root / "runs"
+
+    @property
+    def shards_dir(self) -> Path:
+        return self.root / "shards"
+
+    def markers(self, stage: str) -> dict[str, dict]:
+        return {path.stem: json.loads(path.read_text()) for path in sorted(self.done_dir(stage).glob("*.json"))}
+
+    def clean(self, partition: str, final_stage: str, stages: list[str]) -> None:
+        """Remove whatever an interrupted run left of an uncommitted partition."""
+        folders = [self.stage_dir(final_stage)] + [self.rejects_dir(stage) for stage in stages]
+        for folder in folders:
+            for leftover in (folder / partition, folder / TMP / partition):
+                shutil.rmtree(leftover, ignore_errors=True)
+
+
+@dataclass
+class PartitionTally:
+    """What has come out of one partition so far, summed over written batches."""
+
+    rows: int = 0
+    total: int = 0  # 0 until the batch holding the partition's last record is written
+    rows_out: int = 0
+    audio_ms: int = 0
+    rejected: Counter = field(default_factory=Counter)  # "stage/reason" -> rows
+
+    def add(self, summary: dict) -> None:
+        self.rows += summary["rows"]
+        self.total = max(self.total, summary["partition_total"])
+        self.rows_out += summary["rows_out"]
+        self.audio_ms += summary["audio_ms"]
+        self.rejected.update(json.loads(summary["rejected"]))
+
+    @property
+    def complete(self) -> bool:
+        return self.total > 0 and self.rows == self.total
+
+
+SUMMARY_SCHEMA = pa.schema(
+    [("partition", pa.string()), ("rows", pa.int64()), ("partition_total", pa.int64()),
+     ("rows_out", pa.int64()), ("audio_ms", pa.int64()), ("rejected", pa.string())]
+)
+
+
+def _write_atomic(table: pa.Table, folder: Path) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    name = uuid.uuid4().hex
+    temporary = folder / f".{name}.parquet.partial"
+    pq.write_table(table, temporary)
+    os.replace(temporary, folder / f"{name}.parquet")
+
+
+def write_batch(batch: pa.Table, root: str, final_stage: str, contract: pa.Schema) -> pa.Table:
+    """Write an in-flight batch's rows and rejects under the partitions' .tmp folders; one summary row each."""
+    layout = OutputLayout(root)
+    summaries = []
+    for partition in pc.unique(batch[stream.PARTITION]).to_pylist():
+        rows = batch.filter(pc.equal(batch[stream.PARTITION], partition))
+        accepted = stream.accepted(rows, contract)
+        rejects = stream.rejects(rows)
+        if accepted.num_rows:
+            _write_atomic(accepted, layout.stage_dir(final_stage) / TMP / partition)
+        rejected: Counter = Counter()
+        for stage in pc.unique(rejects["stage"]).to_pylist():
+            of_stage = rejects.filter(pc.equal(rejects["stage"], stage))
+            _write_atomic(of_stage, layout.rejects_dir(stage) / TMP / partition)
+            rejected.update(f"{stage}/{reason}" for reason in of_stage["reason"].to_pylist())
+        audio_ms = pc.sum(accepted["duration_ms"]).as_py() if "duration_ms" in accepted.column_names else 0
+        summaries.append(
+            {
+                "partition": partition,
+                "rows": rows.num_rows,
+                "partition_total": pc.max(rows[stream.PARTITION_TOTAL]).as_py(),
+                "rows_out": accepted.num_rows,
+                "audio_ms": audio_ms or 0,
+                "rejected": json.dumps(rejected),
+            }
+        )
+    return pa.Table.from_pylist(summaries, schema=SUMMARY_SCHEMA)
+
+
+def commit(layout: OutputLayout, partition: str, final_stage: str, stages: list[str], marker: dict) -> None:
+    """Move a complete partition's files into place, then write its marker (the commit point)."""
+    folders = [layout.stage_dir(final_stage)] + [layout.rejects_dir(stage) for stage in stages]
+    for folder in folders:
+        staged = folder / TMP / partition
+        if staged.exists():
+            os.replace(staged, folder / partition)
+    done = layout.done_dir(final_stage)
+    done.mkdir(parents=True, exist_ok=True)
+    temporary = done / f".{partition}.json.partial"
+    temporary.write_text(json.dumps(marker, indent=1, sort_keys=True))
+    os.replace(temporary, done / f"{partition}.json")

@@ -1,0 +1,119 @@
+"""Partitions into in-flight batches: source records for ingest, stage output for later stages.
+
+Whatever goes wrong inside a partition becomes reject rows, never a failed run: a sample the reader
+could not unpack, a duplicate id, an input holding no sample, or a reader that stopped half way.
+"""
+
+import json
+import traceback
+from collections.abc import Iterator
+from dataclasses import asdict
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from sylm_data.schemas import source_record, stream
+from sylm_data.schemas.reject import Reason
+from sylm_data.sources import READERS, Partition, Record
+
+SOURCE_SCHEMA = stream.in_flight(source_record.SCHEMA)
+
+
+def record_id(source: str, key: str) -> str:
+    """Stable id from source and key; dots become '_' so the id can be a WebDataset key."""
+    return f"{source}:{key}".replace(".", "_")
+
+
+def to_partition(spec: dict) -> Partition:
+    return Partition(**spec)
+
+
+def from_partition(partition: Partition) -> dict:
+    return asdict(partition)
+
+
+def _row(partition: Partition, record: Record, reader_stage: str) -> dict:
+    rejected = record.reject is not None
+    return {
+        source_record.ID: record_id(partition.source, record.key),
+        source_record.SOURCE: partition.source,
+        source_record.AUDIO: None if rejected else record.audio,
+        source_record.AUDIO_NAME: record.audio_name,
+        source_record.TEXT: record.text,
+        source_record.LANGUAGE: record.language,
+        source_record.SPEAKER: record.speaker,
+        source_record.QUALITY: record.quality,
+        source_record.DECLARED_DURATION_MS: record.declared_duration_ms,
+        source_record.META: json.dumps(record.meta, ensure_ascii=False, sort_keys=True) if record.meta else None,
+        stream.PARTITION: partition.id,
+        stream.PARTITION_TOTAL: 0,
+        stream.REJECT_STAGE: reader_stage if rejected else None,
+        stream.REJECT_REASON: record.reject.value if rejected else None,
+        stream.REJECT_DETAIL: record.detail,
+    }
+
+
+def _records(partition: Partition) -> Iterator[Record]:
+    """The reader's records, then one reject for the partition if the reader broke down."""
+    try:
+        yield from READERS[partition.source].read(partition)
+    except Exception as error:  # a broken input must not stop the run: record it and go on
+        detail = f"{type(error).__name__}: {error}"[:300]
+        yield Record(key=f"{partition.id}#unreadable", reject=Reason.UNREADABLE_INPUT, detail=detail)
+        traceback.print_exc()
+
+
+def read_source_partition(partition: Partition, reader_stage: str, batch_rows: int) -> Iterator[pa.Table]:
+    """In-flight source_record tables of at most `batch_rows` rows; the last carries the total."""
+    seen: set[str] = set()
+    batch: list[dict] = []
+    total = 0
+    for record in _records(partition):
+        row = _row(partition, record, reader_stage)
+        if row[source_record.ID] in seen and row[stream.REJECT_REASON] is None:
+            row.update({stream.REJECT_STAGE: reader_stage, stream.REJECT_REASON: Reason.DUPLICATE_ID.value,
+                        stream.REJECT_DETAIL: "the id occurs earlier in this partition", source_record.AUDIO: None})
+        seen.add(row[source_record.ID])
+        total += 1
+        if len(batch) == batch_rows:
+            yield pa.Table.from_pylist(batch, schema=SOURCE_SCHEMA)
+            batch = []
+        batch.append(row)
+    if total == 0:
+        empty = Record(key=f"{partition.id}#empty", reject=Reason.EMPTY_INPUT, detail=f"{partition.path} holds no sample")
+        batch.append(_row(partition, empty, reader_stage))
+        total = 1
+    batch[-1][stream.PARTITION_TOTAL] = total
+    yield pa.Table.from_pylist(batch, schema=SOURCE_SCHEMA)
+
+
+def stage_partitions(stage_dir: Path) -> list[Partition]:
+    """The committed partitions of a stage's output folder, as inputs to the next stage."""
+    done = stage_dir / "_done"
+    return [
+        Partition(marker.stem, stage_dir.name, str(stage_dir / marker.stem))
+        for marker in sorted(done.glob("*.json"))
+    ]
+
+
+def read_stage_partition(partition: Partition, contract: pa.Schema, batch_rows: int) -> Iterator[pa.Table]:
+    """A committed partition of an earlier stage's output as in-flight batches of its contract."""
+    files = sorted(Path(partition.path).glob("*.parquet"))
+    schema = stream.in_flight(contract)
+    total = sum(pq.read_metadata(file).num_rows for file in files)
+    emitted = 0
+    for file in files:
+        for record_batch in pq.ParquetFile(file).iter_batches(batch_size=batch_rows):
+            table = pa.Table.from_batches([record_batch]).cast(contract)
+            emitted += table.num_rows
+            envelope = {
+                stream.PARTITION: pa.array([partition.id] * table.num_rows, pa.string()),
+                stream.PARTITION_TOTAL: pa.array([0] * (table.num_rows - 1) + [total if emitted == total else 0], pa.int64()),
+                stream.REJECT_STAGE: pa.nulls(table.num_rows, pa.string()),
+                stream.REJECT_REASON: pa.nulls(table.num_rows, pa.string()),
+                stream.REJECT_DETAIL: pa.nulls(table.num_rows, pa.string()),
+            }
+            for name, column in envelope.items():
+                table = table.append_column(name, column)
+            yield table.cast(schema)

@@ -1,0 +1,213 @@
+"""Build and run one streaming Ray Data plan for the chosen stages.
+
+    partitions ─▶ read (source reader, or the previous stage's Parquet) ─▶ stage transforms ─▶ write
+
+Work is done on Ray workers; the driver only sees one small summary per written batch and commits
+each partition when all of its samples have come out (see `output`). Partitions committed by an
+earlier run are skipped.
+"""
+
+import json
+import logging
+import sys
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from sylm_data.pipeline import output, partitions, records, registry
+from sylm_data.pipeline.config import Config
+from sylm_data.pipeline.output import OutputLayout, PartitionTally
+from sylm_data.pipeline.stage import SOURCES, Stage
+from sylm_data.sources import READERS, Partition, SourceError
+
+
+class RunError(RuntimeError):
+    """A run cannot start: say what to do, in one line."""
+
+
+@dataclass
+class RunResult:
+    record: dict
+    record_path: str
+
+
+def _read(batch: pa.Table, first: Stage, batch_rows: int, contract: pa.Schema | None):
+    partition = partitions.to_partition(json.loads(batch["partition"][0].as_py()))
+    if first.consumes == SOURCES:
+        yield from partitions.read_source_partition(partition, first.name, batch_rows)
+    else:
+        yield from partitions.read_stage_partition(partition, contract, batch_rows)
+
+
+def _transform(batch: pa.Table, stage_name: str, config: Config) -> pa.Table:
+    return registry.STAGES[stage_name].transform(batch, config.stages[stage_name])
+
+
+def _input_partitions(first: Stage, config: Config, layout: OutputLayout) -> list[Partition]:
+    if first.consumes == SOURCES:
+        source = config.stages[first.name].source
+        if source not in READERS:
+            raise RunError(f"unknown source {source!r}; sources are: {', '.join(READERS)}")
+        inputs = config.stages[first.name].inputs
+        if not inputs:
+            raise RunError("no input: pass --input PATH_OR_GLOB (repeatable) or set ingest.inputs")
+        try:
+            return READERS[source].partitions(inputs)
+        except SourceError as error:
+            raise RunError(str(error)) from None
+    found = partitions.stage_partitions(layout.stage_dir(first.consumes))
+    if not found:
+        raise RunError(f"{layout.stage_dir(first.consumes)} holds no finished partition: run --stage {first.consumes} first")
+    return found
+
+
+def _start_ray(address: str | None, config: Config) -> bool:
+    """Connect to `address`, or start an embedded Ray; True when this call started it."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    options = {"logging_level": logging.WARNING, "log_to_driver": True}
+    if address:
+        ray.init(address=address, **options)
+    else:
+        ray.init(num_cpus=config.run.num_cpus, include_dashboard=False, **options)
+    ray.data.DataContext.get_current().enable_progress_bars = sys.stderr.isatty()
+    return True
+
+
+def run(config: Config, stage_names: list[str], output_dir: str, address: str | None = None, log=print) -> RunResult:
+    import ray
+
+    stages = registry.plan(stage_names or config.run.stages)
+    names = [stage.name for stage in stages]
+    first, final = stages[0], stages[-1]
+    layout = OutputLayout(output_dir)
+    config_hash = config.stage_hash(names)
+    all_partitions = _input_partitions(first, config, layout)
+    done = layout.markers(final.name)
+    for partition_id, marker in done.items():
+        if marker["config_hash"] != config_hash:
+            raise RunError(
+                f"{layout.stage_dir(final.name)} was written with another config ({marker['config_hash']}, now "
+                f"{config_hash}): use a new --output, or delete that folder to recompute"
+            )
+    pending = [p for p in all_partitions if p.id not in done]
+    for partition in pending:
+        layout.clean(partition.id, final.name, names)
+    log(f"{'+'.join(names)}: {len(all_partitions)} partitions, {len(all_partitions) - len(pending)} already done")
+
+    run_id = records.new_run_id()
+    started = time.time()
+    tallies: dict[str, PartitionTally] = defaultdict(PartitionTally)
+    committed = 0
+    if pending:
+        # a previous stage's partition with no rows (all rejected) is complete before it starts
+        if first.consumes != SOURCES:
+            empty = [p for p in pending if not _has_rows(p)]
+            for partition in empty:
+                output.commit(layout, partition.id, final.name, names, _marker(partition, PartitionTally(), config_hash, run_id))
+            pending = [p for p in pending if p not in empty]
+    started_ray = _start_ray(address, config) if pending else False
+    try:
+        if pending:
+            contract = registry.STAGES[first.consumes].contract if first.consumes != SOURCES else None
+            dataset = ray.data.from_items(
+                [{"partition": json.dumps(partitions.from_partition(p))} for p in pending],
+                override_num_blocks=len(pending),
+            )
+            dataset = dataset.map_batches(
+                _read, batch_size=1, batch_format="pyarrow",
+                fn_kwargs={"first": first, "batch_rows": config.run.batch_rows, "contract": contract},
+            )
+            for stage in stages:
+                dataset = dataset.map_batches(
+                    _transform, batch_size=None, batch_format="pyarrow",
+                    fn_kwargs={"stage_name": stage.name, "config": config},
+                )
+            dataset = dataset.map_batches(
+                output.write_batch, batch_size=None, batch_format="pyarrow",
+                fn_kwargs={"root": str(layout.root), "final_stage": final.name, "contract": final.contract},
+            )
+            by_id = {p.id: p for p in pending}
+            last_report = 0.0
+            for summary in dataset.iter_rows():
+                tally = tallies[summary["partition"]]
+                tally.add(summary)
+                if tally.complete:
+                    partition = by_id[summary["partition"]]
+                    output.commit(layout, partition.id, final.name, names, _marker(partition, tally, config_hash, run_id))
+                    committed += 1
+                    if time.time() - last_report > 2 or committed == len(pending):
+                        last_report = time.time()
+                        log(_progress_line(committed, len(pending), tallies, started))
+            unfinished = [p.id for p in pending if not tallies[p.id].complete]
+            if unfinished:
+                raise RunError(f"partitions did not complete: {', '.join(unfinished[:5])}; rerun the same command to resume")
+    finally:
+        if started_ray:
+            ray.shutdown()
+    record = _record(run_id, config, names, layout, final.name, tallies, len(all_partitions), len(done), started)
+    path = records.write(layout.runs_dir, record)
+    return RunResult(record, str(path))
+
+
+def _has_rows(partition: Partition) -> bool:
+    from pathlib import Path
+
+    return any(pq.read_metadata(file).num_rows for file in Path(partition.path).glob("*.parquet"))
+
+
+def _marker(partition: Partition, tally: PartitionTally, config_hash: str, run_id: str) -> dict:
+    return {
+        "partition": partitions.from_partition(partition),
+        "rows_in": tally.total,
+        "rows_out": tally.rows_out,
+        "audio_ms": tally.audio_ms,
+        "rejected": dict(tally.rejected),
+        "config_hash": config_hash,
+        "run_id": run_id,
+    }
+
+
+def _progress_line(committed: int, pending: int, tallies: dict[str, PartitionTally], started: float) -> str:
+    elapsed = max(time.time() - started, 1e-9)
+    rows = sum(t.rows for t in tallies.values())
+    out = sum(t.rows_out for t in tallies.values())
+    audio_s = sum(t.audio_ms for t in tallies.values()) / 1000
+    return (
+        f"  [{committed}/{pending} partitions] {rows:,} samples, {out:,} kept, {rows - out:,} rejected, "
+        f"{audio_s / elapsed:,.0f} audio-s/s"
+    )
+
+
+def _record(run_id, config, names, layout, final_name, tallies, n_partitions, n_skipped, started) -> dict:
+    from collections import Counter
+
+    wall_s = time.time() - started
+    this_run = [t for t in tallies.values() if t.complete]
+    rejected_now = sum((t.rejected for t in this_run), Counter())
+    markers = layout.markers(final_name).values()
+    rejected_all = sum((Counter(m["rejected"]) for m in markers), Counter())
+    audio_s = sum(t.audio_ms for t in this_run) / 1000
+    rows = sum(t.total for t in this_run)
+    return {
+        "run_id": run_id,
+        "stages": names,
+        "output": str(layout.stage_dir(final_name)),
+        "config": config.to_dict(),
+        "config_hash": config.stage_hash(names),
+        "versions": records.package_versions(),
+        "partitions": {"total": n_partitions, "skipped_done": n_skipped, "processed": len(this_run)},
+        "this_run": records.stage_counts(names, rows, rejected_now),
+        "cumulative": records.stage_counts(names, sum(m["rows_in"] for m in markers), rejected_all),
+        "wall_s": round(wall_s, 3),
+        "throughput": {
+            "samples_per_s": round(rows / wall_s, 2) if wall_s else 0,
+            "audio_s": round(audio_s, 3),
+            "audio_s_per_s": round(audio_s / wall_s, 2) if wall_s else 0,
+        },
+    }

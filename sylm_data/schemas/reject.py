@@ -1,0 +1,57 @@
+"""The `reject` table: every input sample that is not in a stage's output is here, with a reason."""
+
+from enum import StrEnum
+
+import pyarrow as pa
+
+NAME = "reject"
+VERSION = 1
+
+ID = "id"
+STAGE = "stage"
+REASON = "reason"
+DETAIL = "detail"
+SOURCE = "source"
+
+SCHEMA = pa.schema(
+    [
+        pa.field(ID, pa.string(), nullable=False),
+        pa.field(STAGE, pa.string(), nullable=False),
+        pa.field(REASON, pa.string(), nullable=False),
+        pa.field(DETAIL, pa.string()),
+        pa.field(SOURCE, pa.string()),
+    ],
+    metadata={"sylm.contract": NAME, "sylm.version": str(VERSION)},
+)
+
+
+class Reason(StrEnum):
+    """Stable reason codes. Add new ones; never rename one that has shipped."""
+
+    # the source container
+    EMPTY_INPUT = "empty_input"  # an input file that holds no sample at all
+    TRUNCATED_ARCHIVE = "truncated_archive"
+    UNREADABLE_INPUT = "unreadable_input"
+    MISSING_AUDIO = "missing_audio"
+    MISSING_METADATA = "missing_metadata"
+    BAD_METADATA = "bad_metadata"
+    DUPLICATE_ID = "duplicate_id"
+    # the audio
+    DECODE_ERROR = "decode_error"
+    EMPTY_AUDIO = "empty_audio"
+    DURATION_MISMATCH = "duration_mismatch"
+    SEGMENT_OUT_OF_RANGE = "segment_out_of_range"
+    # the transcript and labels
+    EMPTY_TEXT = "empty_text"
+    UNKNOWN_LANGUAGE = "unknown_language"
+    LANGUAGE_FILTERED = "language_filtered"
+    LANGUAGE_UNSUPPORTED = "language_unsupported"
+    FOREIGN_SCRIPT = "foreign_script"
+    FILLER_WORDS = "filler_words"
+    STUTTER = "stutter"
+    # quality filters
+    TOO_SHORT = "too_short"
+    TOO_LONG = "too_long"
+    LOW_QUALITY = "low_quality"
+    # later stages
+    ALIGN_FAILED = "align_failed"

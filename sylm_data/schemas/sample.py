@@ -1,0 +1,50 @@
+"""The WebDataset sample written by interleave and synthesize: `__key__` + `.json` of
+
+    {"segments": [{"modality": "text", "text": "…"}, {"modality": "speech", "units": [12, 873, …]}],
+     "kind": "interleaved" | "speech" | "text", "language": "en", "source_id": "<utterance id>"}
+
+The trainer renders segments into token ids; the shard never depends on an LLM tokenizer.
+"""
+
+NAME = "sample"
+VERSION = 1
+
+SEGMENTS = "segments"
+MODALITY = "modality"
+TEXT = "text"
+SPEECH = "speech"
+UNITS = "units"
+KIND = "kind"
+LANGUAGE = "language"
+SOURCE_ID = "source_id"
+KINDS = ("interleaved", "speech", "text")
+
+
+def validate(sample: dict) -> None:
+    """Raise ValueError unless `sample` follows the contract."""
+    if sample.get(KIND) not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, got {sample.get(KIND)!r}")
+    segments = sample.get(SEGMENTS)
+    if not isinstance(segments, list) or not segments:
+        raise ValueError("segments must be a non-empty list")
+    for segment in segments:
+        modality = segment.get(MODALITY)
+        if modality == TEXT and isinstance(segment.get(TEXT), str):
+            continue
+        if modality == SPEECH and isinstance(segment.get(UNITS), list) and all(isinstance(u, int) for u in segment[UNITS]):
+            continue
+        raise ValueError(f"malformed segment {segment!r}")
+    for field in (LANGUAGE, SOURCE_ID):
+        if not isinstance(sample.get(field), str):
+            raise ValueError(f"{field} must be a string")
+
+
+def render(sample: dict) -> str:
+    """Readable one-liner: `The river <speech 14 units> past the old mill`."""
+    if SEGMENTS not in sample:
+        return repr(sample.get(TEXT, ""))
+    parts = [
+        segment[TEXT] if segment[MODALITY] == TEXT else f"<speech {len(segment[UNITS])} units>"
+        for segment in sample[SEGMENTS]
+    ]
+    return f"[{sample.get(KIND)}] " + " ".join(parts)

@@ -1,0 +1,59 @@
+"""The envelope every in-flight row carries between stages of one run.
+
+A stage never drops a row: it either fills its contract's columns or marks the row rejected
+(`reject_stage`, `reject_reason`, `reject_detail`) and clears its payload. The writer at the end
+of the plan sends rejected rows to `rejects/<stage>/` and the rest to the stage's output, and
+counts both per partition, so a partition is complete when every one of its input samples has
+come out one way or the other. `partition_total` is 0 on every record but the last one a reader
+emits for a partition, which holds the partition's sample count.
+"""
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from sylm_data.schemas import reject
+
+PARTITION = "partition"
+PARTITION_TOTAL = "partition_total"
+REJECT_STAGE = "reject_stage"
+REJECT_REASON = "reject_reason"
+REJECT_DETAIL = "reject_detail"
+
+ENVELOPE = [
+    pa.field(PARTITION, pa.string(), nullable=False),
+    pa.field(PARTITION_TOTAL, pa.int64(), nullable=False),
+    pa.field(REJECT_STAGE, pa.string()),
+    pa.field(REJECT_REASON, pa.string()),
+    pa.field(REJECT_DETAIL, pa.string()),
+]
+ENVELOPE_NAMES = [field.name for field in ENVELOPE]
+
+
+def in_flight(contract: pa.Schema) -> pa.Schema:
+    """The contract's columns, all nullable (rejected rows clear them), plus the envelope."""
+    fields = [field.with_nullable(True) for field in contract if field.name not in ENVELOPE_NAMES]
+    return pa.schema(fields + ENVELOPE, metadata=contract.metadata)
+
+
+def is_rejected(table: pa.Table) -> pa.ChunkedArray:
+    return pc.is_valid(table[REJECT_REASON])
+
+
+def accepted(table: pa.Table, contract: pa.Schema) -> pa.Table:
+    """The rows no stage rejected, cast to the strict contract (envelope columns dropped)."""
+    rows = table.filter(pc.invert(is_rejected(table)))
+    return rows.select(contract.names).cast(contract)
+
+
+def rejects(table: pa.Table) -> pa.Table:
+    """The rejected rows as `reject` rows."""
+    rows = table.filter(is_rejected(table))
+    return pa.table(
+        {
+            reject.ID: rows["id"],
+            reject.STAGE: rows[REJECT_STAGE],
+            reject.REASON: rows[REJECT_REASON],
+            reject.DETAIL: rows[REJECT_DETAIL],
+            reject.SOURCE: rows["source"],
+        }
+    ).cast(reject.SCHEMA)

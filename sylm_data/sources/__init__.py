@@ -1,0 +1,17 @@
+"""Source readers: unpack a published corpus layout into `source_record`s, one partition at a time.
+
+A partition is the unit of work and of resume (one Emilia tar, one YODAS2 audio archive, one
+manifest file). Readers never validate audio or text: ingest does, so every check has one home.
+"""
+
+from sylm_data.sources import emilia, manifest, yodas2
+from sylm_data.sources.base import Partition, Record, SourceError
+
+READERS = {
+    "emilia": emilia.EmiliaReader(yodas=False),
+    "emilia-yodas": emilia.EmiliaReader(yodas=True),
+    "yodas2": yodas2.Yodas2Reader(),
+    "manifest": manifest.ManifestReader(),
+}
+
+__all__ = ["READERS", "Partition", "Record", "SourceError"]

@@ -1,0 +1,64 @@
+"""Emilia and Emilia-YODAS: WebDataset tars of `{key}.mp3` + `{key}.json`.
+
+Emilia json: id, wav, text, duration, speaker, language, dnsmos (text may start with a space).
+Emilia-YODAS json: _id, text, duration, speaker, language, dnsmos, phone_count.
+"""
+
+import json
+from collections.abc import Iterator
+
+from sylm_data.schemas.reject import Reason
+from sylm_data.sources.base import Partition, Reader, Record, expand, local_path, partition_id
+from sylm_data.sources.tar import Group, Truncation, iter_groups
+
+AUDIO_EXTENSIONS = ("mp3", "flac", "wav", "opus", "ogg", "m4a", "webm")
+_KNOWN_FIELDS = {"id", "_id", "text", "duration", "speaker", "language", "dnsmos"}
+
+
+def _audio_extension(group: Group) -> str | None:
+    return next((ext for ext in AUDIO_EXTENSIONS if ext in group.members), None)
+
+
+def _is_complete(group: Group) -> bool:
+    return "json" in group.members and _audio_extension(group) is not None
+
+
+class EmiliaReader(Reader):
+    def __init__(self, yodas: bool) -> None:
+        self.source = "emilia-yodas" if yodas else "emilia"
+
+    def partitions(self, inputs: list[str]) -> list[Partition]:
+        return [Partition(partition_id(path), self.source, path) for path in expand(inputs)]
+
+    def read(self, partition: Partition) -> Iterator[Record]:
+        for item in iter_groups(local_path(partition.path), _is_complete):
+            if isinstance(item, Truncation):
+                if item.key is not None:
+                    yield Record(key=item.key, reject=Reason.TRUNCATED_ARCHIVE, detail=item.detail)
+                continue
+            yield self._record(item)
+
+    def _record(self, group: Group) -> Record:
+        extension = _audio_extension(group)
+        if extension is None:
+            return Record(key=group.key, reject=Reason.MISSING_AUDIO, detail=f"members: {sorted(group.members)}")
+        if "json" not in group.members:
+            return Record(key=group.key, reject=Reason.MISSING_METADATA, detail=f"no {group.key}.json")
+        try:
+            fields = json.loads(group.members["json"])
+            if not isinstance(fields, dict):
+                raise ValueError("not a JSON object")
+        except ValueError as error:
+            return Record(key=group.key, reject=Reason.BAD_METADATA, detail=str(error)[:200])
+        duration = fields.get("duration")
+        return Record(
+            key=group.key,
+            audio=group.members[extension],
+            audio_name=f"{group.key}.{extension}",
+            text=fields.get("text") if isinstance(fields.get("text"), str) else None,
+            language=fields.get("language"),
+            speaker=fields.get("speaker"),
+            quality=fields.get("dnsmos") if isinstance(fields.get("dnsmos"), (int, float)) else None,
+            declared_duration_ms=round(duration * 1000) if isinstance(duration, (int, float)) else None,
+            meta={name: value for name, value in fields.items() if name not in _KNOWN_FIELDS},
+        )

@@ -1,0 +1,71 @@
+"""Stream a (possibly gzipped) WebDataset-style tar as groups of members sharing a key.
+
+The key is the member path up to the first dot of its file name. Members of one sample should be
+adjacent, but a group that looks incomplete is held back in case its partner comes later; what is
+still incomplete at the end is returned as such, never dropped.
+"""
+
+import posixpath
+import tarfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Group:
+    key: str
+    members: dict[str, bytes] = field(default_factory=dict)  # extension (after the first dot) -> bytes
+
+
+@dataclass
+class Truncation:
+    """The archive ended early: `key` is the member being read, `after` how many groups came before."""
+
+    key: str | None
+    detail: str
+
+
+def split_key(name: str) -> tuple[str, str]:
+    folder, base = posixpath.split(name)
+    stem, _, extension = base.partition(".")
+    return posixpath.join(folder, stem), extension.lower()
+
+
+def iter_groups(path: str, is_complete) -> Iterator[Group | Truncation]:
+    """Yield complete groups as soon as they close, then the incomplete ones, then any Truncation."""
+    pending: dict[str, Group] = {}
+    current: Group | None = None
+    member_name: str | None = None
+    truncation: Truncation | None = None
+    try:
+        with tarfile.open(path, mode="r|*") as archive:
+            for member in archive:
+                if not member.isfile():
+                    continue
+                member_name = member.name
+                key, extension = split_key(member.name)
+                data = archive.extractfile(member).read()
+                if current is not None and current.key != key:
+                    yield from _close(current, pending, is_complete)
+                    current = None
+                if current is None:
+                    current = pending.pop(key, None) or Group(key)
+                current.members[extension] = data
+                member_name = None
+    except (tarfile.TarError, EOFError, OSError) as error:
+        where = split_key(member_name)[0] if member_name else None
+        truncation = Truncation(where, f"{type(error).__name__}: {error}")
+        if where is not None and current is not None and current.key == where:
+            current = None  # the member being read is lost; its group is reported by the truncation
+    if current is not None:
+        yield from _close(current, pending, is_complete)
+    yield from pending.values()
+    if truncation is not None:
+        yield truncation
+
+
+def _close(group: Group, pending: dict[str, Group], is_complete) -> Iterator[Group]:
+    if is_complete(group):
+        yield group
+    else:
+        pending[group.key] = group

@@ -1,0 +1,171 @@
+"""ingest: source records -> `utterance` rows, with quality filters and a reason for every reject.
+
+Audio is decoded once, to prove it decodes and to measure its duration; the bytes stored are the
+bytes found. Checks run cheapest first, so most rejects never pay for a decode.
+"""
+
+import re
+import unicodedata
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+
+from sylm_data import audio, languages
+from sylm_data.pipeline.stage import SOURCES, Stage
+from sylm_data.schemas import source_record, stream, utterance
+from sylm_data.schemas.reject import Reason
+
+NAME = "ingest"
+
+DEFAULT_FILLER_WORDS = {
+    "en": ["uh", "um", "uhm", "umm", "er", "erm", "ah", "hmm", "mm", "mhm"],
+    "de": ["äh", "ähm", "öh", "hm", "mhm"],
+    "fr": ["euh", "heu", "hum", "bah"],
+    "es": ["eh", "este", "em", "mmm"],
+}
+
+
+@dataclass
+class IngestConfig:
+    source: str = "emilia"  # emilia | emilia-yodas | yodas2 | manifest
+    inputs: list[str] = field(default_factory=list)  # local paths/globs or hf://OWNER/NAME/PATTERN
+    min_duration_ms: int = 300
+    max_duration_ms: int = 120_000
+    min_quality: float | None = None  # DNSMOS; samples without a score pass
+    languages: list[str] = field(default_factory=list)  # ISO 639-1 codes to keep; empty keeps all
+    max_foreign_letter_share: float = 0.1  # letters outside the language's scripts
+    max_filler_share: float = 0.3  # filler words over all words
+    max_repeat_run: int = 3  # the same word this many times in a row is fine, once more is a stutter
+    filler_words: dict[str, list[str]] = field(default_factory=lambda: dict(DEFAULT_FILLER_WORDS))
+    # declared and measured duration may differ by this much (mp3 padding), or 5%, whichever is more
+    duration_tolerance_ms: int = 250
+
+
+class Rejected(Exception):
+    def __init__(self, reason: Reason, detail: str) -> None:
+        super().__init__(detail)
+        self.reason, self.detail = reason, detail
+
+
+def normalize_text(text: str | None) -> str:
+    return " ".join(unicodedata.normalize("NFC", text or "").split())
+
+
+_PUNCTUATION = re.compile(r"^[^\w]+|[^\w-]+$")
+
+
+def words_of(text: str) -> list[str]:
+    """Lower-cased whitespace tokens without surrounding punctuation (a trailing '-' marks a fragment)."""
+    return [token for token in (_PUNCTUATION.sub("", t.lower()) for t in text.split()) if token]
+
+
+def longest_repeat_run(words: list[str]) -> int:
+    """Longest run of one word repeated; a fragment ('b-') repeats the word it begins."""
+    longest = run = 1 if words else 0
+    for previous, word in zip(words, words[1:]):
+        stem = previous.rstrip("-")
+        repeated = word == previous or (previous.endswith("-") and stem and word.startswith(stem))
+        run = run + 1 if repeated else 1
+        longest = max(longest, run)
+    return longest
+
+
+def filler_share(words: list[str], fillers: set[str]) -> float:
+    return sum(word in fillers for word in words) / len(words) if words else 0.0
+
+
+def check_text(text: str, language: str, config: IngestConfig) -> None:
+    if not text:
+        raise Rejected(Reason.EMPTY_TEXT, "transcript is empty")
+    share = languages.foreign_letter_share(text, language)
+    if share > config.max_foreign_letter_share:
+        raise Rejected(Reason.FOREIGN_SCRIPT, f"{share:.0%} of letters outside the scripts of {language}")
+    words = words_of(text)
+    fillers = set(config.filler_words.get(language, ()))
+    if fillers and filler_share(words, fillers) > config.max_filler_share:
+        raise Rejected(Reason.FILLER_WORDS, f"{filler_share(words, fillers):.0%} filler words")
+    run = longest_repeat_run(words)
+    if run > config.max_repeat_run:
+        raise Rejected(Reason.STUTTER, f"a word repeated {run} times in a row")
+
+
+def check_language(code: str | None, config: IngestConfig) -> str:
+    language = languages.normalize(code)
+    if language is None:
+        raise Rejected(Reason.UNKNOWN_LANGUAGE, f"language {code!r} is not an ISO 639 code")
+    if config.languages and language not in config.languages:
+        raise Rejected(Reason.LANGUAGE_FILTERED, f"{language} not in {config.languages}")
+    return language
+
+
+def check_audio(data: bytes | None, declared_ms: int | None, config: IngestConfig) -> audio.Decoded:
+    try:
+        decoded = audio.decode(data or b"")
+    except audio.AudioDecodeError as error:
+        raise Rejected(Reason.DECODE_ERROR, str(error)[:300]) from None
+    if len(decoded.samples) == 0 or not decoded.samples.any():
+        raise Rejected(Reason.EMPTY_AUDIO, f"{len(decoded.samples)} samples, all silent")
+    measured = decoded.duration_ms
+    if declared_ms is not None:
+        tolerance = max(config.duration_tolerance_ms, declared_ms // 20)
+        if abs(measured - declared_ms) > tolerance:
+            raise Rejected(Reason.DURATION_MISMATCH, f"decodes to {measured} ms, source says {declared_ms} ms")
+    if measured < config.min_duration_ms:
+        raise Rejected(Reason.TOO_SHORT, f"{measured} ms < {config.min_duration_ms} ms")
+    if measured > config.max_duration_ms:
+        raise Rejected(Reason.TOO_LONG, f"{measured} ms > {config.max_duration_ms} ms")
+    return decoded
+
+
+def ingest_record(record: dict, config: IngestConfig) -> dict:
+    """One source record -> the utterance columns; raises Rejected."""
+    text = normalize_text(record[source_record.TEXT])
+    language = check_language(record[source_record.LANGUAGE], config)
+    quality = record[source_record.QUALITY]
+    if config.min_quality is not None and quality is not None and quality < config.min_quality:
+        raise Rejected(Reason.LOW_QUALITY, f"quality {quality:.2f} < {config.min_quality}")
+    check_text(text, language, config)
+    data = record[source_record.AUDIO]
+    decoded = check_audio(data, record[source_record.DECLARED_DURATION_MS], config)
+    return {
+        utterance.AUDIO: data,
+        utterance.AUDIO_FORMAT: audio.sniff_format(data),
+        utterance.SAMPLE_RATE: decoded.sample_rate,
+        utterance.DURATION_MS: decoded.duration_ms,
+        utterance.TEXT: text,
+        utterance.LANGUAGE: language,
+        utterance.SPEAKER: record[source_record.SPEAKER],
+        utterance.QUALITY: quality,
+        utterance.META: record[source_record.META],
+    }
+
+
+_PAYLOAD = [name for name in utterance.SCHEMA.names if name not in (utterance.ID, utterance.SOURCE)]
+OUTPUT_SCHEMA = stream.in_flight(utterance.SCHEMA)
+
+
+def transform(batch: pa.Table, config: IngestConfig) -> pa.Table:
+    """In-flight source records -> in-flight utterances (same rows, same order)."""
+    rows = []
+    for record in batch.to_pylist():
+        row = {name: record[name] for name in (utterance.ID, utterance.SOURCE, *stream.ENVELOPE_NAMES)}
+        row.update(dict.fromkeys(_PAYLOAD))
+        if record[stream.REJECT_REASON] is None:
+            try:
+                row.update(ingest_record(record, config))
+            except Rejected as rejected:
+                row.update(
+                    {stream.REJECT_STAGE: NAME, stream.REJECT_REASON: rejected.reason.value, stream.REJECT_DETAIL: rejected.detail}
+                )
+        rows.append(row)
+    return pa.Table.from_pylist(rows, schema=OUTPUT_SCHEMA)
+
+
+STAGE = Stage(
+    name=NAME,
+    consumes=SOURCES,
+    contract=utterance.SCHEMA,
+    description="source corpora (Emilia, Emilia-YODAS, YODAS2, manifest) -> utterance rows",
+    config_type=IngestConfig,
+    transform=transform,
+)
