@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 
 from sylm_data.schemas import source_record, stream
 from sylm_data.schemas.reject import Reason
-from sylm_data.sources import READERS, Partition, Record
+from sylm_data.sources import READERS, Partition, Record, SourceError
 
 SOURCE_SCHEMA = stream.in_flight(source_record.SCHEMA)
 
@@ -58,10 +58,12 @@ def _records(partition: Partition) -> Iterator[Record]:
     """The reader's records, then one reject for the partition if the reader broke down."""
     try:
         yield from READERS[partition.source].read(partition)
-    except Exception as error:  # a broken input must not stop the run: record it and go on
+    except SourceError as error:
+        yield Record(key=f"{partition.id}#unreadable", reject=Reason.UNREADABLE_INPUT, detail=str(error)[:300])
+    except Exception as error:  # a reader bug must not stop the run either: record it, show it, go on
+        traceback.print_exc()
         detail = f"{type(error).__name__}: {error}"[:300]
         yield Record(key=f"{partition.id}#unreadable", reject=Reason.UNREADABLE_INPUT, detail=detail)
-        traceback.print_exc()
 
 
 def read_source_partition(partition: Partition, reader_stage: str, batch_rows: int) -> Iterator[pa.Table]:

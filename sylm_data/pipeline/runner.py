@@ -42,8 +42,8 @@ def _read(batch: pa.Table, first: Stage, batch_rows: int, contract: pa.Schema | 
         yield from partitions.read_stage_partition(partition, contract, batch_rows)
 
 
-def _transform(batch: pa.Table, stage_name: str, config: Config) -> pa.Table:
-    return registry.STAGES[stage_name].transform(batch, config.stages[stage_name])
+def _transform(batch: pa.Table, stage: Stage, stage_config) -> pa.Table:
+    return stage.transform(batch, stage_config)
 
 
 def _input_partitions(first: Stage, config: Config, layout: OutputLayout) -> list[Partition]:
@@ -126,7 +126,7 @@ def run(config: Config, stage_names: list[str], output_dir: str, address: str | 
             for stage in stages:
                 dataset = dataset.map_batches(
                     _transform, batch_size=None, batch_format="pyarrow",
-                    fn_kwargs={"stage_name": stage.name, "config": config},
+                    fn_kwargs={"stage": stage, "stage_config": config.stages[stage.name]},
                 )
             dataset = dataset.map_batches(
                 output.write_batch, batch_size=None, batch_format="pyarrow",

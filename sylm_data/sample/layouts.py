@@ -91,17 +91,20 @@ def write_yodas2(root: Path, utterances: list[SampleUtterance], subset: str = "e
         with tarfile.open(archive_path, "w:gz") as archive:
             for recording, group in _chunks(chunk, per_recording):
                 audio_id = f"Vid{number:03d}-{recording:02d}x"  # YouTube ids may contain '-'
-                pieces, texts, position_ms = [], {}, gap_ms
+                pieces, texts, length = [], {}, 0
                 for index, utterance in enumerate(group):
                     decoded = audio.decode(utterance.audio)
-                    start_ms, end_ms = position_ms, position_ms + decoded.duration_ms
+                    rate = decoded.sample_rate
+                    # utterance ids carry centiseconds: start each utterance on a 10 ms boundary
+                    start_ms = -(-(length * 1000 // rate + gap_ms) // 10) * 10
+                    end_ms = -(-(start_ms + decoded.duration_ms) // 10) * 10
                     texts[f"{audio_id}-{index:05d}-{start_ms // 10:08d}-{end_ms // 10:08d}"] = utterance.text
-                    pieces += [np.zeros(decoded.sample_rate * gap_ms // 1000, np.float32), decoded.samples]
-                    position_ms = end_ms + gap_ms
-                samples = np.concatenate(pieces + [np.zeros(decoded.sample_rate * gap_ms // 1000, np.float32)])
-                add_member(archive, f"{audio_id}.flac", audio.encode_flac(samples, decoded.sample_rate))
+                    pieces += [np.zeros(start_ms * rate // 1000 - length, np.float32), decoded.samples]
+                    length = start_ms * rate // 1000 + len(decoded.samples)
+                samples = np.concatenate(pieces + [np.zeros(rate * gap_ms // 1000, np.float32)])
+                add_member(archive, f"{audio_id}.flac", audio.encode_flac(samples, rate))
                 entries.append({"audio_id": audio_id, "text": texts})
-                durations.append(f"{audio_id} {len(samples) / decoded.sample_rate:.2f}")
+                durations.append(f"{audio_id} {len(samples) / rate:.2f}")
         (subset_dir / "text" / f"{number:08d}.json").write_text(json.dumps(entries))
         (subset_dir / "duration" / f"{number:08d}.txt").write_text("\n".join(durations) + "\n")
         paths.append(archive_path)

@@ -33,8 +33,9 @@ class EmiliaReader(Reader):
     def read(self, partition: Partition) -> Iterator[Record]:
         for item in iter_groups(local_path(partition.path), _is_complete):
             if isinstance(item, Truncation):
-                if item.key is not None:
-                    yield Record(key=item.key, reject=Reason.TRUNCATED_ARCHIVE, detail=item.detail)
+                # a sample cut off mid-member is named; one cut off between members cannot be
+                key = item.key or f"{partition.id}#truncated"
+                yield Record(key=key, reject=Reason.TRUNCATED_ARCHIVE, detail=item.detail)
                 continue
             yield self._record(item)
 

@@ -5,10 +5,13 @@ adjacent, but a group that looks incomplete is held back in case its partner com
 still incomplete at the end is returned as such, never dropped.
 """
 
+import os
 import posixpath
 import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+
+from sylm_data.sources.base import SourceError
 
 
 @dataclass
@@ -19,7 +22,7 @@ class Group:
 
 @dataclass
 class Truncation:
-    """The archive ended early: `key` is the member being read, `after` how many groups came before."""
+    """The archive ended early: `key` is the sample whose member was being read (None: between members)."""
 
     key: str | None
     detail: str
@@ -32,20 +35,29 @@ def split_key(name: str) -> tuple[str, str]:
 
 
 def iter_groups(path: str, is_complete) -> Iterator[Group | Truncation]:
-    """Yield complete groups as soon as they close, then the incomplete ones, then any Truncation."""
+    """Yield complete groups as soon as they close, then the incomplete ones, then any Truncation.
+
+    Raises SourceError when the file is not a tar archive at all.
+    """
     pending: dict[str, Group] = {}
     current: Group | None = None
     member_name: str | None = None
     truncation: Truncation | None = None
     try:
-        with tarfile.open(path, mode="r|*") as archive:
+        archive = tarfile.open(path, mode="r|*")
+    except (tarfile.TarError, EOFError) as error:
+        raise SourceError(f"{path} is not a readable tar archive: {error}") from None
+    try:
+        with archive:
             for member in archive:
                 if not member.isfile():
                     continue
                 member_name = member.name
                 key, extension = split_key(member.name)
                 data = archive.extractfile(member).read()
-                if current is not None and current.key != key:
+                if current is not None and (current.key != key or extension in current.members):
+                    # a repeated member starts another sample under the same key: ingest rejects it
+                    # as a duplicate instead of one silently overwriting the other
                     yield from _close(current, pending, is_complete)
                     current = None
                 if current is None:
@@ -57,6 +69,9 @@ def iter_groups(path: str, is_complete) -> Iterator[Group | Truncation]:
         truncation = Truncation(where, f"{type(error).__name__}: {error}")
         if where is not None and current is not None and current.key == where:
             current = None  # the member being read is lost; its group is reported by the truncation
+    if truncation is None and _cut_between_blocks(path):
+        # tarfile reads a header cut short as the end of the archive; the size gives it away
+        truncation = Truncation(None, f"archive size {os.path.getsize(path)} is not a whole number of 512-byte blocks")
     if current is not None:
         yield from _close(current, pending, is_complete)
     yield from pending.values()
@@ -64,8 +79,17 @@ def iter_groups(path: str, is_complete) -> Iterator[Group | Truncation]:
         yield truncation
 
 
+def _cut_between_blocks(path: str) -> bool:
+    with open(path, "rb") as file:
+        compressed = file.read(2) == b"\x1f\x8b"
+    return not compressed and os.path.getsize(path) % tarfile.BLOCKSIZE != 0
+
+
 def _close(group: Group, pending: dict[str, Group], is_complete) -> Iterator[Group]:
     if is_complete(group):
         yield group
+    elif group.key in pending:
+        yield pending.pop(group.key)  # two incomplete groups under one key: report both
+        pending[group.key] = group
     else:
         pending[group.key] = group

@@ -2,7 +2,8 @@
 
 Layout per subset (e.g. `data/en000/`): `audio/NNNNNNNN.tar.gz` (one audio file per recording,
 named by its audio id), `text/NNNNNNNN.json` = `[{"audio_id": …, "text": {utt_id: text}}]`,
-`duration/NNNNNNNN.txt` = `audio_id seconds` lines. An utterance id is
+`duration/NNNNNNNN.txt` = `audio_id seconds` lines (not needed: recordings are decoded anyway).
+An utterance id is
 `{audio_id}-{index:05d}-{start_cs:08d}-{end_cs:08d}` (centiseconds). The subset name's letters
 are the language. Segments are stored as lossless FLAC cuts of the decoded recording: the
 source audio cannot be cut without decoding it.
@@ -51,7 +52,7 @@ class Yodas2Reader(Reader):
         for path in expand(inputs):
             if not path.endswith((".tar.gz", ".tar")) or posixpath.basename(posixpath.dirname(path)) != "audio":
                 raise SourceError(f"{path}: a yodas2 input is a data/<subset>/audio/NNNNNNNN.tar.gz archive")
-            companions = {"text": _companion(path, "text", ".json"), "duration": _companion(path, "duration", ".txt")}
+            companions = {"text": _companion(path, "text", ".json")}
             partitions.append(Partition(partition_id(path), self.source, path, companions))
         return partitions
 
@@ -64,9 +65,11 @@ class Yodas2Reader(Reader):
         seen_audio: set[str] = set()
         for item in iter_groups(local_path(partition.path), lambda group: True):
             if isinstance(item, Truncation):
+                # recordings after the cut stay unseen and are reported as missing audio below
                 if item.key is not None:
-                    seen_audio.add(posixpath.basename(item.key))
-                    for utt_id in transcripts.get(posixpath.basename(item.key), {}):
+                    audio_id = posixpath.basename(item.key)
+                    seen_audio.add(audio_id)
+                    for utt_id in transcripts.get(audio_id, {}):
                         yield Record(key=utt_id, reject=Reason.TRUNCATED_ARCHIVE, detail=item.detail)
                 continue
             audio_id = posixpath.basename(item.key)

@@ -1,0 +1,52 @@
+import io
+import json
+import tarfile
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.dataset as ds
+import pytest
+
+from sylm_data.sample import layouts
+
+
+@pytest.fixture(scope="session")
+def utterances() -> list[layouts.SampleUtterance]:
+    return layouts.sample_utterances()
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """One embedded Ray for the in-process pipeline tests (the runner reuses a running Ray)."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    yield
+    ray.shutdown()
+
+
+def write_tar(path: Path, members: list[tuple[str, bytes]]) -> Path:
+    with tarfile.open(path, "w") as archive:
+        for name, data in members:
+            layouts.add_member(archive, name, data)
+    return path
+
+
+def emilia_members(utterance: layouts.SampleUtterance, key: str, **fields) -> list[tuple[str, bytes]]:
+    document = {"id": key, "wav": f"{key}.mp3", "text": " " + utterance.text, "duration": utterance.duration_s,
+                "speaker": "S1", "language": "en", "dnsmos": 3.3} | fields
+    return [(f"{key}.mp3", utterance.audio), (f"{key}.json", json.dumps(document).encode())]
+
+
+def read_parquet(folder: Path) -> pa.Table:
+    if not folder.exists():
+        return pa.table({})
+    return ds.dataset(folder, format="parquet").to_table()
+
+
+def wav_bytes(samples, rate: int) -> bytes:
+    import soundfile
+
+    buffer = io.BytesIO()
+    soundfile.write(buffer, samples, rate, format="WAV")
+    return buffer.getvalue()
