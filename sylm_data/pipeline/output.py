@@ -6,10 +6,11 @@
     DIR/runs/<run-id>.json                     run records
     DIR/shards/                                WebDataset shards + index.json
 
-Workers write each batch under `.tmp/<partition>/` (invisible to readers: pyarrow skips dot
-folders). When every input sample of a partition has come out, the driver renames those folders
-into place and then writes the marker, each step atomic. A partition without a marker is wiped
-and recomputed on the next run, so a run killed at any point resumes without duplicates or losses.
+Workers write each batch under `.tmp/<run-id>/<partition>/` (invisible to readers: pyarrow skips
+dot folders). When every input sample of a partition has come out, the driver renames those
+folders into place and then writes the marker, each step atomic. A partition without a marker is
+wiped and recomputed on the next run, so a run killed at any point resumes without duplicates or
+losses; staging per run id keeps a straggling worker of a killed run out of the new run's files.
 """
 
 import json
@@ -56,10 +57,17 @@ class OutputLayout:
 
     def clean(self, partition: str, final_stage: str, stages: list[str]) -> None:
         """Remove whatever an interrupted run left of an uncommitted partition."""
-        folders = [self.stage_dir(final_stage)] + [self.rejects_dir(stage) for stage in stages]
-        for folder in folders:
-            for leftover in (folder / partition, folder / TMP / partition):
+        for folder in self.written_folders(final_stage, stages):
+            for leftover in (folder / partition, *folder.glob(f"{TMP}/*/{partition}")):
                 shutil.rmtree(leftover, ignore_errors=True)
+
+    def written_folders(self, final_stage: str, stages: list[str]) -> list[Path]:
+        """The folders a run of `stages` writes: the final stage's rows and every stage's rejects."""
+        return [self.stage_dir(final_stage)] + [self.rejects_dir(stage) for stage in stages]
+
+    def drop_staging(self, run_id: str, final_stage: str, stages: list[str]) -> None:
+        for folder in self.written_folders(final_stage, stages):
+            shutil.rmtree(folder / TMP / run_id, ignore_errors=True)
 
 
 @dataclass
@@ -98,8 +106,8 @@ def _write_atomic(table: pa.Table, folder: Path) -> None:
     os.replace(temporary, folder / f"{name}.parquet")
 
 
-def write_batch(batch: pa.Table, root: str, final_stage: str, contract: pa.Schema) -> pa.Table:
-    """Write an in-flight batch's rows and rejects under the partitions' .tmp folders; one summary row each."""
+def write_batch(batch: pa.Table, root: str, run_id: str, final_stage: str, contract: pa.Schema) -> pa.Table:
+    """Write an in-flight batch's rows and rejects into the run's staging folders; one summary row per partition."""
     layout = OutputLayout(root)
     summaries = []
     for partition in pc.unique(batch[stream.PARTITION]).to_pylist():
@@ -107,11 +115,11 @@ def write_batch(batch: pa.Table, root: str, final_stage: str, contract: pa.Schem
         accepted = stream.accepted(rows, contract)
         rejects = stream.rejects(rows)
         if accepted.num_rows:
-            _write_atomic(accepted, layout.stage_dir(final_stage) / TMP / partition)
+            _write_atomic(accepted, layout.stage_dir(final_stage) / TMP / run_id / partition)
         rejected: Counter = Counter()
         for stage in pc.unique(rejects["stage"]).to_pylist():
             of_stage = rejects.filter(pc.equal(rejects["stage"], stage))
-            _write_atomic(of_stage, layout.rejects_dir(stage) / TMP / partition)
+            _write_atomic(of_stage, layout.rejects_dir(stage) / TMP / run_id / partition)
             rejected.update(f"{stage}/{reason}" for reason in of_stage["reason"].to_pylist())
         audio_ms = pc.sum(accepted["duration_ms"]).as_py() if "duration_ms" in accepted.column_names else 0
         summaries.append(
@@ -128,10 +136,9 @@ def write_batch(batch: pa.Table, root: str, final_stage: str, contract: pa.Schem
 
 
 def commit(layout: OutputLayout, partition: str, final_stage: str, stages: list[str], marker: dict) -> None:
-    """Move a complete partition's files into place, then write its marker (the commit point)."""
-    folders = [layout.stage_dir(final_stage)] + [layout.rejects_dir(stage) for stage in stages]
-    for folder in folders:
-        staged = folder / TMP / partition
+    """Move a complete partition's staged files into place, then write its marker (the commit point)."""
+    for folder in layout.written_folders(final_stage, stages):
+        staged = folder / TMP / marker["run_id"] / partition
         if staged.exists():
             os.replace(staged, folder / partition)
     done = layout.done_dir(final_stage)

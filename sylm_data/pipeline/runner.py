@@ -130,7 +130,7 @@ def run(config: Config, stage_names: list[str], output_dir: str, address: str | 
                 )
             dataset = dataset.map_batches(
                 output.write_batch, batch_size=None, batch_format="pyarrow",
-                fn_kwargs={"root": str(layout.root), "final_stage": final.name, "contract": final.contract},
+                fn_kwargs={"root": str(layout.root), "run_id": run_id, "final_stage": final.name, "contract": final.contract},
             )
             by_id = {p.id: p for p in pending}
             last_report = 0.0
@@ -150,6 +150,7 @@ def run(config: Config, stage_names: list[str], output_dir: str, address: str | 
     finally:
         if started_ray:
             ray.shutdown()
+    layout.drop_staging(run_id, final.name, names)
     record = _record(run_id, config, names, layout, final.name, tallies, len(all_partitions), len(done), started)
     path = records.write(layout.runs_dir, record)
     return RunResult(record, str(path))

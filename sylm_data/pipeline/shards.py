@@ -90,3 +90,4 @@ class ShardWriter:
             self.close()
         elif self._archive is not None:
             self._archive.close()
+            (self.folder / f".{self._current['name']}.partial").unlink(missing_ok=True)

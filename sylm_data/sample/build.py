@@ -1,11 +1,14 @@
 """Regenerate the bundled sample: `python -m sylm_data.sample.build [OUT_DIR]`.
 
 Each sentence is spoken by espeak-ng, resampled to 24 kHz and stored as MP3 (as Emilia ships
-audio); espeak's WORD events give the reference word onsets.
+audio); espeak's WORD events give the reference word onsets. espeak sometimes speaks two words as
+one unit ("on the") and reports one event: the reference then holds the first word only, each
+reference word naming its position in the transcript (`index`).
 """
 
 import io
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -14,7 +17,7 @@ import soundfile
 import soxr
 
 from sylm_data.sample import DATA_DIR
-from sylm_data.sample.espeak import Espeak
+from sylm_data.sample.espeak import Espeak, Word
 
 SAMPLE_RATE = 24_000
 
@@ -47,6 +50,16 @@ SENTENCES = [
 VOICES = [("en-us", 165), ("en", 150), ("en-us+f3", 175)]
 
 
+def reference_words(text: str, events: list[Word]) -> list[dict]:
+    """Transcript words ([\w']+) that an espeak WORD event starts in, with their index and onset."""
+    spans = [match.span() for match in re.finditer(r"[\w']+", text)]
+    words = []
+    for event in events:
+        index = next(i for i, (start, end) in enumerate(spans) if start <= event.char_offset < end)
+        words.append({"text": text[slice(*spans[index])], "index": index, "start_ms": event.start_ms})
+    return words
+
+
 def build(out_dir: Path) -> None:
     engine = Espeak()
     (out_dir / "audio").mkdir(parents=True, exist_ok=True)
@@ -62,7 +75,7 @@ def build(out_dir: Path) -> None:
         manifest.append(
             {"id": key, "audio": f"audio/{key}.mp3", "text": text, "language": "en", "speaker": voice}
         )
-        reference.append({"id": key, "words": [{"text": w.text, "start_ms": w.start_ms} for w in speech.words]})
+        reference.append({"id": key, "words": reference_words(text, speech.words)})
     for name, rows in (("manifest.jsonl", manifest), ("reference.jsonl", reference)):
         (out_dir / name).write_text("".join(json.dumps(row) + "\n" for row in rows))
 

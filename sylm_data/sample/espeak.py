@@ -36,6 +36,7 @@ _Callback = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctype
 @dataclass(frozen=True)
 class Word:
     text: str
+    char_offset: int  # where the word starts in the synthesized text (0-based characters)
     start_ms: int
 
 
@@ -69,7 +70,7 @@ class Espeak:
         i = 0
         while events[i].type != _EVENT_LIST_TERMINATED:
             event = events[i]
-            if event.type == _EVENT_WORD:
+            if event.type == _EVENT_WORD and event.text_position > 0:  # position 0: an end marker, no word
                 self._events.append((event.text_position, event.length, event.audio_position))
             i += 1
         return 0
@@ -85,11 +86,6 @@ class Espeak:
             raise RuntimeError(f"espeak_Synth failed with status {status}")
         self._lib.espeak_Synchronize()
         samples = np.concatenate(self._chunks) if self._chunks else np.zeros(0, np.int16)
-        words = [self._word(encoded, *event) for event in self._events]
+        # espeak counts characters (1-based), not bytes
+        words = [Word(text[position - 1 : position - 1 + length], position - 1, ms) for position, length, ms in self._events]
         return Speech(samples, self.sample_rate, words)
-
-    @staticmethod
-    def _word(encoded: bytes, text_position: int, length: int, audio_position: int) -> Word:
-        # espeak counts characters; slice the decoded text, not the bytes
-        text = encoded.decode()
-        return Word(text[text_position - 1 : text_position - 1 + length], audio_position)

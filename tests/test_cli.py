@@ -1,0 +1,82 @@
+"""The sylm-data command end to end: quickstart, run with a config, inspect, stages, errors."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+from typer.testing import CliRunner
+
+from sylm_data.cli import app
+from sylm_data.pipeline.shards import ShardWriter
+from sylm_data.sample import layouts
+from tests.conftest import read_parquet
+
+cli = CliRunner()
+
+
+def test_stages_lists_what_each_stage_reads_and_writes():
+    result = cli.invoke(app, ["stages"])
+    assert result.exit_code == 0
+    assert "ingest" in result.output and "utterance rows" in result.output
+
+
+@pytest.mark.slow
+def test_quickstart_runs_the_bundled_sample_and_inspect_reads_it(tmp_path):
+    out = tmp_path / "out"
+    done = subprocess.run([sys.executable, "-m", "sylm_data.cli", "quickstart", "--output", str(out)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "ingest: 24 in, 24 out; rejected: none" in done.stdout
+    assert f"sylm-data inspect {out}" in done.stdout
+    assert read_parquet(out / "ingest").num_rows == 24
+    summary = cli.invoke(app, ["inspect", str(out)])
+    assert summary.exit_code == 0
+    assert "24 rows" in summary.output and "language: en 24" in summary.output
+    assert "The river ran past the old mill" in summary.output
+
+
+@pytest.mark.usefixtures("ray_session")
+def test_run_with_a_config_file_filters_and_inspect_shows_the_rejects(tmp_path, utterances):
+    layouts.write_yodas2(tmp_path / "yodas2", utterances[:8], per_recording=4)
+    config = tmp_path / "run.toml"
+    config.write_text('[run]\nstages = ["ingest"]\n[ingest]\nsource = "yodas2"\nmax_duration_ms = 3200\n')
+    out = tmp_path / "out"
+    result = cli.invoke(app, ["run", "--config", str(config), "--input", str(tmp_path / "yodas2/data/*/audio/*.tar.gz"),
+                              "--output", str(out), "--set", "ingest.min_duration_ms=500"])
+    assert result.exit_code == 0, result.output
+    kept, rejected = read_parquet(out / "ingest"), read_parquet(out / "rejects" / "ingest")
+    assert kept.num_rows + rejected.num_rows == 8 and rejected.num_rows > 0
+    assert set(rejected["reason"].to_pylist()) == {"too_long"}
+    record = json.loads(next((out / "runs").glob("*.json")).read_text())
+    assert record["config"]["ingest"]["min_duration_ms"] == 500 and record["config"]["ingest"]["source"] == "yodas2"
+    shown = cli.invoke(app, ["inspect", str(out / "rejects" / "ingest")])
+    assert f"ingest/too_long: {rejected.num_rows}" in shown.output
+
+
+def test_inspect_renders_shards(tmp_path):
+    with ShardWriter(tmp_path, extra_index={"speech_text_ratio": 0.3}) as writer:
+        segments = [{"modality": "text", "text": "The river"}, {"modality": "speech", "units": [4, 5]}]
+        document = {"segments": segments, "kind": "interleaved", "language": "en", "source_id": "s"}
+        writer.write("s0", {"json": json.dumps(document).encode()})
+    shown = cli.invoke(app, ["inspect", str(tmp_path)])
+    assert shown.exit_code == 0
+    assert "1 samples in 1 shards" in shown.output and "The river <speech 2 units>" in shown.output
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--set", "ingest.min_duration_ms=soon"], "min_duration_ms must be int"),
+        (["--set", "nonsense"], "expected SECTION.KEY=VALUE"),
+        (["--stage", "polish"], "unknown stage 'polish'"),
+        (["--source", "tiktok"], "unknown source 'tiktok'"),
+        (["--input", "/nonexistent/*.tar"], "no input matches"),
+    ],
+)
+def test_user_errors_are_one_line_and_exit_2(tmp_path, args, message):
+    base = ["run", "--output", str(tmp_path / "out"), "--input", str(tmp_path)]
+    result = cli.invoke(app, base + args)
+    assert result.exit_code == 2
+    assert message in result.output
+    assert "Traceback" not in result.output

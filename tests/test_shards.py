@@ -1,0 +1,90 @@
+"""The shard writer on ingest output: webdataset reads every sample back exactly once."""
+
+import json
+
+import pytest
+import webdataset as wds
+
+from sylm_data.pipeline.partitions import read_source_partition
+from sylm_data.pipeline.shards import ShardWriter
+from sylm_data.sample import layouts
+from sylm_data.schemas import sample, stream, utterance
+from sylm_data.sources import READERS
+from sylm_data.stages import ingest
+
+
+@pytest.fixture(scope="module")
+def utterance_rows(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("emilia")
+    layouts.write_emilia(folder, layouts.sample_utterances(), shard_size=12)
+    rows = []
+    for partition in READERS["emilia"].partitions([str(folder / "*.tar")]):
+        for batch in read_source_partition(partition, "ingest", 16):
+            rows += [row for row in ingest.transform(batch, ingest.IngestConfig()).to_pylist() if not row[stream.REJECT_REASON]]
+    return rows
+
+
+def write_shards(folder, rows, target_bytes):
+    with ShardWriter(folder, target_bytes=target_bytes, extra_index={"config_hash": "abc"}) as writer:
+        for row in rows:
+            fields = {k: row[k] for k in (utterance.ID, utterance.TEXT, utterance.LANGUAGE, utterance.DURATION_MS)}
+            writer.write(
+                row[utterance.ID],
+                {"json": json.dumps(fields).encode(), row[utterance.AUDIO_FORMAT]: row[utterance.AUDIO]},
+                stats={"audio_ms": row[utterance.DURATION_MS]},
+            )
+    return json.loads((folder / "index.json").read_text())
+
+
+def test_shards_round_trip_through_webdataset(tmp_path, utterance_rows):
+    index = write_shards(tmp_path, utterance_rows, target_bytes=150_000)
+    shards = sorted(tmp_path.glob("shard-*.tar"))
+    assert [s.name for s in shards] == [f"shard-{i:06d}.tar" for i in range(len(shards))] and len(shards) > 2
+    assert index["total_samples"] == len(utterance_rows) == sum(s["samples"] for s in index["shards"])
+    assert index["stats"]["audio_ms"] == sum(row["duration_ms"] for row in utterance_rows)
+    assert index["config_hash"] == "abc"
+    assert all(s["bytes"] <= 150_000 + 20_000 for s in index["shards"])  # one sample may overshoot the target
+    read = list(wds.WebDataset([str(s) for s in shards], shardshuffle=False))
+    assert sorted(item["__key__"] for item in read) == sorted(row["id"] for row in utterance_rows)
+    by_id = {row["id"]: row for row in utterance_rows}
+    for item in read:
+        assert item["mp3"] == by_id[item["__key__"]]["audio"]
+        assert json.loads(item["json"])["text"] == by_id[item["__key__"]]["text"]
+    assert not list(tmp_path.glob(".*"))  # no partial files left behind
+
+
+def test_shards_are_byte_identical_for_the_same_samples(tmp_path, utterance_rows):
+    write_shards(tmp_path / "a", utterance_rows, 100_000)
+    write_shards(tmp_path / "b", utterance_rows, 100_000)
+    for shard in sorted((tmp_path / "a").iterdir()):
+        assert shard.read_bytes() == (tmp_path / "b" / shard.name).read_bytes(), shard.name
+
+
+def test_bad_keys_are_refused(tmp_path):
+    with ShardWriter(tmp_path) as writer:
+        writer.write("a", {"json": b"{}"})
+        with pytest.raises(ValueError, match="no dot"):
+            writer.write("a.b", {"json": b"{}"})
+        with pytest.raises(ValueError, match="twice"):
+            writer.write("a", {"json": b"{}"})
+
+
+def test_a_failed_writer_publishes_no_half_shard(tmp_path):
+    with pytest.raises(RuntimeError):
+        with ShardWriter(tmp_path, target_bytes=10) as writer:
+            writer.write("a", {"json": b"{}"})
+            writer.write("b", {"json": b"{}"})  # closes shard 0, opens shard 1
+            raise RuntimeError("crash")
+    assert [p.name for p in tmp_path.iterdir()] == ["shard-000000.tar"]  # no index, no partial shard
+
+
+def test_the_sample_contract_validates_and_renders():
+    good = {"segments": [{"modality": "text", "text": "The river"}, {"modality": "speech", "units": [1, 2, 3]},
+                         {"modality": "text", "text": "past the old mill"}],
+            "kind": "interleaved", "language": "en", "source_id": "emilia:K"}
+    sample.validate(good)
+    assert sample.render(good) == "[interleaved] The river <speech 3 units> past the old mill"
+    for broken in ({**good, "kind": "x"}, {**good, "segments": []},
+                   {**good, "segments": [{"modality": "speech", "units": ["a"]}]}):
+        with pytest.raises(ValueError):
+            sample.validate(broken)
