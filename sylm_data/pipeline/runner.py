@@ -75,7 +75,10 @@ def _start_ray(address: str | None, config: Config) -> bool:
         ray.init(address=address, **options)
     else:
         ray.init(num_cpus=config.run.num_cpus, include_dashboard=False, **options)
-    ray.data.DataContext.get_current().enable_progress_bars = sys.stderr.isatty()
+    interactive = sys.stderr.isatty()
+    ray.data.DataContext.get_current().enable_progress_bars = interactive
+    if not interactive:  # Ray Data's logged progress would repeat our own progress line
+        logging.getLogger("ray.data").setLevel(logging.WARNING)
     return True
 
 
