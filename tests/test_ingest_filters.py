@@ -5,6 +5,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from sylm_data import languages
+from sylm_data.pipeline.partitions import read_source_partition
+from sylm_data.sample import MANIFEST
+from sylm_data.sources import READERS
 from sylm_data.stages import ingest
 from sylm_data.stages.ingest import IngestConfig, Rejected
 
@@ -75,3 +78,20 @@ def test_duration_and_quality_filters(utterances):
         ingest.ingest_record(record, IngestConfig(min_quality=3.0))
     assert low.value.reason == "low_quality"
     assert ingest.ingest_record(record | {"quality": None}, IngestConfig(min_quality=3.0))["quality"] is None
+
+
+def test_an_unexpected_error_on_one_sample_is_a_stage_error_reject(utterances, monkeypatch):
+    calls = []
+
+    def flaky_decode(data, target_rate=None):
+        calls.append(1)
+        if len(calls) == 2:
+            raise MemoryError("simulated")
+        return real_decode(data, target_rate)
+
+    real_decode = ingest.audio.decode
+    monkeypatch.setattr(ingest.audio, "decode", flaky_decode)
+    partition = READERS["manifest"].partitions([str(MANIFEST)])[0]
+    batch = next(read_source_partition(partition, "ingest", 3))
+    reasons = ingest.transform(batch, IngestConfig())["reject_reason"].to_pylist()
+    assert reasons == [None, "stage_error", None]

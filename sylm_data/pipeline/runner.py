@@ -7,12 +7,14 @@ each partition when all of its samples have come out (see `output`). Partitions 
 earlier run are skipped.
 """
 
+import functools
 import json
 import logging
 import sys
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -83,16 +85,14 @@ def _start_ray(address: str | None, config: Config) -> bool:
 
 
 def run(config: Config, stage_names: list[str], output_dir: str, address: str | None = None, log=print) -> RunResult:
-    import ray
-
     stages = registry.plan(stage_names or config.run.stages)
     names = [stage.name for stage in stages]
-    first, final = stages[0], stages[-1]
+    final = stages[-1]
     layout = OutputLayout(output_dir)
     config_hash = config.stage_hash(names)
-    all_partitions = _input_partitions(first, config, layout)
+    all_partitions = _input_partitions(stages[0], config, layout)
     done = layout.markers(final.name)
-    for partition_id, marker in done.items():
+    for marker in done.values():
         if marker["config_hash"] != config_hash:
             raise RunError(
                 f"{layout.stage_dir(final.name)} was written with another config ({marker['config_hash']}, now "
@@ -105,68 +105,71 @@ def run(config: Config, stage_names: list[str], output_dir: str, address: str | 
 
     run_id = records.new_run_id()
     started = time.time()
-    tallies: dict[str, PartitionTally] = defaultdict(PartitionTally)
-    committed = 0
-    if pending:
+    commit = functools.partial(_commit, layout, final.name, names, config_hash, run_id)
+    if stages[0].consumes != SOURCES:
         # a previous stage's partition with no rows (all rejected) is complete before it starts
-        if first.consumes != SOURCES:
-            empty = [p for p in pending if not _has_rows(p)]
-            for partition in empty:
-                output.commit(layout, partition.id, final.name, names, _marker(partition, PartitionTally(), config_hash, run_id))
-            pending = [p for p in pending if p not in empty]
-    started_ray = _start_ray(address, config) if pending else False
-    try:
-        if pending:
-            contract = registry.STAGES[first.consumes].contract if first.consumes != SOURCES else None
-            dataset = ray.data.from_items(
-                [{"partition": json.dumps(partitions.from_partition(p))} for p in pending],
-                override_num_blocks=len(pending),
-            )
-            dataset = dataset.map_batches(
-                _read, batch_size=1, batch_format="pyarrow",
-                fn_kwargs={"first": first, "batch_rows": config.run.batch_rows, "contract": contract},
-            )
-            for stage in stages:
-                dataset = dataset.map_batches(
-                    _transform, batch_size=None, batch_format="pyarrow",
-                    fn_kwargs={"stage": stage, "stage_config": config.stages[stage.name]},
-                )
-            dataset = dataset.map_batches(
-                output.write_batch, batch_size=None, batch_format="pyarrow",
-                fn_kwargs={"root": str(layout.root), "run_id": run_id, "final_stage": final.name, "contract": final.contract},
-            )
-            by_id = {p.id: p for p in pending}
-            last_report = 0.0
-            for summary in dataset.iter_rows():
-                tally = tallies[summary["partition"]]
-                tally.add(summary)
-                if tally.complete:
-                    partition = by_id[summary["partition"]]
-                    output.commit(layout, partition.id, final.name, names, _marker(partition, tally, config_hash, run_id))
-                    committed += 1
-                    if time.time() - last_report > 2 or committed == len(pending):
-                        last_report = time.time()
-                        log(_progress_line(committed, len(pending), tallies, started))
-            unfinished = [p.id for p in pending if not tallies[p.id].complete]
-            if unfinished:
-                raise RunError(f"partitions did not complete: {', '.join(unfinished[:5])}; rerun the same command to resume")
-    finally:
-        if started_ray:
-            ray.shutdown()
+        for partition in [p for p in pending if not _has_rows(p)]:
+            commit(partition, PartitionTally())
+            pending.remove(partition)
+    tallies: dict[str, PartitionTally] = defaultdict(PartitionTally)
+    if pending:
+        started_ray = _start_ray(address, config)
+        try:
+            summaries = _plan(stages, pending, config, layout, run_id).iter_rows()
+            _commit_as_complete(summaries, pending, tallies, commit, started, log)
+        finally:
+            if started_ray:
+                import ray
+
+                ray.shutdown()
     layout.drop_staging(run_id, final.name, names)
     record = _record(run_id, config, names, layout, final.name, tallies, len(all_partitions), len(done), started)
-    path = records.write(layout.runs_dir, record)
-    return RunResult(record, str(path))
+    return RunResult(record, str(records.write(layout.runs_dir, record)))
 
 
-def _has_rows(partition: Partition) -> bool:
-    from pathlib import Path
+def _plan(stages: list[Stage], pending: list[Partition], config: Config, layout: OutputLayout, run_id: str):
+    """The Ray Data plan: partitions -> read -> each stage's transform -> write; yields batch summaries."""
+    import ray
 
-    return any(pq.read_metadata(file).num_rows for file in Path(partition.path).glob("*.parquet"))
+    first, final = stages[0], stages[-1]
+    contract = registry.STAGES[first.consumes].contract if first.consumes != SOURCES else None
+    dataset = ray.data.from_items(
+        [{"partition": json.dumps(partitions.from_partition(p))} for p in pending], override_num_blocks=len(pending)
+    )
+    dataset = dataset.map_batches(
+        _read, batch_size=1, batch_format="pyarrow",
+        fn_kwargs={"first": first, "batch_rows": config.run.batch_rows, "contract": contract},
+    )
+    for stage in stages:
+        dataset = dataset.map_batches(
+            _transform, batch_size=None, batch_format="pyarrow",
+            fn_kwargs={"stage": stage, "stage_config": config.stages[stage.name]},
+        )
+    return dataset.map_batches(
+        output.write_batch, batch_size=None, batch_format="pyarrow",
+        fn_kwargs={"root": str(layout.root), "run_id": run_id, "final_stage": final.name, "contract": final.contract},
+    )
 
 
-def _marker(partition: Partition, tally: PartitionTally, config_hash: str, run_id: str) -> dict:
-    return {
+def _commit_as_complete(summaries, pending, tallies, commit, started: float, log) -> None:
+    by_id = {p.id: p for p in pending}
+    committed, last_report = 0, 0.0
+    for summary in summaries:
+        tally = tallies[summary["partition"]]
+        tally.add(summary)
+        if tally.complete:
+            commit(by_id[summary["partition"]], tally)
+            committed += 1
+            if time.time() - last_report > 2 or committed == len(pending):
+                last_report = time.time()
+                log(_progress_line(committed, len(pending), tallies, started))
+    unfinished = [p.id for p in pending if not tallies[p.id].complete]
+    if unfinished:
+        raise RunError(f"partitions did not complete: {', '.join(unfinished[:5])}; rerun the same command to resume")
+
+
+def _commit(layout, final_name, names, config_hash, run_id, partition: Partition, tally: PartitionTally) -> None:
+    marker = {
         "partition": partitions.from_partition(partition),
         "rows_in": tally.total,
         "rows_out": tally.rows_out,
@@ -175,6 +178,11 @@ def _marker(partition: Partition, tally: PartitionTally, config_hash: str, run_i
         "config_hash": config_hash,
         "run_id": run_id,
     }
+    output.commit(layout, partition.id, final_name, names, marker)
+
+
+def _has_rows(partition: Partition) -> bool:
+    return any(pq.read_metadata(file).num_rows for file in Path(partition.path).glob("*.parquet"))
 
 
 def _progress_line(committed: int, pending: int, tallies: dict[str, PartitionTally], started: float) -> str:
@@ -189,8 +197,6 @@ def _progress_line(committed: int, pending: int, tallies: dict[str, PartitionTal
 
 
 def _record(run_id, config, names, layout, final_name, tallies, n_partitions, n_skipped, started) -> dict:
-    from collections import Counter
-
     wall_s = time.time() - started
     this_run = [t for t in tallies.values() if t.complete]
     rejected_now = sum((t.rejected for t in this_run), Counter())

@@ -53,5 +53,7 @@ class Reason(StrEnum):
     TOO_SHORT = "too_short"
     TOO_LONG = "too_long"
     LOW_QUALITY = "low_quality"
+    # any stage: an unexpected error on one sample (a bug or a library failure), logged with its traceback
+    STAGE_ERROR = "stage_error"
     # later stages
     ALIGN_FAILED = "align_failed"

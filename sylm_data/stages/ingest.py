@@ -5,6 +5,7 @@ bytes found. Checks run cheapest first, so most rejects never pay for a decode.
 """
 
 import re
+import traceback
 import unicodedata
 from dataclasses import dataclass, field
 
@@ -144,6 +145,10 @@ _PAYLOAD = [name for name in utterance.SCHEMA.names if name not in (utterance.ID
 OUTPUT_SCHEMA = stream.in_flight(utterance.SCHEMA)
 
 
+def _rejection(reason: Reason, detail: str) -> dict:
+    return {stream.REJECT_STAGE: NAME, stream.REJECT_REASON: reason.value, stream.REJECT_DETAIL: detail}
+
+
 def transform(batch: pa.Table, config: IngestConfig) -> pa.Table:
     """In-flight source records -> in-flight utterances (same rows, same order)."""
     rows = []
@@ -154,9 +159,10 @@ def transform(batch: pa.Table, config: IngestConfig) -> pa.Table:
             try:
                 row.update(ingest_record(record, config))
             except Rejected as rejected:
-                row.update(
-                    {stream.REJECT_STAGE: NAME, stream.REJECT_REASON: rejected.reason.value, stream.REJECT_DETAIL: rejected.detail}
-                )
+                row.update(_rejection(rejected.reason, rejected.detail))
+            except Exception as error:  # one bad sample must not take the run down: record it, show it
+                traceback.print_exc()
+                row.update(_rejection(Reason.STAGE_ERROR, f"{type(error).__name__}: {error}"[:300]))
         rows.append(row)
     return pa.Table.from_pylist(rows, schema=OUTPUT_SCHEMA)
 
