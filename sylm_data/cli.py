@@ -105,7 +105,7 @@ def quickstart(
     from sylm_data.sample import layouts
 
     tars = layouts.write_emilia(output / "source", layouts.sample_utterances(), shard_size=8)
-    cfg = config_module.load(None, [])
+    cfg = config_module.load(None, ["align.backend='pocketsphinx'"])
     cfg.stages["ingest"].source = "emilia"
     cfg.stages["ingest"].inputs = [str(path.resolve()) for path in tars]
     try:
@@ -114,6 +114,25 @@ def quickstart(
         _fail(str(error))
     _print_summary(result.record, result.record_path)
     typer.echo(f"inspect it: sylm-data inspect {output}")
+
+
+eval_app = typer.Typer(no_args_is_help=True, help="Measure a stage's output against references.")
+app.add_typer(eval_app, name="eval")
+
+
+@eval_app.command("align")
+def eval_align(
+    path: Annotated[Path, typer.Argument(help="An align output folder (DIR/align).")],
+    reference: Annotated[Path, typer.Option(help="JSONL of {id, words: [{start_ms, [index]}]} reference onsets.")],
+) -> None:
+    """Word start errors: median, 90th percentile, share within 50 / 100 ms."""
+    from sylm_data import evaluate
+
+    try:
+        result = evaluate.score_folder(path, reference)
+    except (OSError, ValueError) as error:
+        _fail(str(error))
+    typer.echo("\n".join(result.lines()))
 
 
 def main() -> None:

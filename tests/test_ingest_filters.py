@@ -9,7 +9,8 @@ from sylm_data.pipeline.partitions import read_source_partition
 from sylm_data.sample import MANIFEST
 from sylm_data.sources import READERS
 from sylm_data.stages import ingest
-from sylm_data.stages.ingest import IngestConfig, Rejected
+from sylm_data.pipeline.stage import Rejected
+from sylm_data.stages.ingest import IngestConfig
 
 
 @pytest.mark.parametrize(

@@ -1,5 +1,6 @@
 """The Ray Data runner: every sample accounted for, resume skips finished partitions, stages chain."""
 
+import functools
 import json
 import sys
 from dataclasses import dataclass
@@ -115,7 +116,7 @@ def with_shout_stage(monkeypatch):
     import ray.cloudpickle
 
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # Ray workers cannot import tests/
-    stage = Stage("shout", "ingest", utterance.SCHEMA, "toy", ShoutConfig, shout)
+    stage = Stage("shout", "ingest", utterance.SCHEMA, "toy", ShoutConfig, lambda config: functools.partial(shout, config=config))
     monkeypatch.setattr(registry, "STAGES", registry.STAGES | {"shout": stage})
 
 

@@ -1,9 +1,9 @@
 """The stages in pipeline order."""
 
 from sylm_data.pipeline.stage import Stage
-from sylm_data.stages import ingest
+from sylm_data.stages import align, ingest
 
-STAGES: dict[str, Stage] = {stage.name: stage for stage in (ingest.STAGE,)}
+STAGES: dict[str, Stage] = {stage.name: stage for stage in (ingest.STAGE, align.STAGE)}
 
 
 class PlanError(ValueError):

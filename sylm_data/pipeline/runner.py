@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 from sylm_data.pipeline import output, partitions, records, registry
 from sylm_data.pipeline.config import Config
 from sylm_data.pipeline.output import OutputLayout, PartitionTally
-from sylm_data.pipeline.stage import SOURCES, Stage
+from sylm_data.pipeline.stage import SOURCES, Stage, StageConfigError
 from sylm_data.sources import READERS, Partition, SourceError
 
 
@@ -45,7 +45,17 @@ def _read(batch: pa.Table, first: Stage, batch_rows: int, contract: pa.Schema | 
 
 
 def _transform(batch: pa.Table, stage: Stage, stage_config) -> pa.Table:
-    return stage.transform(batch, stage_config)
+    return stage.make_transform(stage_config)(batch)
+
+
+class _StageActor:
+    """One member of an actor pool: builds the stage's transform (its model) once, then maps batches."""
+
+    def __init__(self, stage: Stage, stage_config) -> None:
+        self.transform = stage.make_transform(stage_config)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        return self.transform(batch)
 
 
 def _input_partitions(first: Stage, config: Config, layout: OutputLayout) -> list[Partition]:
@@ -87,6 +97,11 @@ def _start_ray(address: str | None, config: Config) -> bool:
 def run(config: Config, stage_names: list[str], output_dir: str, address: str | None = None, log=print) -> RunResult:
     stages = registry.plan(stage_names or config.run.stages)
     names = [stage.name for stage in stages]
+    for stage in stages:
+        try:
+            stage.preflight(config.stages[stage.name])
+        except StageConfigError as error:
+            raise RunError(f"[{stage.name}] {error}") from None
     final = stages[-1]
     layout = OutputLayout(output_dir)
     config_hash = config.stage_hash(names)
@@ -141,10 +156,16 @@ def _plan(stages: list[Stage], pending: list[Partition], config: Config, layout:
         fn_kwargs={"first": first, "batch_rows": config.run.batch_rows, "contract": contract},
     )
     for stage in stages:
-        dataset = dataset.map_batches(
-            _transform, batch_size=None, batch_format="pyarrow",
-            fn_kwargs={"stage": stage, "stage_config": config.stages[stage.name]},
-        )
+        stage_config = config.stages[stage.name]
+        options = stage.map_options(stage_config)
+        arguments = {"stage": stage, "stage_config": stage_config}
+        if options.actors:
+            dataset = dataset.map_batches(
+                _StageActor, fn_constructor_kwargs=arguments, concurrency=options.concurrency,
+                num_gpus=options.num_gpus, batch_size=options.batch_size, batch_format="pyarrow",
+            )
+        else:
+            dataset = dataset.map_batches(_transform, fn_kwargs=arguments, batch_size=options.batch_size, batch_format="pyarrow")
     return dataset.map_batches(
         output.write_batch, batch_size=None, batch_format="pyarrow",
         fn_kwargs={"root": str(layout.root), "run_id": run_id, "final_stage": final.name, "contract": final.contract},

@@ -5,7 +5,33 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
+from sylm_data.schemas.reject import Reason
+
 SOURCES = "sources"  # what ingest consumes: the source readers, not a stage output
+
+Transform = Callable[[pa.Table], pa.Table]  # in-flight batch -> in-flight batch, same rows, rejects marked
+
+
+class StageConfigError(ValueError):
+    """A stage cannot run with its config (unknown backend, missing model): one line saying what to do."""
+
+
+class Rejected(Exception):
+    """Raised inside a stage for one sample: it goes to the rejects with this reason."""
+
+    def __init__(self, reason: Reason, detail: str) -> None:
+        super().__init__(detail)
+        self.reason, self.detail = reason, detail[:300]
+
+
+@dataclass(frozen=True)
+class MapOptions:
+    """How Ray maps a stage: plain tasks, or a pool of actors that each hold a model."""
+
+    actors: bool = False
+    concurrency: int = 1  # actors in the pool
+    num_gpus: float = 0.0  # per actor
+    batch_size: int | None = None  # rows per call; None = whatever a block holds
 
 
 @dataclass(frozen=True)
@@ -15,5 +41,8 @@ class Stage:
     contract: pa.Schema  # the rows it writes (schemas/)
     description: str
     config_type: type  # a dataclass: the `[name]` section of the config
-    # in-flight batch (schemas.stream) -> in-flight batch; the same number of rows, rejects marked
-    transform: Callable[[pa.Table, object], pa.Table]
+    # config -> transform; for an actor stage this runs once per actor (loads the model)
+    make_transform: Callable[[object], Transform]
+    map_options: Callable[[object], MapOptions] = lambda config: MapOptions()
+    # runs on the driver before any work starts; raises StageConfigError
+    preflight: Callable[[object], None] = lambda config: None

@@ -35,6 +35,12 @@ def in_flight(contract: pa.Schema) -> pa.Schema:
     return pa.schema(fields + ENVELOPE, metadata=contract.metadata)
 
 
+def mark_rejected(row: dict, payload: list[str], stage: str, reason: str, detail: str) -> None:
+    """Mark an in-flight row (a dict) rejected by `stage` and clear its payload columns."""
+    row.update(dict.fromkeys(payload))
+    row.update({REJECT_STAGE: stage, REJECT_REASON: str(reason), REJECT_DETAIL: detail})
+
+
 def is_rejected(table: pa.Table) -> pa.ChunkedArray:
     return pc.is_valid(table[REJECT_REASON])
 

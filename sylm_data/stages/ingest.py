@@ -4,6 +4,7 @@ Audio is decoded once, to prove it decodes and to measure its duration; the byte
 bytes found. Checks run cheapest first, so most rejects never pay for a decode.
 """
 
+import functools
 import re
 import traceback
 import unicodedata
@@ -12,7 +13,7 @@ from dataclasses import dataclass, field
 import pyarrow as pa
 
 from sylm_data import audio, languages
-from sylm_data.pipeline.stage import SOURCES, Stage
+from sylm_data.pipeline.stage import SOURCES, Rejected, Stage
 from sylm_data.schemas import source_record, stream, utterance
 from sylm_data.schemas.reject import Reason
 
@@ -40,12 +41,6 @@ class IngestConfig:
     filler_words: dict[str, list[str]] = field(default_factory=lambda: dict(DEFAULT_FILLER_WORDS))
     # declared and measured duration may differ by this much (mp3 padding), or 5%, whichever is more
     duration_tolerance_ms: int = 250
-
-
-class Rejected(Exception):
-    def __init__(self, reason: Reason, detail: str) -> None:
-        super().__init__(detail)
-        self.reason, self.detail = reason, detail
 
 
 def normalize_text(text: str | None) -> str:
@@ -103,7 +98,7 @@ def check_audio(data: bytes | None, declared_ms: int | None, config: IngestConfi
     try:
         decoded = audio.decode(data or b"")
     except audio.AudioDecodeError as error:
-        raise Rejected(Reason.DECODE_ERROR, str(error)[:300]) from None
+        raise Rejected(Reason.DECODE_ERROR, str(error)) from None
     if len(decoded.samples) == 0 or not decoded.samples.any():
         raise Rejected(Reason.EMPTY_AUDIO, f"{len(decoded.samples)} samples, all silent")
     measured = decoded.duration_ms
@@ -145,10 +140,6 @@ _PAYLOAD = [name for name in utterance.SCHEMA.names if name not in (utterance.ID
 OUTPUT_SCHEMA = stream.in_flight(utterance.SCHEMA)
 
 
-def _rejection(reason: Reason, detail: str) -> dict:
-    return {stream.REJECT_STAGE: NAME, stream.REJECT_REASON: reason.value, stream.REJECT_DETAIL: detail}
-
-
 def transform(batch: pa.Table, config: IngestConfig) -> pa.Table:
     """In-flight source records -> in-flight utterances (same rows, same order)."""
     rows = []
@@ -159,10 +150,10 @@ def transform(batch: pa.Table, config: IngestConfig) -> pa.Table:
             try:
                 row.update(ingest_record(record, config))
             except Rejected as rejected:
-                row.update(_rejection(rejected.reason, rejected.detail))
+                stream.mark_rejected(row, _PAYLOAD, NAME, rejected.reason, rejected.detail)
             except Exception as error:  # one bad sample must not take the run down: record it, show it
                 traceback.print_exc()
-                row.update(_rejection(Reason.STAGE_ERROR, f"{type(error).__name__}: {error}"[:300]))
+                stream.mark_rejected(row, _PAYLOAD, NAME, Reason.STAGE_ERROR, f"{type(error).__name__}: {error}"[:300])
         rows.append(row)
     return pa.Table.from_pylist(rows, schema=OUTPUT_SCHEMA)
 
@@ -173,5 +164,5 @@ STAGE = Stage(
     contract=utterance.SCHEMA,
     description="source corpora (Emilia, Emilia-YODAS, YODAS2, manifest) -> utterance rows",
     config_type=IngestConfig,
-    transform=transform,
+    make_transform=lambda config: functools.partial(transform, config=config),
 )

@@ -1,0 +1,163 @@
+"""align: `utterance` rows -> `aligned` rows, word start/end times from a forced aligner.
+
+Backends: `qwen3` (Qwen3-ForcedAligner through transformers; batched, GPU when present) and
+`pocketsphinx` (English, CPU, offline). Audio longer than the backend's window is cut at quiet
+points and each piece aligned with its share of the transcript. Whatever a backend returns is
+checked (see `align_words.check_and_repair`) before it is written; what fails is rejected with
+`align_failed`, a language the backend lacks with `language_unsupported`.
+"""
+
+import traceback
+from dataclasses import dataclass
+
+import pyarrow as pa
+
+from sylm_data import audio
+from sylm_data.pipeline.stage import MapOptions, Rejected, Stage, StageConfigError
+from sylm_data.schemas import aligned, stream, utterance
+from sylm_data.schemas.reject import Reason
+from sylm_data.stages import align_words
+from sylm_data.stages.align_words import SAMPLE_RATE, AlignmentRejected, Piece
+
+NAME = "align"
+
+
+@dataclass
+class AlignConfig:
+    backend: str = "qwen3"  # qwen3 | pocketsphinx
+    model: str = "Qwen/Qwen3-ForcedAligner-0.6B-hf"  # hub id or local folder (qwen3)
+    device: str = "auto"  # auto: cuda when available, else cpu
+    batch_size: int = 8  # pieces per forward pass (qwen3)
+    actors: int = 1  # aligner processes; one per GPU on a GPU cluster
+    gpus_per_actor: float = 1.0  # used when CUDA is visible to the driver
+    max_piece_ms: int = 180_000
+    max_word_ms: int = 5_000  # a longer word means the transcript does not match the audio
+
+
+def load_backend(config: AlignConfig):
+    if config.backend == "pocketsphinx":
+        from sylm_data.stages.align_pocketsphinx import PocketsphinxAligner
+
+        return PocketsphinxAligner()
+    if config.backend == "qwen3":
+        from sylm_data.stages.align_qwen3 import Qwen3Aligner
+
+        return Qwen3Aligner(config.model, config.device, config.batch_size)
+    raise ValueError(f"unknown align backend {config.backend!r}: use qwen3 or pocketsphinx")
+
+
+_PASSED = [name for name in aligned.SCHEMA.names if name not in (utterance.ID, utterance.SOURCE)]
+OUTPUT_SCHEMA = stream.in_flight(aligned.SCHEMA)
+
+
+class Aligner:
+    """The align transform; holds one backend (one model) for all the batches it is given."""
+
+    def __init__(self, config: AlignConfig) -> None:
+        self.config = config
+        self.backend = load_backend(config)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        rows = batch.to_pylist()
+        prepared: dict[int, list[Piece]] = {}
+        for index, row in enumerate(rows):
+            row.update({aligned.WORDS: None, aligned.ALIGNER: None, aligned.WORD_UNIT: None})
+            if row[stream.REJECT_REASON] is None:
+                try:
+                    prepared[index] = self._pieces(row)
+                except Rejected as rejected:
+                    stream.mark_rejected(row, _PASSED, NAME, rejected.reason, rejected.detail)
+        pieces = [piece for index in prepared for piece in prepared[index]]
+        try:
+            results = iter(self.backend.align(pieces))
+        except Exception as error:  # a backend failure costs this batch's rows, never the run
+            traceback.print_exc()
+            for index in prepared:
+                stream.mark_rejected(rows[index], _PASSED, NAME, Reason.STAGE_ERROR, f"{type(error).__name__}: {error}"[:300])
+            prepared = {}
+        for index, row_pieces in prepared.items():
+            self._finish(rows[index], row_pieces, [next(results) for _ in row_pieces])
+        return pa.Table.from_pylist(rows, schema=OUTPUT_SCHEMA)
+
+    def _pieces(self, row: dict) -> list[Piece]:
+        language = row[utterance.LANGUAGE]
+        if language not in self.backend.languages:
+            raise Rejected(Reason.LANGUAGE_UNSUPPORTED, f"{self.config.backend} does not align {language!r}")
+        try:
+            words = self.backend.words(row[utterance.TEXT], language)
+        except ImportError as error:  # e.g. Japanese needs nagisa
+            raise Rejected(Reason.LANGUAGE_UNSUPPORTED, str(error)) from None
+        if not words:
+            raise Rejected(Reason.ALIGN_FAILED, "the transcript has no word to align")
+        try:
+            samples = audio.decode(row[utterance.AUDIO], SAMPLE_RATE).samples
+        except audio.AudioDecodeError as error:
+            raise Rejected(Reason.DECODE_ERROR, str(error)) from None
+        max_piece_ms = min(self.config.max_piece_ms, self.backend.max_piece_ms)
+        cuts = align_words.cut_points(samples, max_piece_ms)
+        bounds = [0, *cuts, len(samples)]
+        shares = align_words.share_words(words, align_words.speech_amounts(samples, bounds),
+                                         align_words.clause_ends(row[utterance.TEXT], words))
+        return [
+            Piece(samples[start:end], share, language, start * 1000 // SAMPLE_RATE)
+            for (start, end), share in zip(zip(bounds, bounds[1:]), shares)
+            if share
+        ]
+
+    def _finish(self, row: dict, pieces: list[Piece], results: list) -> None:
+        failures = [result for result in results if isinstance(result, str)]
+        if failures:
+            stream.mark_rejected(row, _PASSED, NAME, Reason.ALIGN_FAILED, failures[0][:300])
+            return
+        timings = [(piece.offset_ms + start, piece.offset_ms + end)
+                   for piece, result in zip(pieces, results) for start, end in result]
+        try:
+            timings = align_words.check_and_repair(timings, row[utterance.DURATION_MS], self.config.max_word_ms)
+        except AlignmentRejected as rejected:
+            stream.mark_rejected(row, _PASSED, NAME, Reason.ALIGN_FAILED, str(rejected))
+            return
+        texts = [word for piece in pieces for word in piece.words]
+        row[aligned.WORDS] = [
+            {aligned.WORD_TEXT: text, aligned.WORD_START_MS: start, aligned.WORD_END_MS: end}
+            for text, (start, end) in zip(texts, timings)
+        ]
+        row[aligned.ALIGNER] = self.backend.id
+        row[aligned.WORD_UNIT] = self.backend.word_unit.get(row[utterance.LANGUAGE], "word")
+
+
+def preflight(config: AlignConfig) -> None:
+    """Fail before any work when the backend cannot load: a missing model is one clear line."""
+    if config.backend == "pocketsphinx":
+        return
+    if config.backend != "qwen3":
+        raise StageConfigError(f"unknown backend {config.backend!r}: use qwen3 or pocketsphinx")
+    from transformers import AutoConfig
+
+    try:
+        AutoConfig.from_pretrained(config.model)
+    except (OSError, ValueError) as error:
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise StageConfigError(
+            f"cannot load the aligner {config.model!r} ({first_line}); without the weights, English aligns "
+            "offline with --set align.backend=pocketsphinx"
+        ) from None
+
+
+def map_options(config: AlignConfig) -> MapOptions:
+    import torch
+
+    on_gpu = config.backend == "qwen3" and config.device in ("auto", "cuda") and torch.cuda.is_available()
+    return MapOptions(actors=True, concurrency=config.actors, num_gpus=config.gpus_per_actor if on_gpu else 0.0,
+                      batch_size=max(config.batch_size * 4, 32))
+
+
+STAGE = Stage(
+    name=NAME,
+    consumes="ingest",
+    contract=aligned.SCHEMA,
+    description="utterance rows -> aligned rows (word start/end ms; qwen3 or pocketsphinx)",
+    config_type=AlignConfig,
+    make_transform=Aligner,
+    map_options=map_options,
+    preflight=preflight,
+)

@@ -1,0 +1,146 @@
+"""Qwen3-ForcedAligner through transformers' own implementation (no qwen-asr package).
+
+The model reads the audio and the transcript with two `<timestamp>` markers after every word and
+classifies each marker into a time bin (80 ms each). Pieces are sorted by length and aligned in
+padded batches; bf16 with SDPA attention on GPU, float32 on CPU.
+"""
+
+import torch
+
+NAME = "qwen3"
+LANGUAGES = frozenset({"zh", "en", "yue", "fr", "de", "it", "ja", "ko", "pt", "ru", "es"})
+WORD_UNITS = {"zh": "char", "yue": "char", "ja": "morpheme"}
+
+
+class ModelLoadError(RuntimeError):
+    pass
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+class Qwen3Aligner:
+    languages = LANGUAGES
+    word_unit = WORD_UNITS
+
+    def __init__(self, model_id: str, device: str = "auto", batch_size: int = 8) -> None:
+        from transformers import AutoModelForTokenClassification, AutoProcessor
+
+        self.device = resolve_device(device)
+        self.dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
+        self.batch_size = batch_size
+        try:
+            self.processor = AutoProcessor.from_pretrained(model_id)
+            self.model = AutoModelForTokenClassification.from_pretrained(model_id, dtype=self.dtype, attn_implementation="sdpa")
+        except (OSError, ValueError) as error:
+            raise ModelLoadError(
+                f"cannot load the aligner {model_id!r}: {error}. Without the weights, English aligns offline "
+                "with --set align.backend=pocketsphinx"
+            ) from None
+        self.model.to(self.device).eval()
+        self.timestamp_token_id = self.model.config.timestamp_token_id
+        segment_ms = self.processor.timestamp_segment_time
+        # the classifier can only name num_labels time bins
+        self.max_piece_ms = int(self.model.config.num_labels * segment_ms)
+        revision = getattr(self.model.config, "_commit_hash", None) or "local"
+        self.id = f"{NAME}/{model_id}@{revision}"
+
+    def words(self, text: str, language: str) -> list[str]:
+        """The model's own units: CJK characters, Japanese morphemes (nagisa), Korean words (soynlp)."""
+        return self.processor.split_words_for_alignment(text, _language_name(language))
+
+    def align(self, pieces) -> list:
+        """(start_ms, end_ms) per word for each piece, or a failure message."""
+        results: list = [None] * len(pieces)
+        order = sorted(range(len(pieces)), key=lambda index: len(pieces[index].samples))
+        for start in range(0, len(order), self.batch_size):
+            indices = order[start : start + self.batch_size]
+            batch = [pieces[index] for index in indices]
+            for index, timings in zip(indices, self._align_batch(batch)):
+                results[index] = timings
+        return results
+
+    def _align_batch(self, batch) -> list:
+        inputs, word_lists = self.processor.prepare_forced_aligner_inputs(
+            audio=[piece.samples for piece in batch],
+            transcript=[" ".join(piece.words) for piece in batch],
+            language=[piece.language for piece in batch],
+        )
+        inputs = {
+            name: value.to(self.device, self.dtype if value.is_floating_point() else None)
+            for name, value in inputs.items()
+            if name in self.processor.model_input_names
+        }
+        with torch.inference_mode():
+            logits = self.model(**inputs).logits
+        decoded = self.processor.decode_forced_alignment(logits.float(), inputs["input_ids"], word_lists, self.timestamp_token_id)
+        results = []
+        for piece, words in zip(batch, decoded):
+            if len(words) != len(piece.words):
+                results.append(f"the aligner timed {len(words)} units for {len(piece.words)} words")
+            else:
+                results.append([(round(w["start_time"] * 1000), round(w["end_time"] * 1000)) for w in words])
+        return results
+
+
+def _language_name(code: str) -> str:
+    from transformers.models.qwen3_asr.processing_qwen3_asr import LANGUAGE_CODE_TO_NAME
+
+    return LANGUAGE_CODE_TO_NAME[code]
+
+
+SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|audio_start|>", "<|audio_pad|>", "<|audio_end|>", "<timestamp>"]
+# The aligner's prompt: the audio, then every word followed by its start and end markers.
+CHAT_TEMPLATE = (
+    "{%- for message in messages -%}{%- for content in message['content'] -%}"
+    "{%- if content['type'] == 'audio' -%}<|audio_start|><|audio_pad|><|audio_end|>"
+    "{%- elif content['type'] == 'text' -%}{{ content['text'] }}<timestamp><timestamp>"
+    "{%- endif -%}{%- endfor -%}{%- endfor -%}"
+)
+TINY = {
+    "audio": dict(encoder_layers=1, encoder_attention_heads=2, encoder_ffn_dim=32, d_model=16, output_dim=32,
+                  downsample_hidden_size=8),
+    "text": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                 num_key_value_heads=1, head_dim=16),
+}
+# Qwen3-ForcedAligner-0.6B's dimensions (for benchmarks with random weights)
+SIZE_0_6B = {
+    "audio": dict(encoder_layers=24, encoder_attention_heads=16, encoder_ffn_dim=4096, d_model=1024, output_dim=1024,
+                  downsample_hidden_size=480),
+    "text": dict(hidden_size=1024, intermediate_size=3072, num_hidden_layers=28, num_attention_heads=16,
+                 num_key_value_heads=8, head_dim=128, vocab_size=151_936),
+}
+
+
+def save_random_aligner(folder, dimensions: dict = TINY, seed: int = 0, corpus: list[str] = ()) -> None:
+    """A randomly initialised forced aligner in the released format (model + processor), for tests
+    and benchmarks where the weights cannot be downloaded. Its timings are noise."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import Qwen2TokenizerFast, Qwen3ASRConfig, Qwen3ASRFeatureExtractor, Qwen3ASRForTokenClassification
+    from transformers.models.qwen3_asr.processing_qwen3_asr import Qwen3ASRProcessor
+
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=512, special_tokens=SPECIAL_TOKENS,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    bpe.train_from_iterator(list(corpus) or ["the quick brown fox jumps over the lazy dog"], trainer)
+    tokenizer = Qwen2TokenizerFast(
+        tokenizer_object=bpe, eos_token="<|im_end|>", pad_token="<|endoftext|>",
+        extra_special_tokens={"audio_token": "<|audio_pad|>", "audio_bos_token": "<|audio_start|>",
+                              "audio_eos_token": "<|audio_end|>"},
+    )
+    processor = Qwen3ASRProcessor(feature_extractor=Qwen3ASRFeatureExtractor(), tokenizer=tokenizer, chat_template=CHAT_TEMPLATE)
+    token = tokenizer.convert_tokens_to_ids
+    config = Qwen3ASRConfig(
+        audio_config=dict(num_mel_bins=128, **dimensions["audio"]),
+        text_config={"vocab_size": len(tokenizer), "max_position_embeddings": 65536, **dimensions["text"]},
+        audio_token_id=token("<|audio_pad|>"), timestamp_token_id=token("<timestamp>"),
+        pad_token_id=token("<|endoftext|>"), eos_token_id=[token("<|im_end|>")], num_labels=5000,
+    )
+    torch.manual_seed(seed)
+    Qwen3ASRForTokenClassification(config).save_pretrained(folder)
+    processor.save_pretrained(folder)

@@ -1,0 +1,157 @@
+"""The align stage: pocketsphinx against espeak-ng's word onsets, long audio, a tiny Qwen3 aligner through Ray."""
+
+import ctypes.util
+import io
+import json
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute
+import pytest
+import soundfile
+import torch
+
+from sylm_data import audio, evaluate
+from sylm_data.pipeline import config as config_module
+from sylm_data.pipeline import runner
+from sylm_data.pipeline.partitions import read_source_partition
+from sylm_data.sample import MANIFEST, REFERENCE
+from sylm_data.schemas import stream
+from sylm_data.sources import READERS
+from sylm_data.stages import align, ingest
+from sylm_data.stages.align_pocketsphinx import spell_out
+from sylm_data.stages.align_qwen3 import save_random_aligner
+from tests.conftest import read_parquet
+
+
+@pytest.fixture(scope="module")
+def utterance_rows() -> pa.Table:
+    partition = READERS["manifest"].partitions([str(MANIFEST)])[0]
+    return pa.concat_tables([ingest.transform(b, ingest.IngestConfig()) for b in read_source_partition(partition, "ingest", 64)])
+
+
+@pytest.fixture(scope="module")
+def pocketsphinx_aligner():
+    return align.Aligner(align.AlignConfig(backend="pocketsphinx"))
+
+
+def test_pocketsphinx_finds_espeak_word_onsets(utterance_rows, pocketsphinx_aligner):
+    out = pocketsphinx_aligner(utterance_rows).to_pylist()
+    result = evaluate.score(out, evaluate.load_reference(REFERENCE))
+    assert result.median_ms <= 50 and result.within_100ms >= 0.95
+    assert result.utterances >= 22  # espeak's fastest sentences may defeat the HMMs: rejected, not guessed
+    for row in out:
+        if row[stream.REJECT_REASON] is None:
+            texts = [word["text"] for word in row["words"]]
+            assert texts == [w.strip(".,") for w in row["text"].split()]  # the transcript's words, in order
+            assert row["aligner"].startswith("pocketsphinx/") and row["word_unit"] == "word"
+        else:
+            assert row[stream.REJECT_REASON] == "align_failed" and row["words"] is None and row["audio"] is None
+
+
+def test_a_transcript_that_does_not_match_is_rejected_not_aligned(utterance_rows, pocketsphinx_aligner):
+    texts = utterance_rows["text"].to_pylist()
+    shifted = utterance_rows.set_column(utterance_rows.schema.get_field_index("text"), "text", pa.array(texts[5:] + texts[:5]))
+    reasons = pocketsphinx_aligner(shifted)[stream.REJECT_REASON].to_pylist()
+    assert reasons.count("align_failed") >= 21  # calibrated: 1 of 24 slips through on these fixtures
+
+
+@pytest.mark.skipif(ctypes.util.find_library("espeak-ng") is None, reason="needs Debian's espeak-ng (.ci/run installs it)")
+def test_words_missing_from_the_dictionary_still_align(utterance_rows, pocketsphinx_aligner):
+    from sylm_data.sample.espeak import Espeak
+
+    assert spell_out("zorblax") == "Z AO R B L AE K S"
+    text = "The zorblax ran past the old mill before it reached the sea."
+    speech = Espeak().synthesize(text)
+    buffer = io.BytesIO()
+    soundfile.write(buffer, speech.samples, speech.sample_rate, format="WAV")
+    row = dict(utterance_rows.to_pylist()[0], audio=buffer.getvalue(), text=text,
+               duration_ms=round(1000 * len(speech.samples) / speech.sample_rate))
+    (aligned,) = pocketsphinx_aligner(pa.Table.from_pylist([row], schema=utterance_rows.schema)).to_pylist()
+    assert aligned[stream.REJECT_REASON] is None, aligned[stream.REJECT_DETAIL]
+    assert aligned["words"][1]["text"] == "zorblax"
+    assert abs(aligned["words"][2]["start_ms"] - speech.words[2].start_ms) <= 100
+
+
+def test_languages_the_backend_lacks_are_rejected(utterance_rows, pocketsphinx_aligner):
+    row = utterance_rows.slice(0, 1)
+    german = row.set_column(row.schema.get_field_index("language"), "language", pa.array(["de"]))
+    (out,) = pocketsphinx_aligner(german).to_pylist()
+    assert out[stream.REJECT_REASON] == "language_unsupported"
+
+
+def test_a_six_minute_utterance_is_cut_aligned_and_joined(utterance_rows, pocketsphinx_aligner):
+    """Five passes over the sentences pocketsphinx aligns on their own, 0.4 s apart: over 6 minutes,
+    cut into pieces within the backend's window and joined with the right offsets."""
+    reference = evaluate.load_reference(REFERENCE)
+    alone = pocketsphinx_aligner(utterance_rows)
+    rows = [row for row in utterance_rows.to_pylist()
+            if alone.filter(pa.compute.equal(alone["id"], row["id"]))[stream.REJECT_REASON][0].as_py() is None]
+    pieces, texts, expected, position_ms = [], [], [], 0
+    word_offset = 0
+    for _ in range(6):
+        for row in rows:
+            decoded = audio.decode(row["audio"], 16_000)
+            pieces += [np.zeros(6400, np.float32), decoded.samples]
+            position_ms += 400
+            key = row["id"].split(":", 1)[1]
+            expected += [{"index": word_offset + w["index"], "start_ms": position_ms + w["start_ms"]} for w in reference[key]]
+            word_offset += len(row["text"].split())
+            texts.append(row["text"])
+            position_ms += decoded.duration_ms
+    samples = np.concatenate(pieces)
+    buffer = io.BytesIO()
+    soundfile.write(buffer, samples, 16_000, format="FLAC")
+    long_row = dict(rows[0], id="manifest:long", audio=buffer.getvalue(), audio_format="flac", sample_rate=16_000,
+                    duration_ms=round(len(samples) / 16), text=" ".join(texts))
+    assert long_row["duration_ms"] >= 6 * 60_000
+    (out,) = pocketsphinx_aligner(pa.Table.from_pylist([long_row], schema=utterance_rows.schema)).to_pylist()
+    assert out[stream.REJECT_REASON] is None, out[stream.REJECT_DETAIL]
+    assert len(out["words"]) == word_offset
+    result = evaluate.score([out], {"long": expected})
+    assert result.median_ms <= 50 and result.within_100ms >= 0.9
+
+
+@pytest.fixture(scope="module")
+def tiny_qwen3(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("qwen3-aligner")
+    corpus = [json.loads(line)["text"] for line in MANIFEST.read_text().splitlines()]
+    save_random_aligner(folder, corpus=corpus)
+    return folder
+
+
+def test_qwen3_backend_batches_and_guards_a_random_model(utterance_rows, tiny_qwen3):
+    aligner = align.Aligner(align.AlignConfig(backend="qwen3", model=str(tiny_qwen3), device="cpu", batch_size=5))
+    assert aligner.backend.id.startswith("qwen3/") and aligner.backend.max_piece_ms == 400_000
+    # a random model's timestamps are noise: the guards turn them into align_failed, never into rows
+    out = aligner(utterance_rows.slice(0, 7)).to_pylist()
+    assert [row[stream.REJECT_REASON] for row in out] == ["align_failed"] * 7
+    # the classic failure, all timestamps zero, named as such
+    with torch.no_grad():
+        aligner.backend.model.score.weight.zero_()
+    (zeroed,) = aligner(utterance_rows.slice(0, 1)).to_pylist()
+    assert zeroed[stream.REJECT_DETAIL] == "every timestamp is 0 ms"
+    swahili = utterance_rows.slice(0, 1).set_column(utterance_rows.schema.get_field_index("language"), "language", pa.array(["sw"]))
+    assert aligner(swahili)[stream.REJECT_REASON].to_pylist() == ["language_unsupported"]
+
+
+@pytest.mark.usefixtures("ray_session")
+def test_the_qwen3_stage_runs_through_ray_in_an_actor_pool(tmp_path, tiny_qwen3):
+    cfg = config_module.load(None, [f"align.model={str(tiny_qwen3)!r}", "align.device='cpu'", "align.batch_size=4"])
+    cfg.stages["ingest"].source = "manifest"
+    cfg.stages["ingest"].inputs = [str(MANIFEST)]
+    result = runner.run(cfg, ["ingest", "align"], str(tmp_path / "out"), log=lambda line: None)
+    assert [c["stage"] for c in result.record["this_run"]] == ["ingest", "align"]
+    assert result.record["this_run"][1]["in"] == 24
+    rejects = read_parquet(tmp_path / "out" / "rejects" / "align")
+    rows = read_parquet(tmp_path / "out" / "align")
+    assert rows.num_rows + rejects.num_rows == 24
+    assert set(rejects["reason"].to_pylist()) <= {"align_failed"}
+
+
+def test_a_model_that_cannot_load_stops_the_run_before_it_starts(tmp_path):
+    cfg = config_module.load(None, [f"align.model={str(tmp_path / 'missing')!r}"])
+    cfg.stages["ingest"].source = "manifest"
+    cfg.stages["ingest"].inputs = [str(MANIFEST)]
+    with pytest.raises(runner.RunError, match=r"\[align\] cannot load the aligner .*align.backend=pocketsphinx"):
+        runner.run(cfg, ["ingest", "align"], str(tmp_path / "out"))

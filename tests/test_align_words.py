@@ -1,0 +1,88 @@
+"""The pure parts of alignment: transcript words, cutting long audio, sharing words, guarding timings."""
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from sylm_data.stages.align_words import (
+    SAMPLE_RATE, AlignmentRejected, check_and_repair, clause_ends, cut_points, share_words, speech_amounts,
+    transcript_words,
+)
+
+
+def test_transcript_words_drop_punctuation_and_split_cjk():
+    assert transcript_words("Well, it's a well-known fact — isn't it?", "en") == ["Well", "it's", "a", "well-known", "fact", "isn't", "it"]
+    assert transcript_words("今天，天气好。", "zh") == ["今", "天", "天", "气", "好"]
+    assert transcript_words("Число 42!", "ru") == ["Число", "42"]
+    assert transcript_words(" ... !! ", "en") == []
+
+
+def test_cut_points_fall_in_the_pauses_and_keep_pieces_within_the_limit():
+    rng = np.random.default_rng(0)
+    second = SAMPLE_RATE
+    speech = [rng.normal(0, 0.3, 40 * second), rng.normal(0, 0.3, 50 * second), rng.normal(0, 0.3, 45 * second)]
+    pause = np.zeros(second // 2)
+    samples = np.concatenate([speech[0], pause, speech[1], pause, speech[2]]).astype(np.float32)
+    cuts = cut_points(samples, max_piece_ms=60_000)
+    bounds = [0, *cuts, len(samples)]
+    assert all(end - start <= 60 * second for start, end in zip(bounds, bounds[1:]))
+    pauses = [(40 * second, 40.5 * second), (90.5 * second, 91 * second)]
+    assert len(cuts) == 2 and all(start <= cut <= end for cut, (start, end) in zip(cuts, pauses))
+    assert cut_points(samples[: 30 * second], max_piece_ms=60_000) == []
+
+
+@given(st.lists(st.text("abcdefghij", min_size=1, max_size=9), min_size=1, max_size=40),
+       st.lists(st.integers(1, 1000), min_size=1, max_size=6))
+def test_shared_words_stay_in_order_and_none_is_lost(words, lengths):
+    shares = share_words(words, lengths)
+    assert len(shares) == len(lengths)
+    assert [word for share in shares for word in share] == words
+
+
+def test_words_are_shared_by_speech_not_by_pauses():
+    second = SAMPLE_RATE
+    loud = np.ones(10 * second, np.float32) * 0.5
+    samples = np.concatenate([loud, np.zeros(10 * second, np.float32), loud])
+    amounts = speech_amounts(samples, [0, 20 * second, 30 * second])
+    assert amounts[0] == pytest.approx(amounts[1], rel=0.01)  # the first piece's pause does not count
+    assert share_words(["aaaa"] * 10, amounts) == [["aaaa"] * 5, ["aaaa"] * 5]
+
+
+def test_degenerate_timings_are_rejected():
+    with pytest.raises(AlignmentRejected, match="every timestamp is 0"):
+        check_and_repair([(0, 0), (0, 0), (0, 0)], 3000, 5000)
+    with pytest.raises(AlignmentRejected, match="after the audio ends"):
+        check_and_repair([(100, 200), (141_280, 141_280)], 3000, 5000)
+    with pytest.raises(AlignmentRejected, match="lasts 4800 ms"):
+        check_and_repair([(0, 100), (200, 5000)], 6000, 4000)
+    with pytest.raises(AlignmentRejected, match="no words"):
+        check_and_repair([], 3000, 5000)
+
+
+def test_non_monotonic_timings_are_repaired():
+    assert check_and_repair([(0, 300), (500, 400), (450, 700), (900, 3100)], 3000, 5000) == [
+        (0, 300), (500, 500), (500, 700), (900, 3000)]
+
+
+@given(st.lists(st.tuples(st.integers(-500, 4000), st.integers(-500, 4000)), min_size=2, max_size=30))
+def test_repaired_timings_are_ordered_and_inside_the_audio(timings):
+    try:
+        repaired = check_and_repair(timings, 3000, 10_000)
+    except AlignmentRejected:
+        return
+    assert all(0 <= start <= end <= 3000 for start, end in repaired)
+    assert [start for start, _ in repaired] == sorted(start for start, _ in repaired)
+
+
+def test_clause_ends_follow_punctuation():
+    text = "Hello there, friend. How are you? Fine"
+    assert clause_ends(text, transcript_words(text, "en")) == {2, 3, 6}
+    assert clause_ends("今天好。明天", ["今", "天", "好", "明", "天"]) == {3}
+
+
+def test_piece_boundaries_snap_to_clause_ends():
+    words = ["w"] * 20
+    assert [len(s) for s in share_words(words, [1, 1])] == [10, 10]
+    assert [len(s) for s in share_words(words, [1, 1], breaks={7, 16})] == [7, 13]
+    assert [len(s) for s in share_words(words, [1, 1], breaks={1}, snap=3)] == [10, 10]  # too far to snap
