@@ -9,7 +9,7 @@ from pathlib import Path
 import pyarrow.dataset as ds
 
 from sylm_data.pipeline import records
-from sylm_data.schemas import reject, utterance
+from sylm_data.schemas import aligned, reject, utterance
 
 
 class InspectError(ValueError):
@@ -60,10 +60,17 @@ def _rows(path: Path, table, samples: int) -> str:
         if column in table.column_names:
             counts = Counter(table[column].to_pylist()).most_common(8)
             lines.append(f"  {column}: " + ", ".join(f"{value} {n:,}" for value, n in counts))
+    if aligned.WORDS in table.column_names and table.num_rows:
+        words = sum(len(w) for w in table[aligned.WORDS].to_pylist())
+        seconds = sum(table[utterance.DURATION_MS].to_pylist()) / 1000
+        lines.append(f"  words: {words:,} ({words / seconds:.1f} per second); aligner {table[aligned.ALIGNER][0]}")
     shown = [name for name in table.column_names if name != utterance.AUDIO]
     for row in table.select(shown).slice(0, samples).to_pylist():
         text = row.get(utterance.TEXT, "")
         lines.append(f"  · {row[utterance.ID]}  {row.get(utterance.DURATION_MS, 0) / 1000:.2f} s  {text!r}")
+        if row.get(aligned.WORDS):
+            timed = " ".join(f"{w['text']}@{w['start_ms'] / 1000:.2f}" for w in row[aligned.WORDS][:8])
+            lines.append(f"      {timed}{' …' if len(row[aligned.WORDS]) > 8 else ''}")
     return "\n".join(lines)
 
 

@@ -155,3 +155,19 @@ def test_a_model_that_cannot_load_stops_the_run_before_it_starts(tmp_path):
     cfg.stages["ingest"].inputs = [str(MANIFEST)]
     with pytest.raises(runner.RunError, match=r"\[align\] cannot load the aligner .*align.backend=pocketsphinx"):
         runner.run(cfg, ["ingest", "align"], str(tmp_path / "out"))
+
+
+@pytest.mark.usefixtures("ray_session")
+def test_eval_align_reports_the_error_of_a_pocketsphinx_run(tmp_path):
+    from typer.testing import CliRunner
+
+    from sylm_data.cli import app
+
+    cfg = config_module.load(None, ["align.backend='pocketsphinx'", "align.actors=2"])
+    cfg.stages["ingest"].source = "manifest"
+    cfg.stages["ingest"].inputs = [str(MANIFEST)]
+    runner.run(cfg, ["ingest", "align"], str(tmp_path / "out"), log=lambda line: None)
+    shown = CliRunner().invoke(app, ["eval", "align", str(tmp_path / "out" / "align"), "--reference", str(REFERENCE)])
+    assert shown.exit_code == 0, shown.output
+    median = float(shown.output.split("median ")[1].split(" ms")[0])
+    assert median <= 50 and "within 50 ms" in shown.output

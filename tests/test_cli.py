@@ -29,10 +29,13 @@ def test_quickstart_runs_the_bundled_sample_and_inspect_reads_it(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     assert "ingest: 24 in, 24 out; rejected: none" in done.stdout
     assert f"sylm-data inspect {out}" in done.stdout
-    assert read_parquet(out / "ingest").num_rows == 24
+    aligned, rejected = read_parquet(out / "align"), read_parquet(out / "rejects" / "align")
+    assert aligned.num_rows + rejected.num_rows == 24 and aligned.num_rows >= 22
+    assert not (out / "ingest").exists()  # ingest ran fused with align: no intermediate copy
     summary = cli.invoke(app, ["inspect", str(out)])
     assert summary.exit_code == 0
-    assert "24 rows" in summary.output and "language: en 24" in summary.output
+    assert f"{aligned.num_rows} rows" in summary.output and "language: en" in summary.output
+    assert "The@" in summary.output  # words with their start times
     assert "The river ran past the old mill" in summary.output
 
 
@@ -75,7 +78,7 @@ def test_inspect_renders_shards(tmp_path):
     ],
 )
 def test_user_errors_are_one_line_and_exit_2(tmp_path, args, message):
-    base = ["run", "--output", str(tmp_path / "out"), "--input", str(tmp_path)]
+    base = ["run", "--stage", "ingest", "--output", str(tmp_path / "out"), "--input", str(tmp_path)]
     result = cli.invoke(app, base + args)
     assert result.exit_code == 2
     assert message in result.output

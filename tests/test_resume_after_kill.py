@@ -20,7 +20,8 @@ def cli(*args: str) -> list[str]:
 
 
 def run_command(corpus, out) -> list[str]:
-    return cli("run", "--source", "emilia", "--input", str(corpus / "*.tar"), "--output", str(out), "--set", "run.num_cpus=2")
+    return cli("run", "--stage", "ingest", "--source", "emilia", "--input", str(corpus / "*.tar"), "--output", str(out),
+               "--set", "run.num_cpus=2")
 
 
 def markers(out) -> dict[str, str]:

@@ -11,7 +11,7 @@ import pytest
 
 from sylm_data.pipeline import config as config_module
 from sylm_data.pipeline import registry, runner
-from sylm_data.pipeline.stage import Stage
+from sylm_data.pipeline.stage import MapOptions, Stage
 from sylm_data.sample import layouts
 from sylm_data.schemas import stream, utterance
 from sylm_data.schemas.reject import Reason
@@ -21,7 +21,7 @@ pytestmark = pytest.mark.usefixtures("ray_session")
 
 
 def make_config(inputs, source="emilia", overrides=()):
-    cfg = config_module.load(None, list(overrides))
+    cfg = config_module.load(None, ["run.stages=['ingest']", *overrides])
     cfg.stages["ingest"].source = source
     cfg.stages["ingest"].inputs = [str(p) for p in inputs]
     return cfg
@@ -116,8 +116,10 @@ def with_shout_stage(monkeypatch):
     import ray.cloudpickle
 
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # Ray workers cannot import tests/
-    stage = Stage("shout", "ingest", utterance.SCHEMA, "toy", ShoutConfig, lambda config: functools.partial(shout, config=config))
-    monkeypatch.setattr(registry, "STAGES", registry.STAGES | {"shout": stage})
+    # an actor-pool stage (as model-holding stages are), so the fused and separate runs cover that path
+    stage = Stage("shout", "ingest", utterance.SCHEMA, "toy", ShoutConfig, lambda config: functools.partial(shout, config=config),
+                  map_options=lambda config: MapOptions(actors=True, concurrency=1, batch_size=8))
+    monkeypatch.setattr(registry, "STAGES", {"ingest": registry.STAGES["ingest"], "shout": stage})
 
 
 @pytest.mark.usefixtures("with_shout_stage")
