@@ -10,6 +10,7 @@ length or stretched over the wrong sounds, which the phone-rate check below catc
 missing from the CMU dictionary get a rule-based pronunciation.
 """
 
+import importlib.metadata
 import re
 
 import numpy as np
@@ -68,8 +69,7 @@ class PocketsphinxAligner:
     def __init__(self) -> None:
         import pocketsphinx
 
-        self.version = pocketsphinx.__version__ if hasattr(pocketsphinx, "__version__") else "5"
-        self.id = f"{NAME}/en-us"
+        self.id = f"{NAME}/en-us@{importlib.metadata.version('pocketsphinx')}"
         self._decoders = {rate: pocketsphinx.Decoder(samprate=16000, lm=None, loglevel="FATAL", frate=rate)
                           for rate in FRAME_RATES}
 
