@@ -100,19 +100,22 @@ def inspect(
 def quickstart(
     output: Annotated[Path, typer.Option("--output", "-o", help="Output folder.")] = Path("out"),
 ) -> None:
-    """Run the pipeline on the bundled sample (Emilia layout, embedded Ray, no network)."""
+    """Run the pipeline on the bundled sample (Emilia layout, embedded Ray, offline backends):
+    ingest + align (pocketsphinx), then the MFCC codebook, then tokenize."""
     from sylm_data.pipeline import runner
     from sylm_data.sample import layouts
 
     tars = layouts.write_emilia(output / "source", layouts.sample_utterances(), shard_size=8)
-    cfg = config_module.load(None, ["align.backend='pocketsphinx'"])
+    cfg = config_module.load(None, ["align.backend='pocketsphinx'", "codebook.clusters=64",
+                                    f"tokenize.codebook={str((output / 'codebook').resolve())!r}"])
     cfg.stages["ingest"].source = "emilia"
     cfg.stages["ingest"].inputs = [str(path.resolve()) for path in tars]
     try:
-        result = runner.run(cfg, [], str(output), address=None)
+        for stages in (["ingest", "align"], ["codebook"], ["tokenize"]):
+            result = runner.run(cfg, stages, str(output), address=None)
+            _print_summary(result.record, result.record_path)
     except runner.RunError as error:
         _fail(str(error))
-    _print_summary(result.record, result.record_path)
     typer.echo(f"inspect it: sylm-data inspect {output}")
 
 

@@ -10,8 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pyarrow.dataset as ds
 
+from sylm_data.pipeline.output import read_rows
 from sylm_data.schemas import aligned
 
 
@@ -61,5 +61,5 @@ def score(rows: list[dict], reference: dict[str, list[dict]]) -> AlignmentScore:
 
 
 def score_folder(folder: Path, reference_path: Path) -> AlignmentScore:
-    rows = ds.dataset(folder, format="parquet").to_table(columns=["id", aligned.WORDS]).to_pylist()
+    rows = read_rows(folder, columns=["id", aligned.WORDS]).to_pylist()
     return score(rows, load_reference(reference_path))

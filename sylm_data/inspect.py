@@ -6,10 +6,10 @@ import tarfile
 from collections import Counter
 from pathlib import Path
 
-import pyarrow.dataset as ds
 
 from sylm_data.pipeline import records
-from sylm_data.schemas import aligned, reject, utterance
+from sylm_data.pipeline.output import read_rows
+from sylm_data.schemas import aligned, reject, tokenized, utterance
 
 
 class InspectError(ValueError):
@@ -26,7 +26,7 @@ def summarize(path: Path, samples: int = 3) -> str:
         return _output_dir(path, samples)
     if not any(path.rglob("*.parquet")):
         raise InspectError(f"{path} holds no Parquet files, shards or run records")
-    table = ds.dataset(path, format="parquet").to_table()
+    table = read_rows(path)
     if set(reject.SCHEMA.names) <= set(table.column_names) and utterance.AUDIO not in table.column_names:
         return _rejects(path, table, samples)
     return _rows(path, table, samples)
@@ -64,10 +64,18 @@ def _rows(path: Path, table, samples: int) -> str:
         words = sum(len(w) for w in table[aligned.WORDS].to_pylist())
         seconds = sum(table[utterance.DURATION_MS].to_pylist()) / 1000
         lines.append(f"  words: {words:,} ({words / seconds:.1f} per second); aligner {table[aligned.ALIGNER][0]}")
+    if tokenized.UNITS in table.column_names and table.num_rows:
+        count = sum(len(u) for u in table[tokenized.UNITS].to_pylist())
+        seconds = sum(table[utterance.DURATION_MS].to_pylist()) / 1000
+        lines.append(f"  units: {count:,} ({count / seconds:.1f} per second); tokenizer {table[tokenized.TOKENIZER][0]}")
     shown = [name for name in table.column_names if name != utterance.AUDIO]
     for row in table.select(shown).slice(0, samples).to_pylist():
-        text = row.get(utterance.TEXT, "")
-        lines.append(f"  · {row[utterance.ID]}  {row.get(utterance.DURATION_MS, 0) / 1000:.2f} s  {text!r}")
+        if utterance.TEXT not in row:
+            lines.append(f"  · {row[utterance.ID]}  " + ", ".join(f"{k} {v}" for k, v in row.items() if isinstance(v, int)))
+            continue
+        lines.append(f"  · {row[utterance.ID]}  {row[utterance.DURATION_MS] / 1000:.2f} s  {row[utterance.TEXT]!r}")
+        if row.get(tokenized.UNITS):
+            lines.append(f"      units {' '.join(map(str, row[tokenized.UNITS][:16]))}{' …' if len(row[tokenized.UNITS]) > 16 else ''}")
         if row.get(aligned.WORDS):
             timed = " ".join(f"{w['text']}@{w['start_ms'] / 1000:.2f}" for w in row[aligned.WORDS][:8])
             lines.append(f"      {timed}{' …' if len(row[aligned.WORDS]) > 8 else ''}")

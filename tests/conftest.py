@@ -4,9 +4,9 @@ import tarfile
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.dataset as ds
 import pytest
 
+from sylm_data.pipeline.output import read_rows
 from sylm_data.sample import layouts
 
 
@@ -39,9 +39,7 @@ def emilia_members(utterance: layouts.SampleUtterance, key: str, **fields) -> li
 
 
 def read_parquet(folder: Path) -> pa.Table:
-    if not folder.exists():
-        return pa.table({})
-    return ds.dataset(folder, format="parquet").to_table()
+    return read_rows(folder) if folder.exists() else pa.table({})
 
 
 def wav_bytes(samples, rate: int) -> bytes:

@@ -28,7 +28,7 @@ class ConfigError(ValueError):
 
 @dataclass
 class RunConfig:
-    stages: list[str] = field(default_factory=lambda: list(registry.STAGES))
+    stages: list[str] = field(default_factory=lambda: list(registry.MAIN_LINE))
     seed: int = 0
     batch_rows: int = 64  # records per in-flight block: audio bytes make rows large
     num_cpus: int | None = None  # embedded Ray only; None = all cores

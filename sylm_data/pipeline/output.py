@@ -23,12 +23,22 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from sylm_data.schemas import stream
 
 TMP = ".tmp"
 DONE = "_done"
+
+
+def read_rows(folder: Path, columns: list[str] | None = None) -> pa.Table:
+    """Every committed Parquet row under `folder` (staging, markers and other files left out)."""
+    files = sorted(
+        str(path) for path in Path(folder).rglob("*.parquet")
+        if not any(part.startswith((".", "_")) for part in path.relative_to(folder).parts)
+    )
+    return ds.dataset(files, format="parquet").to_table(columns=columns) if files else pa.table({})
 
 
 class OutputLayout:

@@ -1,9 +1,11 @@
 """The stages in pipeline order."""
 
 from sylm_data.pipeline.stage import Stage
-from sylm_data.stages import align, ingest
+from sylm_data.stages import align, codebook, ingest, tokenize
 
-STAGES: dict[str, Stage] = {stage.name: stage for stage in (ingest.STAGE, align.STAGE)}
+STAGES: dict[str, Stage] = {stage.name: stage for stage in (ingest.STAGE, align.STAGE, codebook.STAGE, tokenize.STAGE)}
+# what a run without --stage runs: the main line (the codebook is fitted in a run of its own)
+MAIN_LINE = ["ingest", "align", "tokenize"]
 
 
 class PlanError(ValueError):

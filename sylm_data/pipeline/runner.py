@@ -139,6 +139,12 @@ def run(config: Config, stage_names: list[str], output_dir: str, address: str | 
                 ray.shutdown()
     layout.drop_staging(run_id, final.name, names)
     record = _record(run_id, config, names, layout, final.name, tallies, len(all_partitions), len(done), started)
+    if final.finalize is not None:
+        log(f"{final.name}: finalizing")
+        try:
+            record["finalized"] = final.finalize(config.stages[final.name], layout.stage_dir(final.name))
+        except ValueError as error:
+            raise RunError(f"[{final.name}] {error}") from None
     return RunResult(record, str(records.write(layout.runs_dir, record)))
 
 

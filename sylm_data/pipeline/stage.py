@@ -2,6 +2,7 @@
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import pyarrow as pa
 
@@ -46,3 +47,6 @@ class Stage:
     map_options: Callable[[object], MapOptions] = lambda config: MapOptions()
     # runs on the driver before any work starts; raises StageConfigError
     preflight: Callable[[object], None] = lambda config: None
+    # runs on the driver once every partition is committed, given the stage's output folder
+    # (e.g. fits a model on what the rows gathered); returns a summary for the run record
+    finalize: Callable[[object, Path], dict] | None = None

@@ -1,0 +1,124 @@
+"""codebook: fit the k-means codebook that tokenize names segments with.
+
+Each utterance's audio goes through the same encoder and segmentation as tokenize; up to
+`segments_per_utterance` pooled segment features per utterance are kept (`DIR/codebook/<partition>/`,
+a deterministic choice per id). When every partition is in, the driver fits k-means (k-means++
+then Lloyd, in torch, on the GPU when present) on at most `max_segments` of them and writes
+`DIR/codebook/codebook.safetensors` with a manifest naming encoder, layer, K, sample count and inertia.
+"""
+
+import hashlib
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from sylm_data.pipeline.output import read_rows
+from sylm_data.pipeline.stage import MapOptions, Rejected, Stage
+from sylm_data.schemas import codebook, stream, utterance
+from sylm_data.schemas.codebook import CodebookManifest
+from sylm_data.stages import units
+from sylm_data.stages.kmeans import kmeans
+from sylm_data.stages.syllables import FeatureConfig, Segmenter, decode_16k, encoder_identity, make_encoder, resolve_device
+
+NAME = "codebook"
+
+
+@dataclass
+class CodebookConfig(FeatureConfig):
+    clusters: int = 256
+    segments_per_utterance: int = 64
+    max_segments: int = 200_000
+    iterations: int = 50
+    seed: int = 0
+    actors: int = 1
+    gpus_per_actor: float = 1.0
+
+
+_PAYLOAD = [codebook.SEGMENTS, codebook.DIMS, codebook.FEATURES]
+OUTPUT_SCHEMA = stream.in_flight(codebook.SCHEMA)
+
+
+class SegmentSampler:
+    """Rows with audio -> a sample of their pooled segment features."""
+
+    def __init__(self, config: CodebookConfig) -> None:
+        self.config = config
+        self.segmenter = Segmenter(config)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        envelope = [utterance.ID, utterance.SOURCE, *stream.ENVELOPE_NAMES]
+        rows = [{name: row[name] for name in envelope} | dict.fromkeys(_PAYLOAD) for row in batch.to_pylist()]
+        todo, waves = [], []
+        for row, audio_bytes in zip(rows, batch[utterance.AUDIO].to_pylist()):
+            if row[stream.REJECT_REASON] is None:
+                try:
+                    waves.append(decode_16k(audio_bytes))
+                    todo.append(row)
+                except Rejected as rejected:
+                    stream.mark_rejected(row, _PAYLOAD, NAME, rejected.reason, rejected.detail)
+        for row, (features, ends) in zip(todo, self.segmenter(waves)):
+            pooled = units.pool(features, ends).numpy()
+            rng = np.random.default_rng(int(hashlib.sha1(row[utterance.ID].encode()).hexdigest()[:8], 16))
+            keep = np.sort(rng.permutation(len(pooled))[: self.config.segments_per_utterance])
+            row.update({codebook.SEGMENTS: len(keep), codebook.DIMS: pooled.shape[1],
+                        codebook.FEATURES: pooled[keep].astype(np.float32).ravel().tolist()})
+        return pa.Table.from_pylist(rows, schema=OUTPUT_SCHEMA)
+
+
+def fit(config: CodebookConfig, folder) -> dict:
+    """Fit the codebook on the sampled segment features under `folder`; returns the manifest as a dict."""
+    table = read_rows(folder)
+    if not table.num_rows:
+        raise ValueError(f"{folder} holds no segment features: nothing to fit")
+    table = table.sort_by(codebook.ID)
+    dims = table[codebook.DIMS][0].as_py()
+    points = np.concatenate([np.asarray(f, np.float32).reshape(-1, dims) for f in table[codebook.FEATURES].to_pylist()])
+    rng = np.random.default_rng(config.seed)
+    if len(points) > config.max_segments:
+        points = points[np.sort(rng.choice(len(points), config.max_segments, replace=False))]
+    device = resolve_device(config.device)
+    centroids, inertia = kmeans(torch.from_numpy(points).to(device), config.clusters, config.iterations, config.seed)
+    encoder, layer = encoder_identity(config)
+    config_hash = hashlib.sha256(repr((encoder, layer, config.segmentation(), config.clusters, config.seed,
+                                       len(points))).encode()).hexdigest()[:12]
+    manifest = CodebookManifest(encoder=encoder, layer=layer, dims=dims, clusters=config.clusters,
+                                units=config.clusters, samples=len(points), inertia=inertia,
+                                segmentation=config.segmentation(), config_hash=config_hash)
+    from safetensors.torch import save_file
+
+    temporary = folder / f".{codebook.WEIGHTS}.partial"
+    save_file({"centroids": centroids.float().cpu().contiguous()}, str(temporary))
+    os.replace(temporary, folder / codebook.WEIGHTS)
+    manifest.save(folder)
+    return {"codebook": manifest.id, "samples": manifest.samples, "inertia": round(inertia, 4)}
+
+
+def preflight(config: CodebookConfig) -> None:
+    from sylm_data.pipeline.stage import StageConfigError
+
+    try:
+        make_encoder(config)
+    except (OSError, ValueError) as error:
+        raise StageConfigError(f"cannot build the {config.encoder} encoder: {str(error).splitlines()[0]}") from None
+
+
+def map_options(config: CodebookConfig) -> MapOptions:
+    on_gpu = resolve_device(config.device) == "cuda"
+    return MapOptions(actors=True, concurrency=config.actors, num_gpus=config.gpus_per_actor if on_gpu else 0.0,
+                      batch_size=max(config.batch_size * 2, 16))
+
+
+STAGE = Stage(
+    name=NAME,
+    consumes="align",
+    contract=codebook.SCHEMA,
+    description="aligned rows -> sampled segment features, then the k-means codebook (DIR/codebook/)",
+    config_type=CodebookConfig,
+    make_transform=SegmentSampler,
+    map_options=map_options,
+    preflight=preflight,
+    finalize=fit,
+)

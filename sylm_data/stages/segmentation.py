@@ -1,0 +1,110 @@
+"""Syllable-like segmentation: exact minimum normalized cut by dynamic programming, batched in torch.
+
+Frame similarity is S[t, s] = (1 + cos(x_t, x_s)) / 2, which is non-negative as a normalized cut
+needs. A segment A's cost is cut(A, rest) / vol(A) = 1 - assoc(A) / vol(A); a segmentation into K
+segments of `min_frames`..`max_frames` frames each minimises the sum of its segments' costs.
+
+Memory stays linear in the utterance length where it matters: segments are at most `max_frames`
+long, so assoc only needs the band |t - s| < max_frames of S, and vol needs only row sums, which
+are (n + x̂_t · Σ x̂_s) / 2 — no T×T matrix is ever built. The DP keeps one row of values; the
+back-pointers are one byte per (segment count, frame).
+"""
+
+import math
+
+import torch
+
+INFINITY = float("inf")
+
+
+def band_similarity(features: torch.Tensor, max_frames: int) -> torch.Tensor:
+    """(B, T, D) -> (B, T, max_frames): band[b, t, d] = S[t, t + d] (0 beyond the end)."""
+    unit = torch.nn.functional.normalize(features, dim=-1)
+    batch, frames, _ = unit.shape
+    band = unit.new_zeros(batch, frames, max_frames)
+    for offset in range(max_frames):
+        if offset < frames:
+            band[:, : frames - offset, offset] = (1 + (unit[:, : frames - offset] * unit[:, offset:]).sum(-1)) / 2
+    return band
+
+
+def segment_costs(features: torch.Tensor, lengths: torch.Tensor, max_frames: int) -> torch.Tensor:
+    """cost[b, a, l] of the segment of frames [a, a + l) for l in 1..max_frames (index 0 unused);
+    +inf where the segment runs past the item's length. Padding frames never count."""
+    batch, frames, _ = features.shape
+    valid = torch.arange(frames, device=features.device)[None, :] < lengths[:, None]  # (B, T)
+    features = features * valid[..., None]
+    band = band_similarity(features, max_frames) * valid[..., None]
+    # band entries that reach past an item's end pair a real frame with padding: drop them
+    for offset in range(1, max_frames):
+        band[:, :, offset] *= (torch.arange(frames, device=features.device)[None, :] + offset) < lengths[:, None]
+    unit = torch.nn.functional.normalize(features, dim=-1)
+    row_sums = (lengths[:, None].to(unit.dtype) + (unit * unit.sum(1, keepdim=True)).sum(-1)) / 2
+    row_sums = row_sums * valid
+    volume_prefix = torch.nn.functional.pad(row_sums.cumsum(1), (1, 0))  # (B, T + 1)
+
+    # column[b, c, m] = sum over d = 1..m of S[c - d, c]: the similarity of frame c to the m frames before it
+    column = band.new_zeros(batch, frames, max_frames)
+    for m in range(1, max_frames):
+        shifted = band.new_zeros(batch, frames)
+        shifted[:, m:] = band[:, : frames - m, m]
+        column[:, :, m] = column[:, :, m - 1] + shifted
+
+    costs = band.new_full((batch, frames, max_frames + 1), INFINITY)
+    assoc = band.new_zeros(batch, frames)
+    starts = torch.arange(frames, device=features.device)
+    for length in range(1, max_frames + 1):
+        last = starts + length - 1  # the frame this length adds
+        inside = last < frames
+        added = band.new_zeros(batch, frames)
+        added[:, inside] = 1 + 2 * column[:, last[inside], length - 1]
+        assoc = assoc + added
+        end = (starts + length).clamp(max=frames)
+        volume = volume_prefix[:, end] - volume_prefix[:, starts]
+        fits = (starts[None, :] + length) <= lengths[:, None]
+        costs[:, :, length] = torch.where(fits, 1 - assoc / volume.clamp_min(1e-12), INFINITY)
+    return costs
+
+
+def min_cut(costs: torch.Tensor, lengths: torch.Tensor, num_segments: torch.Tensor,
+            min_frames: int, max_frames: int) -> list[list[int]]:
+    """Exact minimum-cost segmentation of each item into num_segments[b] segments.
+
+    Returns each item's segment end frames (the last equals its length). An item whose length
+    cannot be split that way (too short for its count, or too long) is segmented into the
+    feasible count nearest to the one asked for; one shorter than `min_frames` is one segment."""
+    batch, frames, _ = costs.shape
+    counts = [
+        min(max(int(k), math.ceil(int(n) / max_frames)), max(int(n) // min_frames, 1))
+        for k, n in zip(num_segments.tolist(), lengths.tolist())
+    ]
+    most = max(counts)
+    # ending[b, t, l] = cost of the segment of length l that ends at frame t
+    ending = costs.new_full((batch, frames + 1, max_frames + 1), INFINITY)
+    for length in range(min_frames, max_frames + 1):
+        ending[:, length:, length] = costs[:, : frames + 1 - length, length]
+    best = costs.new_full((batch, frames + 1), INFINITY)
+    best[:, 0] = 0
+    pointers = torch.zeros(most, batch, frames + 1, dtype=torch.uint8, device=costs.device)
+    for k in range(1, most + 1):
+        # k segments end between frame k * min_frames and k * max_frames: compute only that window
+        low, high = k * min_frames, min(k * max_frames, frames)
+        candidates = costs.new_full((batch, high + 1 - low, max_frames + 1), INFINITY)
+        for length in range(min_frames, max_frames + 1):
+            first = max(low, length)
+            if first <= high:
+                candidates[:, first - low :, length] = best[:, first - length : high + 1 - length] + ending[:, first : high + 1, length]
+        best = costs.new_full((batch, frames + 1), INFINITY)
+        best[:, low : high + 1], pointers[k - 1, :, low : high + 1] = candidates.min(dim=2)
+    boundaries = []
+    pointers = pointers.cpu()
+    for item, (count, length) in enumerate(zip(counts, lengths.tolist())):
+        if length < min_frames:  # too short to cut: one segment
+            boundaries.append([length])
+            continue
+        ends, frame = [], length
+        for k in range(count, 0, -1):
+            ends.append(frame)
+            frame -= int(pointers[k - 1, item, frame])
+        boundaries.append(ends[::-1])
+    return boundaries

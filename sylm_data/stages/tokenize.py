@@ -1,0 +1,97 @@
+"""tokenize: `aligned` rows -> `tokenized` rows, syllable units with their spans.
+
+Audio -> encoder frames (50 Hz) -> exact min-cut segmentation (~`sec_per_syllable` per segment,
+`min_frames`..`max_frames` frames each) -> merge of similar neighbours -> mean-pooled segments ->
+nearest codebook centroid (-> agglomerative map, when the codebook has one) -> runs of one unit
+merged. The codebook must have been fitted on the same encoder, layer and segmentation.
+"""
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+import torch
+
+from sylm_data.pipeline.stage import MapOptions, Rejected, Stage, StageConfigError
+from sylm_data.schemas import codebook, stream, tokenized, utterance
+from sylm_data.schemas.codebook import CodebookManifest
+from sylm_data.stages import units
+from sylm_data.stages.encoders import FRAME_MS
+from sylm_data.stages.syllables import FeatureConfig, Segmenter, decode_16k, encoder_identity, resolve_device
+
+NAME = "tokenize"
+
+
+@dataclass
+class TokenizeConfig(FeatureConfig):
+    codebook: str = ""  # a folder written by the codebook stage (DIR/codebook)
+    actors: int = 1
+    gpus_per_actor: float = 1.0
+
+
+def load_codebook(config: TokenizeConfig) -> tuple[CodebookManifest, torch.Tensor, torch.Tensor | None]:
+    """The codebook, refused unless it was fitted on this config's encoder, layer and segmentation."""
+    folder = Path(config.codebook)
+    if not config.codebook or not (folder / codebook.MANIFEST).exists():
+        raise StageConfigError(f"no codebook at {config.codebook!r}: run --stage codebook, then set tokenize.codebook=DIR/codebook")
+    manifest = CodebookManifest.load(folder)
+    wanted = encoder_identity(config)
+    if (manifest.encoder, manifest.layer) != wanted:
+        raise StageConfigError(f"codebook {folder} was fitted on {manifest.encoder} layer {manifest.layer}, "
+                               f"not {wanted[0]} layer {wanted[1]}")
+    if manifest.segmentation != config.segmentation():
+        raise StageConfigError(f"codebook {folder} was fitted with segmentation {manifest.segmentation}, "
+                               f"not {config.segmentation()}")
+    from safetensors.torch import load_file
+
+    weights = load_file(str(folder / codebook.WEIGHTS))
+    return manifest, weights["centroids"], weights.get("mapping")
+
+
+_PAYLOAD = [name for name in tokenized.SCHEMA.names if name not in (utterance.ID, utterance.SOURCE)]
+OUTPUT_SCHEMA = stream.in_flight(tokenized.SCHEMA)
+
+
+class Tokenizer:
+    def __init__(self, config: TokenizeConfig) -> None:
+        self.manifest, self.centroids, self.mapping = load_codebook(config)
+        self.segmenter = Segmenter(config)
+        self.id = self.manifest.id  # encoder:layer:kK:hash
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        rows = batch.to_pylist()
+        todo, waves = [], []
+        for row in rows:
+            row.update(dict.fromkeys([tokenized.UNITS, tokenized.UNIT_START_MS, tokenized.UNIT_END_MS, tokenized.TOKENIZER]))
+            if row[stream.REJECT_REASON] is None:
+                try:
+                    waves.append(decode_16k(row[utterance.AUDIO]))
+                    todo.append(row)
+                except Rejected as rejected:
+                    stream.mark_rejected(row, _PAYLOAD, NAME, rejected.reason, rejected.detail)
+        for row, (features, ends) in zip(todo, self.segmenter(waves)):
+            pooled = units.pool(features, ends)
+            names = units.assign(pooled.to(self.centroids.device), self.centroids, self.mapping)
+            unit_ids, starts, stops = units.deduplicate(names, ends, FRAME_MS)
+            duration = row[utterance.DURATION_MS]
+            row.update({tokenized.UNITS: unit_ids, tokenized.UNIT_START_MS: [min(s, duration) for s in starts],
+                        tokenized.UNIT_END_MS: [min(e, duration) for e in stops], tokenized.TOKENIZER: self.id})
+        return pa.Table.from_pylist(rows, schema=OUTPUT_SCHEMA)
+
+
+def map_options(config: TokenizeConfig) -> MapOptions:
+    on_gpu = resolve_device(config.device) == "cuda"
+    return MapOptions(actors=True, concurrency=config.actors, num_gpus=config.gpus_per_actor if on_gpu else 0.0,
+                      batch_size=max(config.batch_size * 2, 16))
+
+
+STAGE = Stage(
+    name=NAME,
+    consumes="align",
+    contract=tokenized.SCHEMA,
+    description="aligned rows -> tokenized rows (syllable units with start/end ms; needs DIR/codebook)",
+    config_type=TokenizeConfig,
+    make_transform=Tokenizer,
+    map_options=map_options,
+    preflight=lambda config: load_codebook(config) and None,
+)

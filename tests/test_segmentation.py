@@ -1,0 +1,93 @@
+"""The batched, banded min-cut DP gives exactly the segmentation of a plain full-matrix DP."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from sylm_data.stages.segmentation import min_cut, segment_costs
+
+
+def reference_min_cut(features: np.ndarray, count: int, min_frames: int, max_frames: int) -> list[int]:
+    """Obviously correct: full similarity matrix, explicit sums, explicit DP (float64)."""
+    unit = features / np.linalg.norm(features, axis=1, keepdims=True)
+    similarity = (1 + unit @ unit.T) / 2
+    n = len(features)
+
+    def cost(start: int, end: int) -> float:
+        volume = similarity[start:end].sum()
+        return 1 - similarity[start:end, start:end].sum() / volume
+
+    best = {(0, 0): (0.0, None)}
+    for k in range(1, count + 1):
+        for end in range(n + 1):
+            options = []
+            for length in range(min_frames, max_frames + 1):
+                if (k - 1, end - length) in best and end - length >= 0:
+                    options.append((best[(k - 1, end - length)][0] + cost(end - length, end), length))
+            if options:
+                best[(k, end)] = min(options, key=lambda option: option[0])
+    ends, end = [], n
+    for k in range(count, 0, -1):
+        ends.append(end)
+        end -= best[(k, end)][1]
+    assert end == 0
+    return ends[::-1]
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_batched_dp_matches_the_reference_on_random_features(seed):
+    rng = np.random.default_rng(seed)
+    lengths = [int(n) for n in rng.integers(12, 70, size=3)]
+    counts = [max(math.ceil(n / 7.5), 1) for n in lengths]
+    dims = 8
+    items = [rng.normal(size=(n, dims)) for n in lengths]
+    padded = np.zeros((len(items), max(lengths), dims))
+    for index, item in enumerate(items):
+        padded[index, : len(item)] = item
+    lengths_t = torch.tensor(lengths)
+    costs = segment_costs(torch.tensor(padded), lengths_t, max_frames=35)
+    got = min_cut(costs, lengths_t, torch.tensor(counts), min_frames=3, max_frames=35)
+    for item, count, ends in zip(items, counts, got):
+        assert ends == reference_min_cut(item, count, 3, 35)
+
+
+def test_min_cut_handles_short_items_and_asks_for_feasible_counts():
+    features = torch.randn(2, 40, 4, dtype=torch.float64)
+    lengths = torch.tensor([2, 40])
+    costs = segment_costs(features, lengths, max_frames=35)
+    short, long = min_cut(costs, lengths, torch.tensor([1, 1]), min_frames=3, max_frames=35)
+    assert short == [2]  # shorter than a segment: one segment
+    assert long[-1] == 40 and len(long) == 2  # one segment cannot hold 40 frames: the fewest that can
+
+
+def test_memory_for_a_ten_minute_utterance_stays_banded():
+    frames = 30_000  # 10 minutes at 50 Hz
+    costs = segment_costs(torch.randn(1, frames, 8), torch.tensor([frames]), max_frames=35)
+    assert costs.shape == (1, frames, 36)  # frames x band, never frames x frames
+
+
+def test_merge_pool_assign_and_deduplicate():
+    from sylm_data.stages import units
+
+    features = torch.tensor([[1.0, 0], [1, 0.1], [1, 0], [0, 1], [0, 1], [-1, 0]])
+    assert units.merge_similar(features, [1, 3, 5, 6], threshold=0.9) == [3, 5, 6]
+    assert units.merge_similar(features, [1, 3, 5, 6], threshold=1.1) == [1, 3, 5, 6]
+    pooled = units.pool(features, [3, 5, 6])
+    assert torch.allclose(pooled[1], torch.tensor([0.0, 1]))
+    centroids = torch.tensor([[1.0, 0], [0, 1], [-1, 0], [0, -1]])
+    assert units.assign(pooled, centroids) == [0, 1, 2]
+    assert units.assign(pooled, centroids, mapping=torch.tensor([7, 7, 9, 9])) == [7, 7, 9]
+    assert units.deduplicate([7, 7, 9], [3, 5, 6], frame_ms=20) == ([7, 9], [0, 100], [100, 120])
+
+
+def test_kmeans_finds_separated_clusters():
+    from sylm_data.stages.kmeans import kmeans, nearest
+
+    generator = torch.Generator().manual_seed(0)
+    centres = torch.tensor([[0.0, 0], [10, 0], [0, 10]])
+    points = torch.cat([centre + torch.randn(100, 2, generator=generator) * 0.3 for centre in centres])
+    centroids, inertia = kmeans(points, 3, seed=1)
+    assert inertia < 0.3
+    assert sorted(nearest(centres, centroids).tolist()) == [0, 1, 2]
