@@ -16,12 +16,14 @@ import pyarrow as pa
 import torch
 
 from sylm_data.pipeline.output import read_rows
-from sylm_data.pipeline.stage import MapOptions, Rejected, Stage
+from sylm_data.pipeline.stage import Rejected, Stage
 from sylm_data.schemas import codebook, stream, utterance
 from sylm_data.schemas.codebook import CodebookManifest
 from sylm_data.stages import units
 from sylm_data.stages.kmeans import kmeans
-from sylm_data.stages.syllables import FeatureConfig, Segmenter, decode_16k, encoder_identity, make_encoder, resolve_device
+from sylm_data.stages.syllables import (
+    FeatureConfig, Segmenter, actor_pool, decode_16k, encoder_identity, make_encoder, resolve_device,
+)
 
 NAME = "codebook"
 
@@ -33,8 +35,6 @@ class CodebookConfig(FeatureConfig):
     max_segments: int = 200_000
     iterations: int = 50
     seed: int = 0
-    actors: int = 1
-    gpus_per_actor: float = 1.0
 
 
 _PAYLOAD = [codebook.SEGMENTS, codebook.DIMS, codebook.FEATURES]
@@ -105,11 +105,6 @@ def preflight(config: CodebookConfig) -> None:
         raise StageConfigError(f"cannot build the {config.encoder} encoder: {str(error).splitlines()[0]}") from None
 
 
-def map_options(config: CodebookConfig) -> MapOptions:
-    on_gpu = resolve_device(config.device) == "cuda"
-    return MapOptions(actors=True, concurrency=config.actors, num_gpus=config.gpus_per_actor if on_gpu else 0.0,
-                      batch_size=max(config.batch_size * 2, 16))
-
 
 STAGE = Stage(
     name=NAME,
@@ -118,7 +113,7 @@ STAGE = Stage(
     description="aligned rows -> sampled segment features, then the k-means codebook (DIR/codebook/)",
     config_type=CodebookConfig,
     make_transform=SegmentSampler,
-    map_options=map_options,
+    map_options=actor_pool,
     preflight=preflight,
     finalize=fit,
 )

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from sylm_data import audio
-from sylm_data.pipeline.stage import Rejected
+from sylm_data.pipeline.stage import MapOptions, Rejected
 from sylm_data.schemas.reject import Reason
 from sylm_data.stages import segmentation, units
 from sylm_data.stages.encoders import FRAME_MS, SAMPLE_RATE, HfEncoder, MfccEncoder
@@ -25,6 +25,8 @@ class FeatureConfig:
     max_frames: int = 35
     merge_threshold: float = 0.3  # merge neighbours whose mean features are at least this cosine-similar
     batch_size: int = 16  # utterances per encoder / DP batch
+    actors: int = 1  # encoder processes; one per GPU on a GPU cluster
+    gpus_per_actor: float = 1.0  # used when the device resolves to cuda
 
     def segmentation(self) -> dict:
         keys = ("sec_per_syllable", "min_frames", "max_frames", "merge_threshold")
@@ -42,6 +44,13 @@ def decode_16k(audio_bytes: bytes) -> np.ndarray:
         return audio.decode(audio_bytes, SAMPLE_RATE).samples
     except audio.AudioDecodeError as error:
         raise Rejected(Reason.DECODE_ERROR, str(error)) from None
+
+
+def actor_pool(config: FeatureConfig) -> MapOptions:
+    """An actor pool of encoders, each on a GPU when the device is CUDA."""
+    on_gpu = resolve_device(config.device) == "cuda"
+    return MapOptions(actors=True, concurrency=config.actors, num_gpus=config.gpus_per_actor if on_gpu else 0.0,
+                      batch_size=max(config.batch_size * 2, 16))
 
 
 def resolve_device(device: str) -> str:

@@ -12,12 +12,12 @@ from pathlib import Path
 import pyarrow as pa
 import torch
 
-from sylm_data.pipeline.stage import MapOptions, Rejected, Stage, StageConfigError
+from sylm_data.pipeline.stage import Rejected, Stage, StageConfigError
 from sylm_data.schemas import codebook, stream, tokenized, utterance
 from sylm_data.schemas.codebook import CodebookManifest
 from sylm_data.stages import units
 from sylm_data.stages.encoders import FRAME_MS
-from sylm_data.stages.syllables import FeatureConfig, Segmenter, decode_16k, encoder_identity, resolve_device
+from sylm_data.stages.syllables import FeatureConfig, Segmenter, actor_pool, decode_16k, encoder_identity
 
 NAME = "tokenize"
 
@@ -25,8 +25,6 @@ NAME = "tokenize"
 @dataclass
 class TokenizeConfig(FeatureConfig):
     codebook: str = ""  # a folder written by the codebook stage (DIR/codebook)
-    actors: int = 1
-    gpus_per_actor: float = 1.0
 
 
 def load_codebook(config: TokenizeConfig) -> tuple[CodebookManifest, torch.Tensor, torch.Tensor | None]:
@@ -79,11 +77,6 @@ class Tokenizer:
         return pa.Table.from_pylist(rows, schema=OUTPUT_SCHEMA)
 
 
-def map_options(config: TokenizeConfig) -> MapOptions:
-    on_gpu = resolve_device(config.device) == "cuda"
-    return MapOptions(actors=True, concurrency=config.actors, num_gpus=config.gpus_per_actor if on_gpu else 0.0,
-                      batch_size=max(config.batch_size * 2, 16))
-
 
 STAGE = Stage(
     name=NAME,
@@ -92,6 +85,6 @@ STAGE = Stage(
     description="aligned rows -> tokenized rows (syllable units with start/end ms; needs DIR/codebook)",
     config_type=TokenizeConfig,
     make_transform=Tokenizer,
-    map_options=map_options,
+    map_options=actor_pool,
     preflight=lambda config: load_codebook(config) and None,
 )
