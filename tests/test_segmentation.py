@@ -91,3 +91,35 @@ def test_kmeans_finds_separated_clusters():
     centroids, inertia = kmeans(points, 3, seed=1)
     assert inertia < 0.3
     assert sorted(nearest(centres, centroids).tolist()) == [0, 1, 2]
+
+
+def naive_ward(centroids: np.ndarray, sizes: np.ndarray, target: int) -> list[set[int]]:
+    """Greedy Ward: merge the cheapest pair until `target` clusters remain (obviously correct, O(K³))."""
+    clusters = [({i}, centroids[i].astype(float), float(sizes[i])) for i in range(len(centroids))]
+    while len(clusters) > target:
+        best = None
+        for a in range(len(clusters)):
+            for b in range(a + 1, len(clusters)):
+                (_, ca, na), (_, cb, nb) = clusters[a], clusters[b]
+                cost = na * nb / (na + nb) * ((ca - cb) ** 2).sum()
+                if best is None or cost < best[0]:
+                    best = (cost, a, b)
+        _, a, b = best
+        (ma, ca, na), (mb, cb, nb) = clusters[a], clusters[b]
+        clusters[a] = (ma | mb, (na * ca + nb * cb) / (na + nb), na + nb)
+        clusters.pop(b)
+    return sorted((members for members, _, _ in clusters), key=min)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_ward_map_equals_greedy_ward(seed):
+    from sylm_data.stages.agglomerate import ward_map
+
+    rng = np.random.default_rng(seed)
+    centroids, sizes = rng.normal(size=(30, 3)), rng.integers(1, 20, size=30)
+    mapping = ward_map(torch.tensor(centroids), torch.tensor(sizes), target=9)
+    groups = {}
+    for index, unit in enumerate(mapping.tolist()):
+        groups.setdefault(unit, set()).add(index)
+    assert sorted(groups.values(), key=min) == naive_ward(centroids, sizes, 9)
+    assert sorted(groups) == list(range(9))

@@ -1,6 +1,7 @@
 """codebook + tokenize: MFCC units on the espeak-ng sample through Ray, HF encoders, codebook checks."""
 
 import numpy as np
+import pyarrow as pa
 import pytest
 import torch
 
@@ -8,6 +9,7 @@ from sylm_data.pipeline import config as config_module
 from sylm_data.pipeline import runner
 from sylm_data.sample import MANIFEST
 from sylm_data.schemas.codebook import CodebookManifest
+from sylm_data.stages import tokenize
 from sylm_data.stages.encoders import MfccEncoder
 from sylm_data.stages.syllables import FeatureConfig, Segmenter
 from tests.conftest import read_parquet
@@ -90,3 +92,26 @@ def test_a_transformers_hubert_layer_feeds_the_same_segmenter(tmp_path):
     assert long_ends[-1] == 149 and short_ends[-1] == 49
     with pytest.raises(ValueError, match="layers 0..2"):
         Segmenter(FeatureConfig(encoder="hf", model=str(tmp_path), layer=5, device="cpu"))
+
+
+def test_an_agglomerated_codebook_names_fewer_units(tokenized_run, tmp_path):
+    import shutil
+
+    from sylm_data.stages import codebook as codebook_stage
+
+    out, _, _ = tokenized_run
+    folder = tmp_path / "codebook"
+    shutil.copytree(out / "codebook", folder, ignore=shutil.ignore_patterns("*.safetensors", "manifest.json"))
+    cfg = make_config(tmp_path, "codebook.agglomerate_to=12")
+    summary = codebook_stage.fit(cfg.stages["codebook"], folder)
+    manifest = CodebookManifest.load(folder)
+    assert (manifest.clusters, manifest.units) == (48, 12) and summary["codebook"] == manifest.id
+    tokenizer = tokenize.Tokenizer(cfg.stages["tokenize"])
+    assert tokenizer.mapping.shape == (48,) and set(tokenizer.mapping.tolist()) == set(range(12))
+    rows = read_parquet(out / "align").slice(0, 4)
+    envelope = {"partition": ["p"] * 4, "partition_total": [0] * 4, "reject_stage": [None] * 4,
+                "reject_reason": [None] * 4, "reject_detail": [None] * 4}
+    for name, values in envelope.items():
+        rows = rows.append_column(name, pa.array(values, type=pa.int64() if name == "partition_total" else pa.string()))
+    named = tokenizer(rows)["units"].to_pylist()
+    assert all(0 <= unit < 12 for units in named for unit in units)

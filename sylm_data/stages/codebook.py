@@ -4,7 +4,8 @@ Each utterance's audio goes through the same encoder and segmentation as tokeniz
 `segments_per_utterance` pooled segment features per utterance are kept (`DIR/codebook/<partition>/`,
 a deterministic choice per id). When every partition is in, the driver fits k-means (k-means++
 then Lloyd, in torch, on the GPU when present) on at most `max_segments` of them and writes
-`DIR/codebook/codebook.safetensors` with a manifest naming encoder, layer, K, sample count and inertia.
+`DIR/codebook/codebook.safetensors` with a manifest naming encoder, layer, K, sample count and inertia;
+with `agglomerate_to`, also a map from the K centroids to fewer units by Ward linkage.
 """
 
 import hashlib
@@ -20,7 +21,8 @@ from sylm_data.pipeline.stage import Rejected, Stage
 from sylm_data.schemas import codebook, stream, utterance
 from sylm_data.schemas.codebook import CodebookManifest
 from sylm_data.stages import units
-from sylm_data.stages.kmeans import kmeans
+from sylm_data.stages.agglomerate import ward_map
+from sylm_data.stages.kmeans import kmeans, nearest
 from sylm_data.stages.syllables import (
     FeatureConfig, Segmenter, actor_pool, decode_16k, encoder_identity, make_encoder, resolve_device,
 )
@@ -35,6 +37,7 @@ class CodebookConfig(FeatureConfig):
     max_segments: int = 200_000
     iterations: int = 50
     seed: int = 0
+    agglomerate_to: int = 0  # reduce the clusters to this many units by Ward linkage; 0 keeps them all
 
 
 _PAYLOAD = [codebook.SEGMENTS, codebook.DIMS, codebook.FEATURES]
@@ -80,17 +83,22 @@ def fit(config: CodebookConfig, folder) -> dict:
     if len(points) > config.max_segments:
         points = points[np.sort(rng.choice(len(points), config.max_segments, replace=False))]
     device = resolve_device(config.device)
-    centroids, inertia = kmeans(torch.from_numpy(points).to(device), config.clusters, config.iterations, config.seed)
+    points_on_device = torch.from_numpy(points).to(device)
+    centroids, inertia = kmeans(points_on_device, config.clusters, config.iterations, config.seed)
+    weights = {"centroids": centroids.float().cpu().contiguous()}
+    if config.agglomerate_to:
+        sizes = torch.bincount(nearest(points_on_device, centroids), minlength=config.clusters).clamp_min(1)
+        weights["mapping"] = ward_map(centroids, sizes, config.agglomerate_to).cpu()
     encoder, layer = encoder_identity(config)
     config_hash = hashlib.sha256(repr((encoder, layer, config.segmentation(), config.clusters, config.seed,
-                                       len(points))).encode()).hexdigest()[:12]
+                                       config.agglomerate_to, len(points))).encode()).hexdigest()[:12]
     manifest = CodebookManifest(encoder=encoder, layer=layer, dims=dims, clusters=config.clusters,
-                                units=config.clusters, samples=len(points), inertia=inertia,
+                                units=config.agglomerate_to or config.clusters, samples=len(points), inertia=inertia,
                                 segmentation=config.segmentation(), config_hash=config_hash)
     from safetensors.torch import save_file
 
     temporary = folder / f".{codebook.WEIGHTS}.partial"
-    save_file({"centroids": centroids.float().cpu().contiguous()}, str(temporary))
+    save_file(weights, str(temporary))
     os.replace(temporary, folder / codebook.WEIGHTS)
     manifest.save(folder)
     return {"codebook": manifest.id, "samples": manifest.samples, "inertia": round(inertia, 4)}

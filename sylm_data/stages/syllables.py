@@ -72,10 +72,15 @@ class Segmenter:
         self.encoder = make_encoder(config)
 
     def __call__(self, waves: list[np.ndarray]) -> list[tuple[torch.Tensor, list[int]]]:
-        """(features (frames, dims), segment end frames) per wave; waves are 16 kHz float32."""
-        out = []
-        for start in range(0, len(waves), self.config.batch_size):
-            out += self._batch(waves[start : start + self.config.batch_size])
+        """(features (frames, dims), segment end frames) per wave; waves are 16 kHz float32.
+
+        Waves are batched by length (less padding for the encoder and the DP), results in input order."""
+        order = sorted(range(len(waves)), key=lambda index: len(waves[index]))
+        out: list = [None] * len(waves)
+        for start in range(0, len(order), self.config.batch_size):
+            indices = order[start : start + self.config.batch_size]
+            for index, result in zip(indices, self._batch([waves[i] for i in indices])):
+                out[index] = result
         return out
 
     def _batch(self, waves: list[np.ndarray]) -> list[tuple[torch.Tensor, list[int]]]:
