@@ -71,6 +71,8 @@ def _print_summary(record: dict, record_path: str) -> None:
         f"{record['partitions']['skipped_done']} already done"
     )
     typer.echo(f"output: {record['output']}   record: {record_path}")
+    if record.get("finalized"):
+        typer.echo("finalized: " + ", ".join(f"{key} {value}" for key, value in record["finalized"].items()))
 
 
 @app.command()
@@ -101,7 +103,7 @@ def quickstart(
     output: Annotated[Path, typer.Option("--output", "-o", help="Output folder.")] = Path("out"),
 ) -> None:
     """Run the pipeline on the bundled sample (Emilia layout, embedded Ray, offline backends):
-    ingest + align (pocketsphinx), then the MFCC codebook, then tokenize."""
+    ingest + align (pocketsphinx), then the MFCC codebook, then tokenize + interleave into shards."""
     from sylm_data.pipeline import runner
     from sylm_data.sample import layouts
 
@@ -111,12 +113,12 @@ def quickstart(
     cfg.stages["ingest"].source = "emilia"
     cfg.stages["ingest"].inputs = [str(path.resolve()) for path in tars]
     try:
-        for stages in (["ingest", "align"], ["codebook"], ["tokenize"]):
+        for stages in (["ingest", "align"], ["codebook"], ["tokenize", "interleave"]):
             result = runner.run(cfg, stages, str(output), address=None)
             _print_summary(result.record, result.record_path)
     except runner.RunError as error:
         _fail(str(error))
-    typer.echo(f"inspect it: sylm-data inspect {output}")
+    typer.echo(f"shards: {output / 'shards'}   inspect them: sylm-data inspect {output / 'shards'}")
 
 
 eval_app = typer.Typer(no_args_is_help=True, help="Measure a stage's output against references.")

@@ -6,6 +6,8 @@ import tarfile
 from collections import Counter
 from pathlib import Path
 
+import pyarrow as pa
+
 
 from sylm_data.pipeline import records
 from sylm_data.pipeline.output import read_rows
@@ -60,11 +62,11 @@ def _rows(path: Path, table, samples: int) -> str:
         if column in table.column_names:
             counts = Counter(table[column].to_pylist()).most_common(8)
             lines.append(f"  {column}: " + ", ".join(f"{value} {n:,}" for value, n in counts))
-    if aligned.WORDS in table.column_names and table.num_rows:
+    if _is_list(table, aligned.WORDS) and table.num_rows:
         words = sum(len(w) for w in table[aligned.WORDS].to_pylist())
         seconds = sum(table[utterance.DURATION_MS].to_pylist()) / 1000
         lines.append(f"  words: {words:,} ({words / seconds:.1f} per second); aligner {table[aligned.ALIGNER][0]}")
-    if tokenized.UNITS in table.column_names and table.num_rows:
+    if _is_list(table, tokenized.UNITS) and table.num_rows:
         count = sum(len(u) for u in table[tokenized.UNITS].to_pylist())
         seconds = sum(table[utterance.DURATION_MS].to_pylist()) / 1000
         lines.append(f"  units: {count:,} ({count / seconds:.1f} per second); tokenizer {table[tokenized.TOKENIZER][0]}")
@@ -74,12 +76,16 @@ def _rows(path: Path, table, samples: int) -> str:
             lines.append(f"  · {row[utterance.ID]}  " + ", ".join(f"{k} {v}" for k, v in row.items() if isinstance(v, int)))
             continue
         lines.append(f"  · {row[utterance.ID]}  {row[utterance.DURATION_MS] / 1000:.2f} s  {row[utterance.TEXT]!r}")
-        if row.get(tokenized.UNITS):
+        if isinstance(row.get(tokenized.UNITS), list):
             lines.append(f"      units {' '.join(map(str, row[tokenized.UNITS][:16]))}{' …' if len(row[tokenized.UNITS]) > 16 else ''}")
-        if row.get(aligned.WORDS):
+        if isinstance(row.get(aligned.WORDS), list) and row[aligned.WORDS]:
             timed = " ".join(f"{w['text']}@{w['start_ms'] / 1000:.2f}" for w in row[aligned.WORDS][:8])
             lines.append(f"      {timed}{' …' if len(row[aligned.WORDS]) > 8 else ''}")
     return "\n".join(lines)
+
+
+def _is_list(table, column: str) -> bool:
+    return column in table.column_names and pa.types.is_list(table.schema.field(column).type)
 
 
 def _rejects(path: Path, table, samples: int) -> str:

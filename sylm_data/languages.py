@@ -67,3 +67,23 @@ def foreign_letter_share(text: str, language: str) -> float:
     if not scripts:
         return 0.0
     return sum(s not in expected for s in scripts) / len(scripts)
+
+
+def word_offsets(text: str, words: list[str]) -> list[int]:
+    """Where each word (taken from `text`, in order) starts in `text`; a word not found there
+    starts where the previous one ended."""
+    offsets, position = [], 0
+    for word in words:
+        found = text.find(word, position)
+        offsets.append(found if found >= 0 else position)
+        position = (found + len(word)) if found >= 0 else position
+    return offsets
+
+
+def punctuated_ends(text: str, words: list[str], marks: set[str]) -> set[int]:
+    """Word counts after which `text` has one of `marks` before the next word."""
+    offsets = word_offsets(text, words) + [len(text)]
+    return {
+        count for count in range(1, len(words) + 1)
+        if any(char in marks for char in text[offsets[count - 1] + len(words[count - 1]) : offsets[count]])
+    }

@@ -28,7 +28,6 @@ def test_quickstart_runs_the_bundled_sample_and_inspect_reads_it(tmp_path):
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "ingest: 24 in, 24 out; rejected: none" in done.stdout
-    assert f"sylm-data inspect {out}" in done.stdout
     aligned, rejected = read_parquet(out / "align"), read_parquet(out / "rejects" / "align")
     assert aligned.num_rows + rejected.num_rows == 24 and aligned.num_rows >= 22
     assert not (out / "ingest").exists()  # ingest ran fused with align: no intermediate copy
@@ -36,6 +35,10 @@ def test_quickstart_runs_the_bundled_sample_and_inspect_reads_it(tmp_path):
     assert summary.exit_code == 0
     assert f"{aligned.num_rows} rows" in summary.output and "language: en" in summary.output
     assert "The@" in summary.output  # words with their start times
+    assert "units" in summary.output and "speech_text_ratio" in summary.output
+    shown = cli.invoke(app, ["inspect", str(out / "shards")])
+    assert "24 samples" in shown.output and "<speech" in shown.output
+    assert f"inspect them: sylm-data inspect {out / 'shards'}" in done.stdout
     assert "The river ran past the old mill" in summary.output
 
 

@@ -18,15 +18,20 @@ INDEX = "index.json"
 class ShardWriter:
     """Write samples in order; `close()` finishes the last shard and writes the index."""
 
-    def __init__(self, folder: str | Path, target_bytes: int = 256 * 2**20, extra_index: dict | None = None) -> None:
+    def __init__(self, folder: str | Path, target_bytes: int = 256 * 2**20, extra_index: dict | None = None,
+                 derive=None) -> None:
+        """`derive(stats) -> dict` adds figures computed from summed stats (a ratio, say) to each
+        shard's entry and to the totals in index.json."""
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         self.target_bytes = target_bytes
         self.extra_index = extra_index or {}
+        self.derive = derive or (lambda stats: {})
         self.shards: list[dict] = []
         self._archive: tarfile.TarFile | None = None
         self._current: dict | None = None
         self._keys: set[str] = set()
+        self._summed: set[str] = set()  # the stat names written (derived ones are recomputed, not summed)
 
     def write(self, key: str, members: dict[str, bytes], stats: dict[str, float] | None = None) -> None:
         """One sample: `members` maps an extension ("json", "mp3") to its bytes; `stats` are summed per shard."""
@@ -48,6 +53,7 @@ class ShardWriter:
         self._current["samples"] += 1
         self._current["bytes"] += size
         self._current["stats"].update(stats or {})
+        self._summed.update(stats or {})
 
     def _open_shard(self) -> None:
         name = f"shard-{len(self.shards):06d}.tar"
@@ -59,7 +65,8 @@ class ShardWriter:
         name = self._current["name"]
         final = self.folder / name
         os.replace(self.folder / f".{name}.partial", final)
-        self.shards.append({**self._current, "bytes": final.stat().st_size, "stats": dict(self._current["stats"])})
+        stats = dict(self._current["stats"])
+        self.shards.append({**self._current, "bytes": final.stat().st_size, "stats": stats | self.derive(stats)})
         self._archive = self._current = None
 
     def close(self) -> dict:
@@ -67,14 +74,14 @@ class ShardWriter:
             self._finish_shard()
         totals = Counter()
         for shard in self.shards:
-            totals.update(shard["stats"])
+            totals.update({name: shard["stats"][name] for name in self._summed})
         index = {
             "format": "sylm-data shards",
             "version": 1,
             "shards": self.shards,
             "total_samples": sum(shard["samples"] for shard in self.shards),
             "total_bytes": sum(shard["bytes"] for shard in self.shards),
-            "stats": dict(totals),
+            "stats": dict(totals) | self.derive(dict(totals)),
             **self.extra_index,
         }
         temporary = self.folder / f".{INDEX}.partial"

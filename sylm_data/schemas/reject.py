@@ -57,3 +57,6 @@ class Reason(StrEnum):
     STAGE_ERROR = "stage_error"
     # later stages
     ALIGN_FAILED = "align_failed"
+    NO_WORDS = "no_words"
+    NO_UNITS = "no_units"
+    SPANS_DISJOINT = "spans_disjoint"  # the words' time span and the units' do not overlap

@@ -6,6 +6,8 @@
 The trainer renders segments into token ids; the shard never depends on an LLM tokenizer.
 """
 
+import pyarrow as pa
+
 NAME = "sample"
 VERSION = 1
 
@@ -48,3 +50,28 @@ def render(sample: dict) -> str:
         for segment in sample[SEGMENTS]
     ]
     return f"[{sample.get(KIND)}] " + " ".join(parts)
+
+
+# The interleave stage's rows: one sample each, ready for a shard (DIR/interleave/), plus the
+# counts index.json sums.
+ROW_KEY = "id"  # the sample's __key__ in the shard: the utterance id
+ROW_SOURCE = "source"
+ROW_KIND = KIND
+ROW_LANGUAGE = LANGUAGE
+ROW_JSON = "json"
+ROW_WORDS = "words"
+ROW_SPEECH_WORDS = "speech_words"
+ROW_UNITS = "units"
+ROW_SCHEMA = pa.schema(
+    [
+        pa.field(ROW_KEY, pa.string(), nullable=False),
+        pa.field(ROW_SOURCE, pa.string(), nullable=False),
+        pa.field(ROW_KIND, pa.string(), nullable=False),
+        pa.field(ROW_LANGUAGE, pa.string(), nullable=False),
+        pa.field(ROW_JSON, pa.string(), nullable=False),
+        pa.field(ROW_WORDS, pa.int64(), nullable=False),
+        pa.field(ROW_SPEECH_WORDS, pa.int64(), nullable=False),
+        pa.field(ROW_UNITS, pa.int64(), nullable=False),
+    ],
+    metadata={"sylm.contract": "sample_row", "sylm.version": str(VERSION)},
+)

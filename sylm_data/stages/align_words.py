@@ -10,6 +10,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from sylm_data.languages import punctuated_ends
+
 SAMPLE_RATE = 16_000
 
 AlignedPiece = list[tuple[int, int]]  # (start_ms, end_ms) per word, relative to the piece
@@ -90,16 +92,7 @@ _CLAUSE_MARKS = set(".,;:!?…。，、！？；：")
 
 def clause_ends(text: str, words: list[str]) -> set[int]:
     """Word counts after which the text has punctuation: where speakers tend to pause."""
-    ends, position = set(), 0
-    for count, word in enumerate(words, start=1):
-        found = text.find(word, position)
-        if found < 0:
-            continue
-        position = found + len(word)
-        following = text.find(words[count], position) if count < len(words) else len(text)
-        if any(char in _CLAUSE_MARKS for char in text[position : following if following >= 0 else len(text)]):
-            ends.add(count)
-    return ends
+    return punctuated_ends(text, words, _CLAUSE_MARKS)
 
 
 def share_words(words: list[str], piece_lengths: list[int], breaks: set[int] = frozenset(), snap: int = 8) -> list[list[str]]:

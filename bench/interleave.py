@@ -1,0 +1,81 @@
+"""Interleave throughput against an I/O floor, side by side in one run.
+
+    python bench/interleave.py [--rows 100000]
+
+Input: synthetic tokenized rows (12 words, ~3 units per word, contiguous 20 ms grid) in Parquet.
+Stage: read the Parquet, build every sample (chunking, spans, JSON), write the rows and then the
+shards, as the stage's transform and its shard writer do (in one process, no Ray). Floor: read the
+same Parquet and write the stage's finished sample bytes to tar with the same shard writer.
+"""
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from sylm_data.pipeline.output import read_rows
+from sylm_data.pipeline.shards import ShardWriter
+from sylm_data.schemas import sample, stream
+from sylm_data.stages import interleave
+
+WORDS = "the river ran past the old mill before it reached the sea".split()
+
+
+def synthetic_rows(count: int) -> pa.Table:
+    rng = np.random.default_rng(0)
+    rows = []
+    for index in range(count):
+        words, units, starts, ends, position = [], [], [], [], 0
+        for word in WORDS:
+            length = int(rng.integers(3, 6)) * 20
+            words.append({"text": word, "start_ms": position, "end_ms": position + length})
+            for cut in range(position, position + length, 60):
+                units.append(int(rng.integers(0, 8192)))
+                starts.append(cut)
+                ends.append(min(cut + 60, position + length))
+            position += length
+        rows.append({"id": f"synthetic:{index:08d}", "source": "synthetic", "text": " ".join(WORDS) + ".",
+                     "language": "en", "words": words, "units": units, "unit_start_ms": starts, "unit_end_ms": ends,
+                     stream.PARTITION: "p", stream.PARTITION_TOTAL: 0, stream.REJECT_STAGE: None,
+                     stream.REJECT_REASON: None, stream.REJECT_DETAIL: None})
+    return pa.Table.from_pylist(rows)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=100_000)
+    args = parser.parse_args()
+    config = interleave.InterleaveConfig(shard_bytes=64 * 2**20)
+    with tempfile.TemporaryDirectory() as scratch:
+        scratch = Path(scratch)
+        pq.write_table(synthetic_rows(args.rows), scratch / "tokenized.parquet", row_group_size=4096)
+
+        start = time.perf_counter()
+        (scratch / "interleave" / "p").mkdir(parents=True)
+        for index, batch in enumerate(pq.ParquetFile(scratch / "tokenized.parquet").iter_batches(4096)):
+            out = interleave.transform(pa.Table.from_batches([batch]), config)
+            pq.write_table(stream.accepted(out, sample.ROW_SCHEMA), scratch / "interleave" / "p" / f"{index:05d}.parquet")
+        interleave.write_shards(config, scratch / "interleave")
+        stage_s = time.perf_counter() - start
+        samples = read_rows(scratch / "interleave").sort_by(sample.ROW_KEY)
+        shard_bytes = sum(p.stat().st_size for p in (scratch / "shards").glob("*.tar"))
+
+        start = time.perf_counter()
+        pq.read_table(scratch / "tokenized.parquet")
+        with ShardWriter(scratch / "floor", config.shard_bytes) as writer:
+            for key, document in zip(samples[sample.ROW_KEY].to_pylist(), samples[sample.ROW_JSON].to_pylist()):
+                writer.write(key, {"json": document.encode()})
+        floor_s = time.perf_counter() - start
+
+    print(f"{args.rows:,} rows -> {samples.num_rows:,} samples, {shard_bytes / 1e6:.0f} MB of shards")
+    print(f"{'':<40} {'wall s':>8} {'samples/s':>10} {'MB/s':>7} {'x floor':>8}")
+    for name, seconds in (("interleave stage (transform + shards)", stage_s), ("floor: read Parquet, write tar", floor_s)):
+        print(f"{name:<40} {seconds:>8.2f} {samples.num_rows / seconds:>10,.0f} {shard_bytes / 1e6 / seconds:>7.1f} {seconds / floor_s:>8.2f}")
+
+
+if __name__ == "__main__":
+    main()
