@@ -88,3 +88,11 @@ def test_the_sample_contract_validates_and_renders():
                    {**good, "segments": [{"modality": "speech", "units": ["a"]}]}):
         with pytest.raises(ValueError):
             sample.validate(broken)
+
+
+def test_a_stat_some_shards_lack_is_summed_over_those_that_have_it(tmp_path):
+    with ShardWriter(tmp_path, target_bytes=10) as writer:
+        writer.write("a", {"json": b"{}"}, stats={"text_samples": 1})
+        writer.write("b", {"json": b"{}"}, stats={"speech_samples": 1})
+    index = json.loads((tmp_path / "index.json").read_text())
+    assert index["stats"] == {"text_samples": 1, "speech_samples": 1}

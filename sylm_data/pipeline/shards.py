@@ -74,7 +74,7 @@ class ShardWriter:
             self._finish_shard()
         totals = Counter()
         for shard in self.shards:
-            totals.update({name: shard["stats"][name] for name in self._summed})
+            totals.update({name: shard["stats"].get(name, 0) for name in self._summed})
         index = {
             "format": "sylm-data shards",
             "version": 1,

@@ -38,10 +38,11 @@ def word_cuts(word_starts: list[int], word_ends: list[int], unit_starts: list[in
     for k in range(1, len(word_starts)):
         low, high = word_ends[k - 1] - tolerance_ms, word_starts[k] + tolerance_ms
         middle = (word_ends[k - 1] + word_starts[k]) / 2
-        first, last = bisect.bisect_left(times, low), bisect.bisect_right(times, high)
-        if first < last:
-            nearest = min(range(first, last), key=lambda i: (abs(times[i] - middle), i))
-            cuts[k] = boundaries[nearest]
+        after = bisect.bisect_left(times, middle)
+        # the nearest boundary to the middle is just before or just after it (the earlier on a tie)
+        near = [i for i in (after - 1, after) if 0 <= i < len(times) and low <= times[i] <= high]
+        if near:
+            cuts[k] = boundaries[min(near, key=lambda i: abs(times[i] - middle))]
     return cuts
 
 
