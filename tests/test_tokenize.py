@@ -11,7 +11,8 @@ from sylm_data.sample import MANIFEST
 from sylm_data.schemas.codebook import CodebookManifest
 from sylm_data.stages import tokenize
 from sylm_data.stages.encoders import MfccEncoder
-from sylm_data.stages.syllables import FeatureConfig, Segmenter
+from sylm_data.pipeline.stage import StageConfigError
+from sylm_data.stages.syllables import FeatureConfig, Segmenter, check_encoder
 from tests.conftest import read_parquet
 
 pytestmark = pytest.mark.usefixtures("ray_session")
@@ -92,6 +93,12 @@ def test_a_transformers_hubert_layer_feeds_the_same_segmenter(tmp_path):
     assert long_ends[-1] == 149 and short_ends[-1] == 49
     with pytest.raises(ValueError, match="layers 0..2"):
         Segmenter(FeatureConfig(encoder="hf", model=str(tmp_path), layer=5, device="cpu"))
+    # the driver's preflight says the same without loading the weights
+    check_encoder(FeatureConfig(encoder="hf", model=str(tmp_path), layer=2))
+    with pytest.raises(StageConfigError, match="layers 0..2"):
+        check_encoder(FeatureConfig(encoder="hf", model=str(tmp_path), layer=5))
+    with pytest.raises(StageConfigError, match="cannot load encoder"):
+        check_encoder(FeatureConfig(encoder="hf", model=str(tmp_path / "missing")))
 
 
 def test_an_agglomerated_codebook_names_fewer_units(tokenized_run, tmp_path):

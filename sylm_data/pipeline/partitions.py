@@ -7,7 +7,6 @@ could not unpack, a duplicate id, an input holding no sample, or a reader that s
 import json
 import traceback
 from collections.abc import Iterator
-from dataclasses import asdict
 from pathlib import Path
 
 import pyarrow as pa
@@ -23,14 +22,6 @@ SOURCE_SCHEMA = stream.in_flight(source_record.SCHEMA)
 def record_id(source: str, key: str) -> str:
     """Stable id from source and key; dots become '_' so the id can be a WebDataset key."""
     return f"{source}:{key}".replace(".", "_")
-
-
-def to_partition(spec: dict) -> Partition:
-    return Partition(**spec)
-
-
-def from_partition(partition: Partition) -> dict:
-    return asdict(partition)
 
 
 def _row(partition: Partition, record: Record, reader_stage: str) -> dict:

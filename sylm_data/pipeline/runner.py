@@ -7,6 +7,7 @@ each partition when all of its samples have come out (see `output`). Partitions 
 earlier run are skipped.
 """
 
+import dataclasses
 import functools
 import json
 import logging
@@ -37,7 +38,7 @@ class RunResult:
 
 
 def _read(batch: pa.Table, first: Stage, batch_rows: int, contract: pa.Schema | None):
-    partition = partitions.to_partition(json.loads(batch["partition"][0].as_py()))
+    partition = Partition(**json.loads(batch["partition"][0].as_py()))
     if first.consumes == SOURCES:
         yield from partitions.read_source_partition(partition, first.name, batch_rows)
     else:
@@ -155,7 +156,7 @@ def _plan(stages: list[Stage], pending: list[Partition], config: Config, layout:
     first, final = stages[0], stages[-1]
     contract = registry.STAGES[first.consumes].contract if first.consumes != SOURCES else None
     dataset = ray.data.from_items(
-        [{"partition": json.dumps(partitions.from_partition(p))} for p in pending], override_num_blocks=len(pending)
+        [{"partition": json.dumps(dataclasses.asdict(p))} for p in pending], override_num_blocks=len(pending)
     )
     dataset = dataset.map_batches(
         _read, batch_size=1, batch_format="pyarrow",
@@ -197,7 +198,7 @@ def _commit_as_complete(summaries, pending, tallies, commit, started: float, log
 
 def _commit(layout, final_name, names, config_hash, run_id, partition: Partition, tally: PartitionTally) -> None:
     marker = {
-        "partition": partitions.from_partition(partition),
+        "partition": dataclasses.asdict(partition),
         "rows_in": tally.total,
         "rows_out": tally.rows_out,
         "audio_ms": tally.audio_ms,

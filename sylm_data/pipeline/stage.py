@@ -13,6 +13,15 @@ SOURCES = "sources"  # what ingest consumes: the source readers, not a stage out
 Transform = Callable[[pa.Table], pa.Table]  # in-flight batch -> in-flight batch, same rows, rejects marked
 
 
+def resolve_device(device: str) -> str:
+    """`auto` is cuda when this process sees a GPU, else cpu; anything else is taken as given."""
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 class StageConfigError(ValueError):
     """A stage cannot run with its config (unknown backend, missing model): one line saying what to do."""
 

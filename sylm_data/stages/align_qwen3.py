@@ -7,6 +7,8 @@ padded batches; bf16 with SDPA attention on GPU, float32 on CPU.
 
 import torch
 
+from sylm_data.pipeline.stage import resolve_device
+
 NAME = "qwen3"
 LANGUAGES = frozenset({"zh", "en", "yue", "fr", "de", "it", "ja", "ko", "pt", "ru", "es"})
 WORD_UNITS = {"zh": "char", "yue": "char", "ja": "morpheme"}
@@ -16,12 +18,6 @@ class ModelLoadError(RuntimeError):
     pass
 
 
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
 class Qwen3Aligner:
     languages = LANGUAGES
     word_unit = WORD_UNITS
@@ -29,7 +25,7 @@ class Qwen3Aligner:
     def __init__(self, model_id: str, device: str = "auto", batch_size: int = 8) -> None:
         from transformers import AutoModelForTokenClassification, AutoProcessor
 
-        self.device = resolve_device(device)
+        self.device = torch.device(resolve_device(device))
         self.dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
         self.batch_size = batch_size
         try:

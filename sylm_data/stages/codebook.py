@@ -15,16 +15,17 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 import torch
+from safetensors.torch import save_file
 
 from sylm_data.pipeline.output import read_rows
-from sylm_data.pipeline.stage import Rejected, Stage
+from sylm_data.pipeline.stage import Rejected, Stage, resolve_device
 from sylm_data.schemas import codebook, stream, utterance
 from sylm_data.schemas.codebook import CodebookManifest
 from sylm_data.stages import units
 from sylm_data.stages.agglomerate import ward_map
 from sylm_data.stages.kmeans import kmeans, nearest
 from sylm_data.stages.syllables import (
-    FeatureConfig, Segmenter, actor_pool, decode_16k, encoder_identity, make_encoder, resolve_device,
+    FeatureConfig, Segmenter, actor_pool, check_encoder, decode_16k, encoder_identity,
 )
 
 NAME = "codebook"
@@ -95,23 +96,11 @@ def fit(config: CodebookConfig, folder) -> dict:
     manifest = CodebookManifest(encoder=encoder, layer=layer, dims=dims, clusters=config.clusters,
                                 units=config.agglomerate_to or config.clusters, samples=len(points), inertia=inertia,
                                 segmentation=config.segmentation(), config_hash=config_hash)
-    from safetensors.torch import save_file
-
     temporary = folder / f".{codebook.WEIGHTS}.partial"
     save_file(weights, str(temporary))
     os.replace(temporary, folder / codebook.WEIGHTS)
     manifest.save(folder)
     return {"codebook": manifest.id, "samples": manifest.samples, "inertia": round(inertia, 4)}
-
-
-def preflight(config: CodebookConfig) -> None:
-    from sylm_data.pipeline.stage import StageConfigError
-
-    try:
-        make_encoder(config)
-    except (OSError, ValueError) as error:
-        raise StageConfigError(f"cannot build the {config.encoder} encoder: {str(error).splitlines()[0]}") from None
-
 
 
 STAGE = Stage(
@@ -122,6 +111,6 @@ STAGE = Stage(
     config_type=CodebookConfig,
     make_transform=SegmentSampler,
     map_options=actor_pool,
-    preflight=preflight,
+    preflight=check_encoder,
     finalize=fit,
 )

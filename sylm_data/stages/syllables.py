@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from sylm_data import audio
-from sylm_data.pipeline.stage import MapOptions, Rejected
+from sylm_data.pipeline.stage import MapOptions, Rejected, StageConfigError, resolve_device
 from sylm_data.schemas.reject import Reason
 from sylm_data.stages import segmentation, units
 from sylm_data.stages.encoders import FRAME_MS, SAMPLE_RATE, HfEncoder, MfccEncoder
@@ -53,10 +53,6 @@ def actor_pool(config: FeatureConfig) -> MapOptions:
                       batch_size=max(config.batch_size * 2, 16))
 
 
-def resolve_device(device: str) -> str:
-    return ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
-
-
 def make_encoder(config: FeatureConfig):
     device = resolve_device(config.device)
     if config.encoder == "mfcc":
@@ -64,6 +60,22 @@ def make_encoder(config: FeatureConfig):
     if config.encoder == "hf":
         return HfEncoder(config.model, config.layer, device)
     raise ValueError(f"unknown encoder {config.encoder!r}: use mfcc or hf")
+
+
+def check_encoder(config: FeatureConfig) -> None:
+    """Driver-side check that the encoder can be built, without loading any weights."""
+    if config.encoder == "mfcc":
+        return
+    if config.encoder != "hf":
+        raise StageConfigError(f"unknown encoder {config.encoder!r}: use mfcc or hf")
+    from transformers import AutoConfig
+
+    try:
+        layers = AutoConfig.from_pretrained(config.model).num_hidden_layers
+    except (OSError, ValueError) as error:
+        raise StageConfigError(f"cannot load encoder {config.model!r}: {str(error).strip().splitlines()[0]}") from None
+    if not 0 <= config.layer <= layers:
+        raise StageConfigError(f"{config.model} has layers 0..{layers}, not {config.layer}")
 
 
 class Segmenter:

@@ -11,13 +11,14 @@ from pathlib import Path
 
 import pyarrow as pa
 import torch
+from safetensors.torch import load_file
 
 from sylm_data.pipeline.stage import Rejected, Stage, StageConfigError
 from sylm_data.schemas import codebook, stream, tokenized, utterance
 from sylm_data.schemas.codebook import CodebookManifest
 from sylm_data.stages import units
 from sylm_data.stages.encoders import FRAME_MS
-from sylm_data.stages.syllables import FeatureConfig, Segmenter, actor_pool, decode_16k, encoder_identity
+from sylm_data.stages.syllables import FeatureConfig, Segmenter, actor_pool, check_encoder, decode_16k, encoder_identity
 
 NAME = "tokenize"
 
@@ -27,8 +28,8 @@ class TokenizeConfig(FeatureConfig):
     codebook: str = ""  # a folder written by the codebook stage (DIR/codebook)
 
 
-def load_codebook(config: TokenizeConfig) -> tuple[CodebookManifest, torch.Tensor, torch.Tensor | None]:
-    """The codebook, refused unless it was fitted on this config's encoder, layer and segmentation."""
+def check_codebook(config: TokenizeConfig) -> CodebookManifest:
+    """The codebook's manifest, refused unless it was fitted on this config's encoder, layer and segmentation."""
     folder = Path(config.codebook)
     if not config.codebook or not (folder / codebook.MANIFEST).exists():
         raise StageConfigError(f"no codebook at {config.codebook!r}: run --stage codebook, then set tokenize.codebook=DIR/codebook")
@@ -40,9 +41,17 @@ def load_codebook(config: TokenizeConfig) -> tuple[CodebookManifest, torch.Tenso
     if manifest.segmentation != config.segmentation():
         raise StageConfigError(f"codebook {folder} was fitted with segmentation {manifest.segmentation}, "
                                f"not {config.segmentation()}")
-    from safetensors.torch import load_file
+    return manifest
 
-    weights = load_file(str(folder / codebook.WEIGHTS))
+
+def preflight(config: TokenizeConfig) -> None:
+    check_codebook(config)  # first: a mismatched codebook says more than a missing encoder
+    check_encoder(config)
+
+
+def load_codebook(config: TokenizeConfig) -> tuple[CodebookManifest, torch.Tensor, torch.Tensor | None]:
+    manifest = check_codebook(config)
+    weights = load_file(str(Path(config.codebook) / codebook.WEIGHTS))
     return manifest, weights["centroids"], weights.get("mapping")
 
 
@@ -86,5 +95,5 @@ STAGE = Stage(
     config_type=TokenizeConfig,
     make_transform=Tokenizer,
     map_options=actor_pool,
-    preflight=lambda config: load_codebook(config) and None,
+    preflight=preflight,
 )
