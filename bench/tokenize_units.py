@@ -4,8 +4,10 @@
 
 (Not bench/tokenize.py: a script of that name shadows the standard library module when run.)
     python bench/tokenize_units.py --encoder hubert-base --device cuda --copies 200 --long-minutes 10
+    python bench/tokenize_units.py --encoder sylreg-base --device cuda --copies 200
 
-Whole stage: decode, MFCC (or a random-weight HuBERT-base: 12 layers, 768 wide, bf16 on GPU),
+Whole stage: decode, MFCC (or random weights of the real size, bf16 on GPU: HuBERT-base, 12 layers,
+768 wide; or SylReg-Distill's data2vec 2.0 encoder, 4 + 7 blocks used, with its 24,576-centroid codebook),
 segmentation, pooling, codebook lookup. Segmentation alone: the batched banded DP on the same
 features, next to the plain full-matrix DP from the tests (on the first utterances only: it is
 slow by design). `--long-minutes` also times one long utterance and reports peak GPU memory.
@@ -24,7 +26,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from sylm_data import audio  # noqa: E402
 from sylm_data.sample import layouts  # noqa: E402
-from sylm_data.stages import segmentation, units  # noqa: E402
+from sylm_data.stages import segmentation, sylreg, units  # noqa: E402
 from sylm_data.stages.encoders import FRAME_MS, SAMPLE_RATE  # noqa: E402
 from sylm_data.stages.kmeans import kmeans  # noqa: E402
 from sylm_data.stages.syllables import FeatureConfig, Segmenter  # noqa: E402
@@ -40,7 +42,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--copies", type=int, default=4)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--encoder", choices=["mfcc", "hubert-base"], default="mfcc")
+    parser.add_argument("--encoder", choices=["mfcc", "hubert-base", "sylreg-base"], default="mfcc")
     parser.add_argument("--reference-items", type=int, default=4)
     parser.add_argument("--long-minutes", type=float, default=0)
     args = parser.parse_args()
@@ -48,7 +50,10 @@ def main() -> None:
     waves = [audio.decode(u.audio, SAMPLE_RATE).samples for u in layouts.sample_utterances()] * args.copies
     audio_s = sum(len(w) for w in waves) / SAMPLE_RATE
     with tempfile.TemporaryDirectory() as folder:
-        config = FeatureConfig(device=args.device, batch_size=32)
+        config = FeatureConfig(encoder="mfcc", device=args.device, batch_size=32)
+        if args.encoder == "sylreg-base":
+            sylreg.save_random_sylreg(folder, sylreg.BASE)
+            config = FeatureConfig(encoder="sylreg", model=folder, device=args.device, batch_size=32)
         if args.encoder == "hubert-base":
             from transformers import HubertConfig, HubertModel, Wav2Vec2FeatureExtractor
 
@@ -62,9 +67,12 @@ def main() -> None:
         segmented = segmenter(waves)
         pooled = [units.pool(features, ends) for features, ends in segmented]
         points = torch.cat(pooled).to(args.device)
-        centroids, _ = kmeans(points, min(64, len(points)), iterations=5)
+        if args.encoder == "sylreg-base":  # the release's own codebook: 24,576 centroids -> 8,192 units
+            centroids, mapping = segmenter.encoder.centroids, segmenter.encoder.mapping
+        else:
+            (centroids, _), mapping = kmeans(points, min(64, len(points)), iterations=5), None
         for segment_features in pooled:
-            units.assign(segment_features.to(args.device), centroids)
+            units.assign(segment_features.to(args.device), centroids, mapping)
         synchronize(args.device)
         stage_s = time.perf_counter() - start
 
@@ -73,12 +81,12 @@ def main() -> None:
         counts = torch.tensor([math.ceil(n * FRAME_MS / 1000 / 0.15) for n in lengths.tolist()])
         padded = torch.nn.utils.rnn.pad_sequence(features, batch_first=True).to(args.device)
         start = time.perf_counter()
-        costs = segmentation.segment_costs(padded, lengths.to(args.device), 35)
+        costs = segmentation.segment_costs(padded, lengths.to(args.device), 35, segmenter.affinity)
         batched = segmentation.min_cut(costs, lengths.to(args.device), counts, 3, 35)
         synchronize(args.device)
         batched_s = time.perf_counter() - start
         start = time.perf_counter()
-        reference = [reference_min_cut(f.numpy(), int(k), 3, 35) for f, k in zip(features, counts)]
+        reference = [reference_min_cut(f.numpy(), int(k), 3, 35, segmenter.affinity) for f, k in zip(features, counts)]
         reference_s = time.perf_counter() - start
         assert batched == reference, "the batched DP disagrees with the reference"
     reference_audio_s = sum(len(w) for w in waves[: args.reference_items]) / SAMPLE_RATE
@@ -91,11 +99,12 @@ def main() -> None:
     print(f"reference / batched: {reference_s / batched_s:.0f}x, same boundaries; {units_per_s:.1f} segments per second")
     if args.long_minutes:
         frames = int(args.long_minutes * 60 * 1000 / FRAME_MS)
-        long_features = torch.randn(1, frames, 768 if args.encoder == "hubert-base" else 39, device=args.device)
+        long_features = torch.randn(1, frames, segmenter.encoder.dims, device=args.device)
         if args.device.startswith("cuda"):
             torch.cuda.reset_peak_memory_stats()
         start = time.perf_counter()
-        costs = segmentation.segment_costs(long_features, torch.tensor([frames], device=args.device), 35)
+        costs = segmentation.segment_costs(long_features, torch.tensor([frames], device=args.device), 35,
+                                           segmenter.affinity)
         segmentation.min_cut(costs, torch.tensor([frames], device=args.device),
                              torch.tensor([math.ceil(frames * FRAME_MS / 1000 / 0.15)]), 3, 35)
         synchronize(args.device)

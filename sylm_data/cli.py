@@ -108,7 +108,7 @@ def quickstart(
     from sylm_data.sample import layouts
 
     tars = layouts.write_emilia(output / "source", layouts.sample_utterances(), shard_size=8)
-    cfg = config_module.load(None, ["align.backend='pocketsphinx'", "codebook.clusters=64",
+    cfg = config_module.load(None, ["align.backend='pocketsphinx'", "codebook.clusters=64", "codebook.encoder='mfcc'", "tokenize.encoder='mfcc'",
                                     f"tokenize.codebook={str((output / 'codebook').resolve())!r}"])
     cfg.stages["ingest"].source = "emilia"
     cfg.stages["ingest"].inputs = [str(path.resolve()) for path in tars]

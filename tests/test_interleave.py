@@ -119,7 +119,7 @@ def test_shards_are_byte_identical_however_the_input_is_partitioned(tmp_path):
         (split / "audio" / audio.name).write_bytes(audio.read_bytes())
 
     def pipeline(out, inputs, codebook):
-        cfg = config_module.load(None, ["align.backend='pocketsphinx'", "codebook.clusters=32",
+        cfg = config_module.load(None, ["align.backend='pocketsphinx'", "codebook.clusters=32", "codebook.encoder='mfcc'", "tokenize.encoder='mfcc'",
                                         f"tokenize.codebook='{codebook}'", "interleave.shard_bytes=20000"])
         cfg.stages["ingest"].source = "manifest"
         cfg.stages["ingest"].inputs = [str(p) for p in inputs]

@@ -9,15 +9,22 @@ import torch
 from sylm_data.stages.segmentation import min_cut, segment_costs
 
 
-def reference_min_cut(features: np.ndarray, count: int, min_frames: int, max_frames: int) -> list[int]:
+def reference_min_cut(features: np.ndarray, count: int, min_frames: int, max_frames: int,
+                      affinity: str = "cosine") -> list[int]:
     """Obviously correct: full similarity matrix, explicit sums, explicit DP (float64)."""
-    unit = features / np.linalg.norm(features, axis=1, keepdims=True)
-    similarity = (1 + unit @ unit.T) / 2
+    if affinity == "cosine":
+        unit = features / np.linalg.norm(features, axis=1, keepdims=True)
+        similarity = (1 + unit @ unit.T) / 2
+    else:  # SylReg: raw dot products, shifted to be positive
+        similarity = features @ features.T
+        similarity = similarity - similarity.min() + 1e-7
     n = len(features)
 
     def cost(start: int, end: int) -> float:
         volume = similarity[start:end].sum()
-        return 1 - similarity[start:end, start:end].sum() / volume
+        assoc = similarity[start:end, start:end].sum()
+        cut = volume - assoc
+        return cut / volume if affinity == "cosine" else cut / (cut + assoc / 2)
 
     best = {(0, 0): (0.0, None)}
     for k in range(1, count + 1):
@@ -36,8 +43,9 @@ def reference_min_cut(features: np.ndarray, count: int, min_frames: int, max_fra
     return ends[::-1]
 
 
+@pytest.mark.parametrize("affinity", ["cosine", "shifted_dot"])
 @pytest.mark.parametrize("seed", range(6))
-def test_batched_dp_matches_the_reference_on_random_features(seed):
+def test_batched_dp_matches_the_reference_on_random_features(seed, affinity):
     rng = np.random.default_rng(seed)
     lengths = [int(n) for n in rng.integers(12, 70, size=3)]
     counts = [max(math.ceil(n / 7.5), 1) for n in lengths]
@@ -47,10 +55,10 @@ def test_batched_dp_matches_the_reference_on_random_features(seed):
     for index, item in enumerate(items):
         padded[index, : len(item)] = item
     lengths_t = torch.tensor(lengths)
-    costs = segment_costs(torch.tensor(padded), lengths_t, max_frames=35)
+    costs = segment_costs(torch.tensor(padded), lengths_t, max_frames=35, affinity=affinity)
     got = min_cut(costs, lengths_t, torch.tensor(counts), min_frames=3, max_frames=35)
     for item, count, ends in zip(items, counts, got):
-        assert ends == reference_min_cut(item, count, 3, 35)
+        assert ends == reference_min_cut(item, count, 3, 35, affinity)
 
 
 def test_min_cut_handles_short_items_and_asks_for_feasible_counts():

@@ -19,7 +19,7 @@ pytestmark = pytest.mark.usefixtures("ray_session")
 
 
 def make_config(out, *overrides):
-    cfg = config_module.load(None, ["align.backend='pocketsphinx'", "codebook.clusters=48",
+    cfg = config_module.load(None, ["align.backend='pocketsphinx'", "codebook.clusters=48", "codebook.encoder='mfcc'", "tokenize.encoder='mfcc'",
                                     f"tokenize.codebook='{out / 'codebook'}'", *overrides])
     cfg.stages["ingest"].source = "manifest"
     cfg.stages["ingest"].inputs = [str(MANIFEST)]

@@ -1,12 +1,17 @@
 """Syllable-like segmentation: exact minimum normalized cut by dynamic programming, batched in torch.
 
-Frame similarity is S[t, s] = (1 + cos(x_t, x_s)) / 2, which is non-negative as a normalized cut
-needs. A segment A's cost is cut(A, rest) / vol(A) = 1 - assoc(A) / vol(A); a segmentation into K
-segments of `min_frames`..`max_frames` frames each minimises the sum of its segments' costs.
+Two affinities, each with the cut cost it was published with:
+- `cosine` (default): S[t, s] = (1 + cos(x_t, x_s)) / 2; a segment A costs cut(A) / vol(A),
+  i.e. 1 - assoc(A) / vol(A).
+- `shifted_dot` (SylReg): S[t, s] = x_t · x_s shifted so that the item's smallest entry is 1e-7;
+  a segment costs cut(A) / (cut(A) + assoc(A) / 2).
+A segmentation into K segments of `min_frames`..`max_frames` frames each minimises the sum of its
+segments' costs.
 
 Memory stays linear in the utterance length where it matters: segments are at most `max_frames`
 long, so assoc only needs the band |t - s| < max_frames of S, and vol needs only row sums, which
-are (n + x̂_t · Σ x̂_s) / 2 — no T×T matrix is ever built. The DP keeps one row of values; the
+are a·x_t · Σ x_s + n·b for S = a·x_t · x_s + b — no T×T matrix is ever kept (the shifted dot
+product's minimum is found a block of rows at a time). The DP keeps one row of values; the
 back-pointers are one byte per (segment count, frame).
 """
 
@@ -17,29 +22,54 @@ import torch
 INFINITY = float("inf")
 
 
-def band_similarity(features: torch.Tensor, max_frames: int) -> torch.Tensor:
+COSINE, SHIFTED_DOT = "cosine", "shifted_dot"
+AFFINITIES = (COSINE, SHIFTED_DOT)
+
+
+def _affine_form(features: torch.Tensor, lengths: torch.Tensor, affinity: str) -> tuple[torch.Tensor, float, torch.Tensor]:
+    """(vectors v, scale a, per-item offset b) such that S[t, s] = a · v_t · v_s + b."""
+    if affinity == COSINE:
+        return torch.nn.functional.normalize(features, dim=-1), 0.5, features.new_full((len(features),), 0.5)
+    if affinity == SHIFTED_DOT:
+        return features, 1.0, 1e-7 - _smallest_dot(features, lengths)
+    raise ValueError(f"unknown affinity {affinity!r}: use one of {', '.join(AFFINITIES)}")
+
+
+def _smallest_dot(features: torch.Tensor, lengths: torch.Tensor, rows: int = 2048) -> torch.Tensor:
+    """min over valid frame pairs of x_t · x_s, per item, `rows` rows of the product at a time."""
+    smallest = []
+    for item, length in zip(features, lengths.tolist()):
+        valid = item[:length]
+        blocks = [(valid[start : start + rows] @ valid.T).min() for start in range(0, length, rows)]
+        smallest.append(torch.stack(blocks).min() if blocks else valid.new_zeros(()))
+    return torch.stack(smallest)
+
+
+def band_similarity(vectors: torch.Tensor, scale: float, offset: torch.Tensor, max_frames: int) -> torch.Tensor:
     """(B, T, D) -> (B, T, max_frames): band[b, t, d] = S[t, t + d] (0 beyond the end)."""
-    unit = torch.nn.functional.normalize(features, dim=-1)
-    batch, frames, _ = unit.shape
-    band = unit.new_zeros(batch, frames, max_frames)
-    for offset in range(max_frames):
-        if offset < frames:
-            band[:, : frames - offset, offset] = (1 + (unit[:, : frames - offset] * unit[:, offset:]).sum(-1)) / 2
+    batch, frames, _ = vectors.shape
+    band = vectors.new_zeros(batch, frames, max_frames)
+    for distance in range(max_frames):
+        if distance < frames:
+            dots = (vectors[:, : frames - distance] * vectors[:, distance:]).sum(-1)
+            band[:, : frames - distance, distance] = scale * dots + offset[:, None]
     return band
 
 
-def segment_costs(features: torch.Tensor, lengths: torch.Tensor, max_frames: int) -> torch.Tensor:
+def segment_costs(features: torch.Tensor, lengths: torch.Tensor, max_frames: int,
+                  affinity: str = COSINE) -> torch.Tensor:
     """cost[b, a, l] of the segment of frames [a, a + l) for l in 1..max_frames (index 0 unused);
     +inf where the segment runs past the item's length. Padding frames never count."""
     batch, frames, _ = features.shape
-    valid = torch.arange(frames, device=features.device)[None, :] < lengths[:, None]  # (B, T)
+    positions = torch.arange(frames, device=features.device)
+    valid = positions[None, :] < lengths[:, None]  # (B, T)
     features = features * valid[..., None]
-    band = band_similarity(features, max_frames) * valid[..., None]
+    vectors, scale, offset = _affine_form(features, lengths, affinity)
+    band = band_similarity(vectors, scale, offset, max_frames) * valid[..., None]
     # band entries that reach past an item's end pair a real frame with padding: drop them
-    for offset in range(1, max_frames):
-        band[:, :, offset] *= (torch.arange(frames, device=features.device)[None, :] + offset) < lengths[:, None]
-    unit = torch.nn.functional.normalize(features, dim=-1)
-    row_sums = (lengths[:, None].to(unit.dtype) + (unit * unit.sum(1, keepdim=True)).sum(-1)) / 2
+    for distance in range(1, max_frames):
+        band[:, :, distance] *= (positions[None, :] + distance) < lengths[:, None]
+    row_sums = scale * (vectors * vectors.sum(1, keepdim=True)).sum(-1) + lengths[:, None].to(vectors.dtype) * offset[:, None]
     row_sums = row_sums * valid
     volume_prefix = torch.nn.functional.pad(row_sums.cumsum(1), (1, 0))  # (B, T + 1)
 
@@ -52,17 +82,18 @@ def segment_costs(features: torch.Tensor, lengths: torch.Tensor, max_frames: int
 
     costs = band.new_full((batch, frames, max_frames + 1), INFINITY)
     assoc = band.new_zeros(batch, frames)
-    starts = torch.arange(frames, device=features.device)
     for length in range(1, max_frames + 1):
-        last = starts + length - 1  # the frame this length adds
+        last = positions + length - 1  # the frame this length adds
         inside = last < frames
         added = band.new_zeros(batch, frames)
-        added[:, inside] = 1 + 2 * column[:, last[inside], length - 1]
+        added[:, inside] = band[:, last[inside], 0] + 2 * column[:, last[inside], length - 1]
         assoc = assoc + added
-        end = (starts + length).clamp(max=frames)
-        volume = volume_prefix[:, end] - volume_prefix[:, starts]
-        fits = (starts[None, :] + length) <= lengths[:, None]
-        costs[:, :, length] = torch.where(fits, 1 - assoc / volume.clamp_min(1e-12), INFINITY)
+        end = (positions + length).clamp(max=frames)
+        volume = volume_prefix[:, end] - volume_prefix[:, positions]
+        cut = volume - assoc
+        denominator = volume if affinity == COSINE else cut + assoc / 2
+        fits = (positions[None, :] + length) <= lengths[:, None]
+        costs[:, :, length] = torch.where(fits, cut / denominator.clamp_min(1e-12), INFINITY)
     return costs
 
 

@@ -3,7 +3,9 @@
 Audio -> encoder frames (50 Hz) -> exact min-cut segmentation (~`sec_per_syllable` per segment,
 `min_frames`..`max_frames` frames each) -> merge of similar neighbours -> mean-pooled segments ->
 nearest codebook centroid (-> agglomerative map, when the codebook has one) -> runs of one unit
-merged. The codebook must have been fitted on the same encoder, layer and segmentation.
+merged. The codebook must have been fitted on the same encoder, layer and segmentation; the
+`sylreg` encoder brings its released codebook (24,576 centroids mapped to 8,192 units), used when
+no `codebook` folder is set.
 """
 
 from dataclasses import dataclass
@@ -25,7 +27,11 @@ NAME = "tokenize"
 
 @dataclass
 class TokenizeConfig(FeatureConfig):
-    codebook: str = ""  # a folder written by the codebook stage (DIR/codebook)
+    codebook: str = ""  # a folder written by the codebook stage (DIR/codebook); sylreg: empty = its own
+
+
+def uses_released_codebook(config: TokenizeConfig) -> bool:
+    return config.encoder == "sylreg" and not config.codebook
 
 
 def check_codebook(config: TokenizeConfig) -> CodebookManifest:
@@ -45,7 +51,8 @@ def check_codebook(config: TokenizeConfig) -> CodebookManifest:
 
 
 def preflight(config: TokenizeConfig) -> None:
-    check_codebook(config)  # first: a mismatched codebook says more than a missing encoder
+    if not uses_released_codebook(config):
+        check_codebook(config)  # first: a mismatched codebook says more than a missing encoder
     check_encoder(config)
 
 
@@ -61,9 +68,13 @@ OUTPUT_SCHEMA = stream.in_flight(tokenized.SCHEMA)
 
 class Tokenizer:
     def __init__(self, config: TokenizeConfig) -> None:
-        self.manifest, self.centroids, self.mapping = load_codebook(config)
         self.segmenter = Segmenter(config)
-        self.id = self.manifest.id  # encoder:layer:kK:hash
+        if uses_released_codebook(config):
+            encoder = self.segmenter.encoder
+            self.centroids, self.mapping, self.id = encoder.centroids, encoder.mapping, encoder.codebook_id
+        else:
+            manifest, self.centroids, self.mapping = load_codebook(config)
+            self.id = manifest.id  # encoder:layer:kK:hash
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         rows = batch.to_pylist()

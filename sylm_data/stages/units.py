@@ -8,13 +8,14 @@ import torch
 from sylm_data.stages.kmeans import nearest
 
 
-def merge_similar(features: torch.Tensor, ends: list[int], threshold: float) -> list[int]:
+def merge_similar(features: torch.Tensor, ends: list[int], threshold: float, keep: int = 1) -> list[int]:
     """Repeatedly merge the adjacent pair of segments whose mean features are most cosine-similar,
-    while that similarity is at least `threshold`. Returns the remaining segment ends."""
+    while that similarity is at least `threshold` and more than `keep` segments remain.
+    Returns the remaining segment ends."""
     ends = list(ends)
     starts = [0, *ends[:-1]]
     sums = [features[start:end].sum(0) for start, end in zip(starts, ends)]
-    while len(ends) > 1:
+    while len(ends) > keep:
         means = torch.stack([total / (end - start) for total, start, end in zip(sums, starts, ends)])
         similarity = torch.nn.functional.cosine_similarity(means[:-1], means[1:], dim=1)
         best = int(similarity.argmax())
