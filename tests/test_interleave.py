@@ -48,6 +48,27 @@ def test_chunks_keep_every_word_and_unit_once_and_cut_on_both_grids(utterance, t
     assert all(p.words > 0 for p in pieces)
 
 
+def nearest_cuts(word_starts, word_ends, unit_starts, unit_ends, tolerance):
+    """Obviously correct: for each gap, every unit boundary within tolerance, the nearest to its middle."""
+    cuts = {}
+    for k in range(1, len(word_starts)):
+        middle = (word_ends[k - 1] + word_starts[k]) / 2
+        fitting = [j for j in range(1, len(unit_starts)) if unit_ends[j - 1] == unit_starts[j]
+                   and word_ends[k - 1] - tolerance <= unit_starts[j] <= word_starts[k] + tolerance]
+        if fitting:
+            cuts[k] = min(fitting, key=lambda j: (abs(unit_starts[j] - middle), j))
+    return cuts
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(timed_utterance(), min_size=1, max_size=5), st.sampled_from([0, 10, 40]))
+def test_cuts_of_a_batch_are_each_utterances_nearest_cuts(utterances, tolerance):
+    word_starts, word_ends, unit_starts, unit_ends = zip(*utterances)
+    got = spans.batch_word_cuts([len(w) for w in word_starts], sum(word_starts, []), sum(word_ends, []),
+                                [len(u) for u in unit_starts], sum(unit_starts, []), sum(unit_ends, []), tolerance)
+    assert got == [nearest_cuts(*utterance, tolerance) for utterance in utterances]
+
+
 def test_sentence_granularity_cuts_only_at_sentence_ends():
     text = "The river ran. It reached the sea, slowly!"
     words = ["The", "river", "ran", "It", "reached", "the", "sea", "slowly"]
@@ -79,7 +100,7 @@ UNITS = [(5, 0, 110), (6, 110, 410), (7, 410, 610), (8, 610, 810), (9, 810, 910)
 
 def test_samples_follow_the_contract_and_keep_the_transcript():
     config = interleave.InterleaveConfig(kinds={"interleaved": 1.0}, span_mean=2)
-    built = interleave.build_sample(row(WORDS, UNITS), config)
+    built = interleave.build_sample(interleave.Utterance.from_row(row(WORDS, UNITS)), config)
     document = json.loads(built["json"])
     sample.validate(document)
     assert built["kind"] == document["kind"] == "interleaved"
@@ -92,10 +113,10 @@ def test_samples_follow_the_contract_and_keep_the_transcript():
     else:
         assert last["units"][-1] == 10
     assert units == [u for u, _, _ in UNITS if u in units]  # speech units keep their order
-    assert built == interleave.build_sample(row(WORDS, UNITS), config)  # same id, same sample
-    speech_only = interleave.build_sample(row(WORDS, UNITS), interleave.InterleaveConfig(kinds={"speech": 1.0}))
+    assert built == interleave.build_sample(interleave.Utterance.from_row(row(WORDS, UNITS)), config)  # same id, same sample
+    speech_only = interleave.build_sample(interleave.Utterance.from_row(row(WORDS, UNITS)), interleave.InterleaveConfig(kinds={"speech": 1.0}))
     assert json.loads(speech_only["json"])["segments"] == [{"modality": "speech", "units": [5, 6, 7, 8, 9, 10]}]
-    text_only = interleave.build_sample(row(WORDS, UNITS), interleave.InterleaveConfig(kinds={"text": 1.0}))
+    text_only = interleave.build_sample(interleave.Utterance.from_row(row(WORDS, UNITS)), interleave.InterleaveConfig(kinds={"text": 1.0}))
     assert json.loads(text_only["json"])["segments"] == [{"modality": "text", "text": "The river ran past the mill."}]
 
 
@@ -103,8 +124,26 @@ def test_samples_follow_the_contract_and_keep_the_transcript():
     ([], UNITS, "no_words"), (WORDS, [], "no_units"), (WORDS, [(1, 5000, 6000)], "spans_disjoint")])
 def test_unusable_rows_are_rejected(words, units, reason):
     with pytest.raises(Rejected) as rejected:
-        interleave.build_sample(row(words, units), interleave.InterleaveConfig())
+        interleave.build_sample(interleave.Utterance.from_row(row(words, units)), interleave.InterleaveConfig())
     assert rejected.value.reason == reason
+
+
+def test_the_batch_transform_rejects_per_row_and_passes_upstream_rejects_through():
+    import pyarrow as pa
+
+    rows = [row(WORDS, UNITS, id="manifest:good"), row(WORDS, [], id="manifest:no_units"),
+            row(WORDS, [(1, 5000, 6000)], id="manifest:disjoint"), row([], UNITS, id="manifest:no_words"),
+            row(WORDS, UNITS, id="manifest:upstream") | {"words": None, "units": None},
+            row(WORDS, UNITS, id="manifest:mismatched") | {"unit_end_ms": [110]}]
+    for item in rows:
+        item |= {"partition": "p", "partition_total": 5, "reject_stage": None, "reject_reason": None, "reject_detail": None}
+    rows[-2] |= {"reject_stage": "align", "reject_reason": "align_failed", "reject_detail": "x"}
+    out = interleave.transform(pa.Table.from_pylist(rows), interleave.InterleaveConfig()).to_pylist()
+    assert [r["reject_reason"] for r in out] == [None, "no_units", "spans_disjoint", "no_words", "align_failed", "no_units"]
+    assert [r["reject_stage"] for r in out] == [None, "interleave", "interleave", "interleave", "align", "interleave"]
+    assert out[0]["json"] == interleave.build_sample(interleave.Utterance.from_row(rows[0]), interleave.InterleaveConfig())["json"]
+    assert all(r["json"] is None and r["kind"] is None for r in out[1:])
+    assert [r["id"] for r in out] == [r["id"] for r in rows] and {r["partition_total"] for r in out} == {5}
 
 
 @pytest.mark.usefixtures("ray_session")

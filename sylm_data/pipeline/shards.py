@@ -9,7 +9,6 @@ import io
 import json
 import os
 import tarfile
-from collections import Counter
 from pathlib import Path
 
 INDEX = "index.json"
@@ -52,12 +51,13 @@ class ShardWriter:
             self._archive.addfile(info, io.BytesIO(members[extension]))
         self._current["samples"] += 1
         self._current["bytes"] += size
-        self._current["stats"].update(stats or {})
-        self._summed.update(stats or {})
+        totals = self._current["stats"]
+        for name, value in (stats or {}).items():
+            totals[name] = totals.get(name, 0) + value
 
     def _open_shard(self) -> None:
         name = f"shard-{len(self.shards):06d}.tar"
-        self._current = {"name": name, "samples": 0, "bytes": 0, "stats": Counter()}
+        self._current = {"name": name, "samples": 0, "bytes": 0, "stats": {}}
         self._archive = tarfile.open(self.folder / f".{name}.partial", "w", format=tarfile.USTAR_FORMAT)
 
     def _finish_shard(self) -> None:
@@ -66,15 +66,14 @@ class ShardWriter:
         final = self.folder / name
         os.replace(self.folder / f".{name}.partial", final)
         stats = dict(self._current["stats"])
+        self._summed.update(stats)
         self.shards.append({**self._current, "bytes": final.stat().st_size, "stats": stats | self.derive(stats)})
         self._archive = self._current = None
 
     def close(self) -> dict:
         if self._current is not None:
             self._finish_shard()
-        totals = Counter()
-        for shard in self.shards:
-            totals.update({name: shard["stats"].get(name, 0) for name in self._summed})
+        totals = {name: sum(shard["stats"].get(name, 0) for shard in self.shards) for name in sorted(self._summed)}
         index = {
             "format": "sylm-data shards",
             "version": 1,

@@ -16,9 +16,11 @@ import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from sylm_data import languages
 from sylm_data.pipeline.output import read_rows
@@ -66,41 +68,80 @@ def sample_rng(seed: int, sample_id: str) -> np.random.Generator:
     return _GENERATOR
 
 
-def build_sample(row: dict, config: InterleaveConfig) -> dict:
-    """One tokenized row -> the sample-row columns; raises Rejected."""
-    words, units = row[aligned.WORDS] or [], row[tokenized.UNITS] or []
-    if not words:
-        raise Rejected(Reason.NO_WORDS, "no aligned words")
-    if not units:
-        raise Rejected(Reason.NO_UNITS, "no units")
-    unit_starts, unit_ends = row[tokenized.UNIT_START_MS], row[tokenized.UNIT_END_MS]
-    word_starts = [w[aligned.WORD_START_MS] for w in words]
-    word_ends = [w[aligned.WORD_END_MS] for w in words]
-    if word_ends[-1] <= unit_starts[0] or unit_ends[-1] <= word_starts[0]:
-        raise Rejected(Reason.SPANS_DISJOINT, f"words {word_starts[0]}-{word_ends[-1]} ms, units {unit_starts[0]}-{unit_ends[-1]} ms")
-    texts = [w[aligned.WORD_TEXT] for w in words]
-    transcript = row[utterance.TEXT]
-    cuts = spans.word_cuts(word_starts, word_ends, unit_starts, unit_ends, config.tolerance_ms)
-    allowed = spans.sentence_ends(transcript, texts) if config.granularity == "sentence" else None
-    pieces = spans.chunks(len(words), len(units), cuts, allowed)
+class Utterance(NamedTuple):
+    """What a sample is built from: one tokenized row's transcript, timed words and timed units."""
+    id: str
+    text: str
+    language: str
+    words: list[str]
+    word_starts: list[int]
+    word_ends: list[int]
+    units: list[int]
+    unit_starts: list[int]
+    unit_ends: list[int]
 
-    rng = sample_rng(config.seed, row[utterance.ID])
+    @classmethod
+    def from_row(cls, row: dict) -> "Utterance":
+        words = row[aligned.WORDS] or []
+        return cls(row[utterance.ID], row[utterance.TEXT], row[utterance.LANGUAGE],
+                   [w[aligned.WORD_TEXT] for w in words], [w[aligned.WORD_START_MS] for w in words],
+                   [w[aligned.WORD_END_MS] for w in words], row[tokenized.UNITS] or [],
+                   row[tokenized.UNIT_START_MS] or [], row[tokenized.UNIT_END_MS] or [])
+
+
+def build_sample(item: Utterance, config: InterleaveConfig) -> dict:
+    """One utterance -> the sample-row columns; raises Rejected."""
+    problem = unusable([len(item.words)], item.word_starts[:1], item.word_ends[-1:], [len(item.units)],
+                       item.unit_starts[:1], item.unit_ends[-1:])[0]
+    if problem:
+        raise Rejected(*problem)
+    cuts = spans.word_cuts(item.word_starts, item.word_ends, item.unit_starts, item.unit_ends, config.tolerance_ms)
+    return render(item.id, item.text, item.language, item.words, item.units, cuts, config)
+
+
+def unusable(word_sizes, first_word_starts, last_word_ends, unit_sizes, first_unit_starts,
+             last_unit_ends) -> list[tuple[str, str] | None]:
+    """Per utterance, (reason, detail) when no sample can be made of it: no words, no units, or
+    words and units that do not overlap in time. Firsts and lasts are given for non-empty ones only."""
+    word_sizes, unit_sizes = np.asarray(word_sizes), np.asarray(unit_sizes)
+    both = (word_sizes > 0) & (unit_sizes > 0)
+    first_word, last_word, first_unit, last_unit = (np.zeros(len(word_sizes), np.int64) for _ in range(4))
+    first_word[word_sizes > 0], last_word[word_sizes > 0] = first_word_starts, last_word_ends
+    first_unit[unit_sizes > 0], last_unit[unit_sizes > 0] = first_unit_starts, last_unit_ends
+    disjoint = both & ((last_word <= first_unit) | (last_unit <= first_word))
+    problems: list[tuple[str, str] | None] = [None] * len(word_sizes)
+    for index in np.flatnonzero(~both | disjoint).tolist():
+        if not word_sizes[index]:
+            problems[index] = (Reason.NO_WORDS, "no aligned words")
+        elif not unit_sizes[index]:
+            problems[index] = (Reason.NO_UNITS, "no units")
+        else:
+            problems[index] = (Reason.SPANS_DISJOINT, f"words {first_word[index]}-{last_word[index]} ms, "
+                                                      f"units {first_unit[index]}-{last_unit[index]} ms")
+    return problems
+
+
+def render(sample_id: str, text: str, language: str, words: list[str], units: list[int], cuts: dict[int, int],
+           config: InterleaveConfig) -> dict:
+    """The sample of a usable utterance, given its allowed cuts (`spans.word_cuts`)."""
+    rng = sample_rng(config.seed, sample_id)
     kind = _draw_kind(config.kinds, rng.random())
-    if kind == "interleaved":
+    if kind == "speech":
+        segments, speech_words = [{sample.MODALITY: sample.SPEECH, sample.UNITS: list(units)}], len(words)
+    elif kind == "text":  # the transcript itself, from its first word
+        segments, speech_words = [{sample.MODALITY: sample.TEXT, sample.TEXT: text[max(text.find(words[0]), 0):].strip()}], 0
+    else:
+        allowed = spans.sentence_ends(text, words) if config.granularity == "sentence" else None
+        pieces = spans.chunks(len(words), len(units), cuts, allowed)
         speech = spans.choose_speech([c.words for c in pieces], config.speech_ratio, config.span_mean, rng,
                                      span_in_words=config.granularity == "word")
-    else:
-        speech = [kind == "speech"] * len(pieces)
-    segments = _segments(pieces, speech, transcript, texts, units)
-    modalities = {segment[sample.MODALITY] for segment in segments}
-    if kind == "interleaved" and len(modalities) == 1:  # one chunk, or no span fitted: a plain sample
-        kind = "speech" if sample.SPEECH in modalities else "text"
-    document = {sample.SEGMENTS: segments, sample.KIND: kind, sample.LANGUAGE: row[utterance.LANGUAGE],
-                sample.SOURCE_ID: row[utterance.ID]}
-    sample.validate(document)
-    speech_words = sum(c.words for c, s in zip(pieces, speech) if s)
+        segments = _segments(pieces, speech, text, words, units)
+        speech_words = sum(c.words for c, s in zip(pieces, speech) if s)
+        if len(segments) == 1:  # one chunk, or no span fitted: a plain sample
+            kind = "speech" if segments[0][sample.MODALITY] == sample.SPEECH else "text"
+    document = {sample.SEGMENTS: segments, sample.KIND: kind, sample.LANGUAGE: language, sample.SOURCE_ID: sample_id}
     return {
-        sample.ROW_KIND: kind, sample.ROW_LANGUAGE: row[utterance.LANGUAGE],
+        sample.ROW_KIND: kind, sample.ROW_LANGUAGE: language,
         sample.ROW_JSON: json.dumps(document, ensure_ascii=False, separators=(",", ":")),
         sample.ROW_WORDS: len(words), sample.ROW_SPEECH_WORDS: speech_words if kind != "text" else 0,
         sample.ROW_UNITS: sum(len(s[sample.UNITS]) for s in segments if s[sample.MODALITY] == sample.SPEECH),
@@ -140,22 +181,59 @@ OUTPUT_SCHEMA = stream.in_flight(sample.ROW_SCHEMA)
 _PAYLOAD = [name for name in sample.ROW_SCHEMA.names if name not in (sample.ROW_KEY, sample.ROW_SOURCE)]
 
 
-_READ = [utterance.ID, utterance.SOURCE, utterance.TEXT, utterance.LANGUAGE, aligned.WORDS,
-         tokenized.UNITS, tokenized.UNIT_START_MS, tokenized.UNIT_END_MS, *stream.ENVELOPE_NAMES]
-
-
 def transform(batch: pa.Table, config: InterleaveConfig) -> pa.Table:
-    rows = []
-    for row in batch.select(_READ).to_pylist():  # the audio column stays in Arrow: no copy
-        out = {sample.ROW_KEY: row[utterance.ID], sample.ROW_SOURCE: row[utterance.SOURCE]}
-        out |= {name: row[name] for name in stream.ENVELOPE_NAMES} | dict.fromkeys(_PAYLOAD)
-        if out[stream.REJECT_REASON] is None:
-            try:
-                out.update(build_sample(row, config))
-            except Rejected as rejected:
-                stream.mark_rejected(out, _PAYLOAD, NAME, rejected.reason, rejected.detail)
-        rows.append(out)
-    return pa.Table.from_pylist(rows, schema=OUTPUT_SCHEMA)
+    """Column-wise: lists are read flat from Arrow (the audio column is never copied), checks and
+    cuts run vectorised over the batch, and only each sample's choices and JSON run row by row."""
+    pending = pc.is_null(batch[stream.REJECT_REASON]).to_numpy(zero_copy_only=False)
+    unit_lengths = [_sizes(batch[name]) for name in (tokenized.UNITS, tokenized.UNIT_START_MS, tokenized.UNIT_END_MS)]
+    mismatched = pending & ((unit_lengths[0] != unit_lengths[1]) | (unit_lengths[0] != unit_lengths[2]))
+    # only rows still to build contribute values: the flat arrays then line up with the sizes
+    words = batch[aligned.WORDS].filter(pa.array(pending))
+    units, unit_starts, unit_ends = (batch[name].filter(pa.array(pending & ~mismatched))
+                                     for name in (tokenized.UNITS, tokenized.UNIT_START_MS, tokenized.UNIT_END_MS))
+    word_sizes = np.zeros(batch.num_rows, np.int64)
+    word_sizes[pending] = _sizes(words)
+    unit_sizes = np.where(pending & ~mismatched, unit_lengths[0], 0)
+    word_bounds, unit_bounds = (np.concatenate([[0], np.cumsum(sizes)]) for sizes in (word_sizes, unit_sizes))
+    word_starts, word_ends = (_flat(pc.struct_field(pc.list_flatten(words), name))
+                              for name in (aligned.WORD_START_MS, aligned.WORD_END_MS))
+    unit_starts, unit_ends = _flat(pc.list_flatten(unit_starts)), _flat(pc.list_flatten(unit_ends))
+    problems = unusable(word_sizes, word_starts[word_bounds[:-1][word_sizes > 0]], word_ends[word_bounds[1:][word_sizes > 0] - 1],
+                        unit_sizes, unit_starts[unit_bounds[:-1][unit_sizes > 0]], unit_ends[unit_bounds[1:][unit_sizes > 0] - 1])
+    for index in np.flatnonzero(mismatched).tolist():
+        problems[index] = (Reason.NO_UNITS, "units and their start/end times differ in length")
+    cuts = spans.batch_word_cuts(word_sizes, word_starts, word_ends, unit_sizes, unit_starts, unit_ends, config.tolerance_ms)
+    word_texts = pc.struct_field(pc.list_flatten(words), aligned.WORD_TEXT).to_pylist()
+    unit_ids = pc.list_flatten(units).to_pylist()
+    ids, texts, languages_ = (batch[name].to_pylist() for name in (utterance.ID, utterance.TEXT, utterance.LANGUAGE))
+    envelope = {name: batch[name].to_pylist() for name in (stream.REJECT_STAGE, stream.REJECT_REASON, stream.REJECT_DETAIL)}
+    payload = {name: [None] * batch.num_rows for name in _PAYLOAD if name not in stream.ENVELOPE_NAMES}
+    word_bounds, unit_bounds = word_bounds.tolist(), unit_bounds.tolist()
+    for index in range(batch.num_rows):
+        if envelope[stream.REJECT_REASON][index] is not None:
+            continue
+        if problems[index]:
+            reason, detail = problems[index]
+            envelope[stream.REJECT_STAGE][index], envelope[stream.REJECT_REASON][index] = NAME, str(reason)
+            envelope[stream.REJECT_DETAIL][index] = detail
+            continue
+        built = render(ids[index], texts[index], languages_[index],
+                       word_texts[word_bounds[index] : word_bounds[index + 1]],
+                       unit_ids[unit_bounds[index] : unit_bounds[index + 1]], cuts[index], config)
+        for name, value in built.items():
+            payload[name][index] = value
+    columns = {sample.ROW_KEY: batch[utterance.ID], sample.ROW_SOURCE: batch[utterance.SOURCE],
+               stream.PARTITION: batch[stream.PARTITION], stream.PARTITION_TOTAL: batch[stream.PARTITION_TOTAL]}
+    return pa.table(columns | payload | envelope, schema=OUTPUT_SCHEMA).select(OUTPUT_SCHEMA.names)
+
+
+def _sizes(lists: pa.ChunkedArray) -> np.ndarray:
+    """Each row's list length (0 for null)."""
+    return pc.fill_null(pc.list_value_length(lists), 0).to_numpy(zero_copy_only=False).astype(np.int64)
+
+
+def _flat(values) -> np.ndarray:
+    return values.to_numpy(zero_copy_only=False).astype(np.int64)
 
 
 def _ratio(stats: dict) -> dict:
@@ -174,12 +252,13 @@ def write_shards(config: InterleaveConfig, folder: Path) -> dict:
     shutil.rmtree(staging, ignore_errors=True)
     config_hash = hashlib.sha256(repr(sorted(vars(config).items())).encode()).hexdigest()[:16]
     with ShardWriter(staging, config.shard_bytes, extra_index={"config_hash": config_hash}, derive=_ratio) as writer:
-        for row in table.to_pylist():
-            kind = row[sample.ROW_KIND]
-            stats = {f"{kind}_samples": 1, "words": row[sample.ROW_WORDS], "units": row[sample.ROW_UNITS]}
+        columns = [table[name].to_pylist() for name in (sample.ROW_KEY, sample.ROW_JSON, sample.ROW_KIND,
+                                                         sample.ROW_WORDS, sample.ROW_SPEECH_WORDS, sample.ROW_UNITS)]
+        for key, document, kind, words, speech_words, units in zip(*columns):
+            stats = {f"{kind}_samples": 1, "words": words, "units": units}
             if kind == "interleaved":
-                stats |= {"interleaved_words": row[sample.ROW_WORDS], "interleaved_speech_words": row[sample.ROW_SPEECH_WORDS]}
-            writer.write(row[sample.ROW_KEY], {"json": row[sample.ROW_JSON].encode()}, stats)
+                stats |= {"interleaved_words": words, "interleaved_speech_words": speech_words}
+            writer.write(key, {"json": document.encode()}, stats)
     shutil.rmtree(target, ignore_errors=True)
     os.replace(staging, target)
     index = json.loads((target / "index.json").read_text())

@@ -5,8 +5,7 @@ tolerance, compared in integer milliseconds. Speech spans are Poisson-sized runs
 placed at random without overlap until speech holds `speech_ratio` of the words.
 """
 
-import bisect
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -15,8 +14,7 @@ from sylm_data.languages import punctuated_ends
 SENTENCE_MARKS = set(".!?…。！？")
 
 
-@dataclass(frozen=True)
-class Chunk:
+class Chunk(NamedTuple):
     first_word: int
     end_word: int  # exclusive
     first_unit: int
@@ -31,19 +29,58 @@ def word_cuts(word_starts: list[int], word_ends: list[int], unit_starts: list[in
               tolerance_ms: int) -> dict[int, int]:
     """Word index k -> unit index j such that cutting before word k and before unit j is allowed:
     unit j starts (where unit j - 1 ends) inside the gap between words k - 1 and k, give or take
-    `tolerance_ms`. When several unit boundaries qualify, the one nearest the gap's middle wins."""
-    cuts = {}
-    boundaries = [j for j in range(1, len(unit_starts)) if unit_ends[j - 1] == unit_starts[j]]
-    times = [unit_starts[j] for j in boundaries]  # non-decreasing: units are in time order
-    for k in range(1, len(word_starts)):
-        low, high = word_ends[k - 1] - tolerance_ms, word_starts[k] + tolerance_ms
-        middle = (word_ends[k - 1] + word_starts[k]) / 2
-        after = bisect.bisect_left(times, middle)
-        # the nearest boundary to the middle is just before or just after it (the earlier on a tie)
-        near = [i for i in (after - 1, after) if 0 <= i < len(times) and low <= times[i] <= high]
-        if near:
-            cuts[k] = boundaries[min(near, key=lambda i: abs(times[i] - middle))]
+    `tolerance_ms`. When several unit boundaries qualify, the one nearest the gap's middle wins
+    (the earlier on a tie)."""
+    return batch_word_cuts([len(word_starts)], word_starts, word_ends, [len(unit_starts)], unit_starts, unit_ends,
+                           tolerance_ms)[0]
+
+
+def batch_word_cuts(word_sizes, word_starts, word_ends, unit_sizes, unit_starts, unit_ends,
+                    tolerance_ms: int) -> list[dict[int, int]]:
+    """`word_cuts` of many utterances at once, vectorised, over flat arrays (Arrow's list layout:
+    utterance i owns the next `word_sizes[i]` words and `unit_sizes[i]` units). Every utterance's
+    unit boundaries go into one sorted array keyed by utterance, then time (doubled, so that gap
+    middles stay integers)."""
+    word_rows, word_index = _positions(word_sizes)
+    unit_rows, unit_index = _positions(unit_sizes)
+    w_start, w_end = np.asarray(word_starts, np.int64), np.asarray(word_ends, np.int64)
+    u_start, u_end = np.asarray(unit_starts, np.int64), np.asarray(unit_ends, np.int64)
+    span = 2 * int(max(w_end.max(initial=0), u_end.max(initial=0), w_start.max(initial=0), u_start.max(initial=0))) + 2
+    # unit boundaries: unit j > 0 of an utterance that starts where unit j - 1 ends
+    later = np.flatnonzero((unit_index[1:] > 0) & (u_end[:-1] == u_start[1:])) + 1
+    boundary_key = unit_rows[later] * span + 2 * u_start[later]
+    gaps = np.flatnonzero(word_index[1:] > 0) + 1  # word k > 0: the gap before it
+    rows = word_rows[gaps]
+    middle2 = w_end[gaps - 1] + w_start[gaps]
+    low2, high2 = 2 * (w_end[gaps - 1] - tolerance_ms), 2 * (w_start[gaps] + tolerance_ms)
+    after = np.searchsorted(boundary_key, rows * span + middle2, side="left")
+
+    def candidate(position):
+        inside = (position >= 0) & (position < len(later))
+        position = position.clip(0, max(len(later) - 1, 0))
+        if not len(later):
+            return inside, position, np.zeros_like(middle2)
+        time2 = 2 * u_start[later[position]]
+        fits = inside & (unit_rows[later[position]] == rows) & (low2 <= time2) & (time2 <= high2)
+        return fits, position, np.abs(time2 - middle2)
+
+    before_fits, before, before_distance = candidate(after - 1)
+    after_fits, after, after_distance = candidate(after)
+    take_before = before_fits & (~after_fits | (before_distance <= after_distance))
+    chosen = np.where(take_before, before, after)
+    found = take_before | after_fits
+    cuts: list[dict[int, int]] = [{} for _ in range(len(word_sizes))]
+    units_at = unit_index[later[chosen[found]]] if len(later) else np.zeros(0, np.int64)
+    for row, word, unit in zip(rows[found].tolist(), word_index[gaps[found]].tolist(), units_at.tolist()):
+        cuts[row][word] = unit
     return cuts
+
+
+def _positions(sizes) -> tuple[np.ndarray, np.ndarray]:
+    """For flat items grouped by `sizes`: (the group of each item, its index within the group)."""
+    sizes = np.asarray(sizes, np.int64)
+    rows = np.repeat(np.arange(len(sizes)), sizes)
+    return rows, np.arange(len(rows)) - np.repeat(np.cumsum(sizes) - sizes, sizes)
 
 
 def chunks(word_count: int, unit_count: int, cuts: dict[int, int], allowed: set[int] | None = None) -> list[Chunk]:
@@ -52,7 +89,7 @@ def chunks(word_count: int, unit_count: int, cuts: dict[int, int], allowed: set[
     points = sorted(k for k in cuts if allowed is None or k in allowed)
     words = [0, *points, word_count]
     units = [0, *(cuts[k] for k in points), unit_count]
-    return [Chunk(words[i], words[i + 1], units[i], units[i + 1]) for i in range(len(words) - 1)]
+    return list(map(Chunk._make, zip(words, words[1:], units, units[1:])))
 
 
 def sentence_ends(text: str, words: list[str]) -> set[int]:
