@@ -59,6 +59,53 @@ def run(
     _print_summary(result.record, result.record_path)
 
 
+@app.command()
+def submit(
+    command: Annotated[Optional[list[str]], typer.Argument(help="The sylm-data command to run on the cluster, after --.")] = None,
+    address: Annotated[str, typer.Option(envvar="RAY_API_SERVER_ADDRESS", help="Ray dashboard address of the cluster.")] = "http://127.0.0.1:8265",
+    working_dir: Annotated[Optional[Path], typer.Option(help="Folder uploaded as the job's working directory.")] = None,
+    pip: Annotated[Optional[list[str]], typer.Option(help="pip requirement installed for the job (repeatable).")] = None,
+    env: Annotated[Optional[list[str]], typer.Option(help="Environment variable for the job, KEY=VALUE (repeatable).")] = None,
+    job_id: Annotated[Optional[str], typer.Option(help="Submission id to use (default: Ray picks one).")] = None,
+    no_wait: Annotated[bool, typer.Option("--no-wait", help="Print the job id and return without following it.")] = False,
+    status: Annotated[Optional[str], typer.Option("--status", help="Print the status of job ID.")] = None,
+    stop: Annotated[Optional[str], typer.Option("--stop", help="Stop job ID.")] = None,
+    logs: Annotated[Optional[str], typer.Option("--logs", help="Print the logs of job ID so far.")] = None,
+) -> None:
+    """Run a sylm-data command as a Ray job on a cluster: `sylm-data submit --address http://HEAD:8265 -- run --stage align -o s3dir`.
+
+    Follows the job's logs and exits with its outcome (0 when it succeeded)."""
+    from sylm_data.pipeline import cluster
+
+    try:
+        client = cluster.connect(address)
+        if status or stop or logs:
+            if stop:
+                client.stop_job(stop)
+            target = status or stop or logs
+            typer.echo(client.get_job_logs(target) if logs else cluster.status(client, target))
+            return
+        variables = {}
+        for item in env or []:
+            key, separator, value = item.partition("=")
+            if not separator or not key:
+                _fail(f"--env {item!r}: expected KEY=VALUE")
+            variables[key] = value
+        submitted = cluster.submit(client, list(command or []), str(working_dir) if working_dir else None,
+                                   list(pip or []), variables, job_id)
+    except cluster.ClusterError as error:
+        _fail(str(error))
+    except RuntimeError as error:  # the Jobs API reports unknown ids and refused submissions this way
+        _fail(str(error).strip().splitlines()[0])
+    typer.echo(f"submitted job {submitted} to {address}", err=True)
+    if no_wait:
+        typer.echo(submitted)
+        return
+    final = cluster.follow(client, submitted, lambda lines: typer.echo(lines, nl=False))
+    typer.echo(f"job {submitted}: {final}", err=True)
+    raise typer.Exit(0 if final == "SUCCEEDED" else 1)
+
+
 def _print_summary(record: dict, record_path: str) -> None:
     typer.echo("")
     for counts in record["cumulative"]:

@@ -11,6 +11,7 @@ import dataclasses
 import functools
 import json
 import logging
+import os
 import sys
 import time
 from collections import Counter, defaultdict
@@ -84,8 +85,15 @@ def _start_ray(address: str | None, config: Config) -> bool:
     if ray.is_initialized():
         return False
     options = {"logging_level": logging.WARNING, "log_to_driver": True}
+    address = address or os.environ.get("RAY_ADDRESS")  # set for the driver of a Ray job (sylm-data submit)
     if address:
-        ray.init(address=address, **options)
+        try:
+            ray.init(address=address, **options)
+        except ray.exceptions.AuthenticationError as error:
+            raise RunError(f"cannot attach to the Ray cluster at {address}: {str(error).split('. ')[0]}; "
+                           "set RAY_AUTH_TOKEN to the cluster's token") from None
+        except ConnectionError as error:
+            raise RunError(f"cannot attach to the Ray cluster at {address}: {str(error).strip().splitlines()[0]}") from None
     else:
         ray.init(num_cpus=config.run.num_cpus, include_dashboard=False, **options)
     interactive = sys.stderr.isatty()
@@ -168,11 +176,12 @@ def _plan(stages: list[Stage], pending: list[Partition], config: Config, layout:
         arguments = {"stage": stage, "stage_config": stage_config}
         if options.actors:
             dataset = dataset.map_batches(
-                _StageActor, fn_constructor_kwargs=arguments, concurrency=options.concurrency,
-                num_gpus=options.num_gpus, batch_size=options.batch_size, batch_format="pyarrow",
+                _StageActor, fn_constructor_kwargs=arguments, concurrency=max(options.concurrency, 1),
+                num_cpus=options.num_cpus, num_gpus=options.num_gpus, batch_size=options.batch_size, batch_format="pyarrow",
             )
         else:
-            dataset = dataset.map_batches(_transform, fn_kwargs=arguments, batch_size=options.batch_size, batch_format="pyarrow")
+            dataset = dataset.map_batches(_transform, fn_kwargs=arguments, batch_size=options.batch_size, batch_format="pyarrow",
+                                          num_cpus=options.num_cpus, concurrency=options.concurrency or None)
     return dataset.map_batches(
         output.write_batch, batch_size=None, batch_format="pyarrow",
         fn_kwargs={"root": str(layout.root), "run_id": run_id, "final_stage": final.name, "contract": final.contract},

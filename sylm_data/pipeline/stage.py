@@ -39,7 +39,8 @@ class MapOptions:
     """How Ray maps a stage: plain tasks, or a pool of actors that each hold a model."""
 
     actors: bool = False
-    concurrency: int = 1  # actors in the pool
+    concurrency: int = 0  # actors in the pool (at least 1); for tasks, the most at once (0: as many as fit)
+    num_cpus: float = 1.0  # per task or actor
     num_gpus: float = 0.0  # per actor
     batch_size: int | None = None  # rows per call; None = whatever a block holds
 

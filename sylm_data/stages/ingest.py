@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import pyarrow as pa
 
 from sylm_data import audio, languages
-from sylm_data.pipeline.stage import SOURCES, Rejected, Stage
+from sylm_data.pipeline.stage import SOURCES, MapOptions, Rejected, Stage
 from sylm_data.schemas import source_record, stream, utterance
 from sylm_data.schemas.reject import Reason
 
@@ -41,6 +41,8 @@ class IngestConfig:
     filler_words: dict[str, list[str]] = field(default_factory=lambda: dict(DEFAULT_FILLER_WORDS))
     # declared and measured duration may differ by this much (mp3 padding), or 5%, whichever is more
     duration_tolerance_ms: int = 250
+    workers: int = 0  # decode tasks at once; 0: as many as the cluster's CPUs allow
+    cpus_per_worker: float = 1.0
 
 
 def normalize_text(text: str | None) -> str:
@@ -165,4 +167,5 @@ STAGE = Stage(
     description="source corpora (Emilia, Emilia-YODAS, YODAS2, manifest) -> utterance rows",
     config_type=IngestConfig,
     make_transform=lambda config: functools.partial(transform, config=config),
+    map_options=lambda config: MapOptions(concurrency=config.workers, num_cpus=config.cpus_per_worker),
 )
