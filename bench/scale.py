@@ -9,7 +9,7 @@ The submission overhead is the submitted run's wall time over the embedded 2-wor
 
 import argparse
 import os
-import socket
+import signal
 import subprocess
 import sys
 import tempfile
@@ -18,14 +18,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from sylm_data.sample import layouts  # noqa: E402
+from tests.test_cluster import agent_ports, free_port  # noqa: E402
 
 BIN = Path(sys.executable).parent
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def timed(command: list[str], env: dict) -> float:
@@ -55,15 +50,18 @@ def main() -> None:
                                                              "--set", f"ingest.workers={workers}")], env)
             rows.append((f"embedded Ray, {workers} CPU worker{'s' * (workers > 1)}", seconds))
         port, dashboard = free_port(), free_port()
-        subprocess.run([str(BIN / "ray"), "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(port),
-                        "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard), "--num-cpus", "2",
-                        "--temp-dir", str(scratch / "ray"), "--disable-usage-stats"], env=env, check=True, capture_output=True)
+        head = subprocess.Popen([str(BIN / "ray"), "start", "--head", "--block", "--node-ip-address", "127.0.0.1",
+                                 "--port", str(port), "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard),
+                                 "--num-cpus", "2", *agent_ports(), "--temp-dir", str(scratch / "ray"), "--disable-usage-stats"],
+                                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         try:
+            time.sleep(15)  # the head's start-up is not part of a submitted run
             seconds = timed([str(BIN / "sylm-data"), "submit", "--address", f"http://127.0.0.1:{dashboard}", "--",
                              *ingest(str(scratch / "cluster"), "--set", "ingest.workers=2")], env)
             rows.append(("local cluster, sylm-data submit, 2 workers", seconds))
         finally:
-            subprocess.run([str(BIN / "ray"), "stop", "--force"], env=env, capture_output=True)
+            os.killpg(head.pid, signal.SIGTERM)
+            head.wait(timeout=120)
     utterances = 24 * args.copies
     print(f"{utterances:,} utterances in {len(tars)} tars")
     print(f"{'':<44} {'wall s':>8} {'utt/s':>8} {'x embedded-2':>13}")

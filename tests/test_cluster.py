@@ -3,6 +3,7 @@ ingest as a Ray job, `sylm-data run --address` attaches to the same head, a miss
 clear error. The head is stopped even when a test fails."""
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -26,6 +27,12 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+def agent_ports() -> list[str]:
+    """Free ports for the head's agents: their fixed defaults may still be held by an embedded Ray shutting down."""
+    names = ("--dashboard-agent-listen-port", "--dashboard-agent-grpc-port", "--metrics-export-port", "--runtime-env-agent-port")
+    return [value for name in names for value in (name, str(free_port()))]
+
+
 def environment(**changes) -> dict:
     env = {key: value for key, value in os.environ.items() if not key.startswith("RAY_")}
     env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
@@ -34,17 +41,25 @@ def environment(**changes) -> dict:
 
 @pytest.fixture(scope="module")
 def head():
-    # a temp dir of its own keeps this head out of /tmp/ray, where an embedded ray.init() would find it
+    # a temp dir of its own keeps this head out of /tmp/ray, where an embedded ray.init() would find it;
+    # `--block` in a session of its own lets the teardown stop exactly this head's processes
     temp = tempfile.mkdtemp(prefix="sylm-ray-", dir="/tmp")
     port, dashboard = free_port(), free_port()
     env = environment(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=TOKEN)
+    process = subprocess.Popen([str(BIN / "ray"), "start", "--head", "--block", "--node-ip-address", "127.0.0.1",
+                                "--port", str(port), "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard),
+                                "--num-cpus", "2", *agent_ports(), "--temp-dir", temp, "--disable-usage-stats"],
+                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
-        subprocess.run([str(BIN / "ray"), "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(port),
-                        "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard), "--num-cpus", "2",
-                        "--temp-dir", temp, "--disable-usage-stats"], env=env, check=True, capture_output=True, timeout=180)
+        deadline = time.monotonic() + 180
+        while sylm("submit", "--address", f"http://127.0.0.1:{dashboard}", "--status", "none",
+                   env=environment(RAY_AUTH_TOKEN=TOKEN)).stderr.startswith("error: cannot reach"):
+            assert process.poll() is None and time.monotonic() < deadline, "the Ray head did not come up"
+            time.sleep(1)
         yield {"gcs": f"127.0.0.1:{port}", "dashboard": f"http://127.0.0.1:{dashboard}"}
     finally:
-        subprocess.run([str(BIN / "ray"), "stop", "--force"], env=env, capture_output=True, timeout=120)
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=120)
 
 
 def sylm(*args, env: dict, timeout: int = 300) -> subprocess.CompletedProcess:

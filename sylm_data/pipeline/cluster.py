@@ -9,6 +9,7 @@ else `~/.ray/auth_token`, and is sent as a bearer token.
 import asyncio
 import os
 import shlex
+import time
 from pathlib import Path
 
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"
@@ -69,9 +70,17 @@ def entrypoint(command: list[str]) -> str:
 
 
 def submit(client, command: list[str], working_dir: str | None = None, pip: list[str] = (),
-           env_vars: dict[str, str] | None = None, job_id: str | None = None) -> str:
-    return client.submit_job(entrypoint=entrypoint(command), runtime_env=runtime_env(working_dir, list(pip), env_vars or {}),
-                             submission_id=job_id)
+           env_vars: dict[str, str] | None = None, job_id: str | None = None, agent_wait_s: float = 60) -> str:
+    """Submit; a head that has just started answers "no available agent" until its job agent is up, so wait for it."""
+    deadline = time.monotonic() + agent_wait_s
+    while True:
+        try:
+            return client.submit_job(entrypoint=entrypoint(command),
+                                     runtime_env=runtime_env(working_dir, list(pip), env_vars or {}), submission_id=job_id)
+        except RuntimeError as error:
+            if "No available agent" not in str(error) or time.monotonic() > deadline:
+                raise
+            time.sleep(1)
 
 
 def follow(client, job_id: str, write) -> str:
