@@ -18,6 +18,7 @@ utterance at a time: padded frames are zeroed before every positional convolutio
 """
 
 import ast
+import hashlib
 import json
 import math
 from pathlib import Path
@@ -262,7 +263,7 @@ class Data2VecAudio(nn.Module):
         valid = torch.arange(x.shape[1], device=x.device)[None, :] < lengths[:, None]
         x = x + audio.positions(x, valid)
         scales = audio.alibi_scale.clamp_min(0)
-        distance = -(torch.arange(x.shape[1], device=x.device)[None, :] - torch.arange(x.shape[1], device=x.device)[:, None]).abs()
+        positions = torch.arange(x.shape[1], device=x.device)
         slopes = torch.tensor(alibi_slopes(scales.shape[2]), device=x.device)
         key_padding = torch.where(valid, 0.0, -math.inf)[:, None, None, :]  # (B, 1, 1, T)
 
@@ -270,7 +271,8 @@ class Data2VecAudio(nn.Module):
             scale = scales[index if scales.shape[0] > 1 else 0, 0, :, 0, 0]  # (H,)
 
             def bias(rows: slice) -> torch.Tensor:
-                alibi = (slopes * scale)[:, None, None] * distance[rows][None].float() if audio.use_alibi else 0.0
+                distance = -(positions[None, :] - positions[rows, None]).abs().float()  # (rows, T), never T×T
+                alibi = (slopes * scale)[:, None, None] * distance[None] if audio.use_alibi else 0.0
                 return alibi + key_padding
             return bias
 
@@ -339,8 +341,6 @@ class SylRegEncoder:
 
 
 def hash_tensors(*tensors: torch.Tensor) -> str:
-    import hashlib
-
     digest = hashlib.sha256()
     for tensor in tensors:
         digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
