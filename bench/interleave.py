@@ -40,6 +40,7 @@ def synthetic_rows(count: int) -> pa.Table:
             position += length
         rows.append({"id": f"synthetic:{index:08d}", "source": "synthetic", "text": " ".join(WORDS) + ".",
                      "language": "en", "words": words, "units": units, "unit_start_ms": starts, "unit_end_ms": ends,
+                     "tokenizer": "synthetic:0:k8192:u8192:0",
                      stream.PARTITION: "p", stream.PARTITION_TOTAL: 0, stream.REJECT_STAGE: None,
                      stream.REJECT_REASON: None, stream.REJECT_DETAIL: None})
     return pa.Table.from_pylist(rows)

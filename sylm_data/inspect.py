@@ -103,6 +103,8 @@ def _shards(path: Path, samples: int) -> str:
     if index_path.exists():
         index = json.loads(index_path.read_text())
         lines.append(f"  {index['total_samples']:,} samples in {len(index['shards'])} shards, {index['total_bytes'] / 1e6:.1f} MB")
+        if "unit_vocab" in index:
+            lines.append(f"  units: {index['unit_vocab']:,} ids of tokenizer {index['tokenizer']}")
         for name, value in sorted(index.get("stats", {}).items()):
             lines.append(f"  {name}: {value}")
     shard_paths = sorted(path.glob("shard-*.tar"))

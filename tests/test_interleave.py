@@ -12,7 +12,7 @@ from sylm_data.pipeline import config as config_module
 from sylm_data.pipeline import runner
 from sylm_data.pipeline.stage import Rejected
 from sylm_data.sample import MANIFEST
-from sylm_data.schemas import sample
+from sylm_data.schemas import sample, stream, tokenized
 from sylm_data.stages import interleave, spans
 
 
@@ -91,7 +91,8 @@ def test_the_speech_ratio_over_a_corpus_is_within_two_points_of_the_target():
 def row(words, units, text="The river ran past the mill.", id="manifest:x"):
     return {"id": id, "source": "manifest", "text": text, "language": "en",
             "words": [{"text": w, "start_ms": s, "end_ms": e} for w, s, e in words],
-            "units": [u for u, _, _ in units], "unit_start_ms": [s for _, s, _ in units], "unit_end_ms": [e for _, _, e in units]}
+            "units": [u for u, _, _ in units], "unit_start_ms": [s for _, s, _ in units], "unit_end_ms": [e for _, _, e in units],
+            "tokenizer": "mfcc:0:k16:u16:abc"}
 
 
 WORDS = [("The", 0, 100), ("river", 120, 400), ("ran", 420, 600), ("past", 620, 800), ("the", 820, 900), ("mill", 920, 1200)]
@@ -142,7 +143,8 @@ def test_the_batch_transform_rejects_per_row_and_passes_upstream_rejects_through
     assert [r["reject_reason"] for r in out] == [None, "no_units", "spans_disjoint", "no_words", "align_failed", "no_units"]
     assert [r["reject_stage"] for r in out] == [None, "interleave", "interleave", "interleave", "align", "interleave"]
     assert out[0]["json"] == interleave.build_sample(interleave.Utterance.from_row(rows[0]), interleave.InterleaveConfig())["json"]
-    assert all(r["json"] is None and r["kind"] is None for r in out[1:])
+    assert out[0]["tokenizer"] == "mfcc:0:k16:u16:abc"
+    assert all(r["json"] is None and r["kind"] is None and r["tokenizer"] is None for r in out[1:])
     assert [r["id"] for r in out] == [r["id"] for r in rows] and {r["partition_total"] for r in out} == {5}
 
 
@@ -182,3 +184,24 @@ def test_shards_are_byte_identical_however_the_input_is_partitioned(tmp_path):
     for item in read:
         sample.validate(json.loads(item["json"]))
     assert all("speech_text_ratio" in shard["stats"] for shard in index["shards"])
+    assert index["unit_vocab"] == 32 and index["tokenizer"].startswith("mfcc:0:k32:u32:")
+
+
+def test_a_tokenizer_id_names_its_unit_vocabulary():
+    assert tokenized.unit_vocabulary(tokenized.tokenizer_id("hf/C:/models/hubert", 9, 500, 100, "ab12")) == 100
+    with pytest.raises(ValueError, match="not a tokenizer id"):
+        tokenized.unit_vocabulary("mfcc:0:k32:abc")
+
+
+def test_shards_refuse_samples_of_two_tokenizers(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = [row(WORDS, UNITS, id=f"manifest:{n}") | {"tokenizer": f"mfcc:0:k16:u16:{n}"} for n in ("a", "b")]
+    for item in rows:
+        item |= {"partition": "p", "partition_total": 2, "reject_stage": None, "reject_reason": None, "reject_detail": None}
+    out = interleave.transform(pa.Table.from_pylist(rows), interleave.InterleaveConfig())
+    (tmp_path / "interleave" / "p").mkdir(parents=True)
+    pq.write_table(stream.accepted(out, sample.ROW_SCHEMA), tmp_path / "interleave" / "p" / "00000.parquet")
+    with pytest.raises(ValueError, match="2 tokenizers"):
+        interleave.write_shards(interleave.InterleaveConfig(), tmp_path / "interleave")

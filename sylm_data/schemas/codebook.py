@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pyarrow as pa
 
+from sylm_data.schemas.tokenized import tokenizer_id
+
 NAME = "segment_features"
 VERSION = 1
 
@@ -47,7 +49,7 @@ class CodebookManifest:
 
     @property
     def id(self) -> str:
-        return f"{self.encoder}:{self.layer}:k{self.clusters}:{self.config_hash}"
+        return tokenizer_id(self.encoder, self.layer, self.clusters, self.units, self.config_hash)
 
     def save(self, folder: Path) -> None:
         (folder / MANIFEST).write_text(json.dumps(asdict(self), indent=1, sort_keys=True))

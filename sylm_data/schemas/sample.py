@@ -52,6 +52,10 @@ def render(sample: dict) -> str:
     return f"[{sample.get(KIND)}] " + " ".join(parts)
 
 
+# index.json beside the shards names the unit vocabulary the speech segments index (absent for text-only shards)
+INDEX_TOKENIZER = "tokenizer"
+INDEX_UNIT_VOCAB = "unit_vocab"
+
 # The interleave stage's rows: one sample each, ready for a shard (DIR/interleave/), plus the
 # counts index.json sums.
 ROW_KEY = "id"  # the sample's __key__ in the shard: the utterance id
@@ -62,6 +66,7 @@ ROW_JSON = "json"
 ROW_WORDS = "words"
 ROW_SPEECH_WORDS = "speech_words"
 ROW_UNITS = "units"
+ROW_TOKENIZER = "tokenizer"  # the tokenized rows' tokenizer id: names the unit vocabulary
 ROW_SCHEMA = pa.schema(
     [
         pa.field(ROW_KEY, pa.string(), nullable=False),
@@ -72,6 +77,7 @@ ROW_SCHEMA = pa.schema(
         pa.field(ROW_WORDS, pa.int64(), nullable=False),
         pa.field(ROW_SPEECH_WORDS, pa.int64(), nullable=False),
         pa.field(ROW_UNITS, pa.int64(), nullable=False),
+        pa.field(ROW_TOKENIZER, pa.string(), nullable=False),
     ],
     metadata={"sylm.contract": "sample_row", "sylm.version": str(VERSION)},
 )

@@ -10,7 +10,7 @@ VERSION = 1
 UNITS = "units"
 UNIT_START_MS = "unit_start_ms"
 UNIT_END_MS = "unit_end_ms"
-TOKENIZER = "tokenizer"  # encoder id, layer and codebook id
+TOKENIZER = "tokenizer"  # tokenizer_id(): encoder, layer, codebook size and digest
 
 SCHEMA = pa.schema(
     list(aligned.SCHEMA)
@@ -22,3 +22,16 @@ SCHEMA = pa.schema(
     ],
     metadata={"sylm.contract": NAME, "sylm.version": str(VERSION)},
 )
+
+
+def tokenizer_id(encoder: str, layer: int, clusters: int, units: int, digest: str) -> str:
+    """`ENCODER:LAYER:kCLUSTERS:uUNITS:DIGEST`; the unit ids of a row lie in 0..UNITS-1."""
+    return f"{encoder}:{layer}:k{clusters}:u{units}:{digest}"
+
+
+def unit_vocabulary(tokenizer: str) -> int:
+    """How many unit ids a tokenizer_id() names (the encoder part may itself hold colons)."""
+    parts = tokenizer.rsplit(":", 2)
+    if len(parts) != 3 or not parts[1].startswith("u") or not parts[1][1:].isdigit():
+        raise ValueError(f"{tokenizer!r} is not a tokenizer id (ENCODER:LAYER:kCLUSTERS:uUNITS:DIGEST)")
+    return int(parts[1][1:])

@@ -205,7 +205,8 @@ def transform(batch: pa.Table, config: InterleaveConfig) -> pa.Table:
     cuts = spans.batch_word_cuts(word_sizes, word_starts, word_ends, unit_sizes, unit_starts, unit_ends, config.tolerance_ms)
     word_texts = pc.struct_field(pc.list_flatten(words), aligned.WORD_TEXT).to_pylist()
     unit_ids = pc.list_flatten(units).to_pylist()
-    ids, texts, languages_ = (batch[name].to_pylist() for name in (utterance.ID, utterance.TEXT, utterance.LANGUAGE))
+    ids, texts, languages_, tokenizers = (batch[name].to_pylist() for name in (utterance.ID, utterance.TEXT, utterance.LANGUAGE,
+                                                                              tokenized.TOKENIZER))
     envelope = {name: batch[name].to_pylist() for name in (stream.REJECT_STAGE, stream.REJECT_REASON, stream.REJECT_DETAIL)}
     payload = {name: [None] * batch.num_rows for name in _PAYLOAD if name not in stream.ENVELOPE_NAMES}
     word_bounds, unit_bounds = word_bounds.tolist(), unit_bounds.tolist()
@@ -222,6 +223,7 @@ def transform(batch: pa.Table, config: InterleaveConfig) -> pa.Table:
                        unit_ids[unit_bounds[index] : unit_bounds[index + 1]], cuts[index], config)
         for name, value in built.items():
             payload[name][index] = value
+        payload[sample.ROW_TOKENIZER][index] = tokenizers[index]
     columns = {sample.ROW_KEY: batch[utterance.ID], sample.ROW_SOURCE: batch[utterance.SOURCE],
                stream.PARTITION: batch[stream.PARTITION], stream.PARTITION_TOTAL: batch[stream.PARTITION_TOTAL]}
     return pa.table(columns | payload | envelope, schema=OUTPUT_SCHEMA).select(OUTPUT_SCHEMA.names)
@@ -251,7 +253,13 @@ def write_shards(config: InterleaveConfig, folder: Path) -> dict:
     staging = folder.parent / ".shards.partial"
     shutil.rmtree(staging, ignore_errors=True)
     config_hash = hashlib.sha256(repr(sorted(vars(config).items())).encode()).hexdigest()[:16]
-    with ShardWriter(staging, config.shard_bytes, extra_index={"config_hash": config_hash}, derive=_ratio) as writer:
+    tokenizers = pc.unique(table[sample.ROW_TOKENIZER]).to_pylist()
+    if len(tokenizers) != 1:
+        raise ValueError(f"{folder} holds samples of {len(tokenizers)} tokenizers ({', '.join(sorted(tokenizers)[:3])}): "
+                         "their unit ids mean different things; tokenize all partitions with one codebook")
+    described = {"config_hash": config_hash, sample.INDEX_TOKENIZER: tokenizers[0],
+                 sample.INDEX_UNIT_VOCAB: tokenized.unit_vocabulary(tokenizers[0])}
+    with ShardWriter(staging, config.shard_bytes, extra_index=described, derive=_ratio) as writer:
         columns = [table[name].to_pylist() for name in (sample.ROW_KEY, sample.ROW_JSON, sample.ROW_KIND,
                                                          sample.ROW_WORDS, sample.ROW_SPEECH_WORDS, sample.ROW_UNITS)]
         for key, document, kind, words, speech_words, units in zip(*columns):

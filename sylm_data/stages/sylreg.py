@@ -27,6 +27,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from sylm_data.schemas.tokenized import tokenizer_id
+
 HUB_ID = "ryota-komatsu/SylReg-Distill"
 CONFIG_FILE = "config.json"
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
@@ -323,7 +325,7 @@ class SylRegEncoder:
         self.id, self.layer = f"sylreg/{model}", layer
         self.dims = int(self.centroids.shape[1])
         digest = hash_tensors(self.centroids, self.mapping)
-        self.codebook_id = f"{self.id}:{layer}:k{len(self.centroids)}:{digest}"
+        self.codebook_id = tokenizer_id(self.id, layer, len(self.centroids), int(self.mapping.max()) + 1, digest)
 
     def encode(self, waves: list[np.ndarray]) -> list[torch.Tensor]:
         samples = torch.tensor([len(wave) for wave in waves])

@@ -74,7 +74,7 @@ class Tokenizer:
             self.centroids, self.mapping, self.id = encoder.centroids, encoder.mapping, encoder.codebook_id
         else:
             manifest, self.centroids, self.mapping = load_codebook(config)
-            self.id = manifest.id  # encoder:layer:kK:hash
+            self.id = manifest.id
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         rows = batch.to_pylist()
