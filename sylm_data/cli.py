@@ -106,6 +106,26 @@ def submit(
     raise typer.Exit(0 if final == "SUCCEEDED" else 1)
 
 
+@app.command()
+def train(
+    config: Annotated[Optional[Path], typer.Option(help="TOML config: [model], [data], [optim], [run].")] = None,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override a config key: SECTION.KEY=VALUE (repeatable).")] = None,
+) -> None:
+    """Continue pre-training a causal LM on shard folders with DeepSpeed (one process per GPU:
+    run it under torchrun or the deepspeed launcher for several; resumes from OUTPUT/checkpoints)."""
+    from sylm_data.train import config as train_config
+    from sylm_data.train import data, loop
+    from sylm_data.train.vocab import VocabularyError
+
+    try:
+        cfg = train_config.load(config, list(set_ or []))
+        result = loop.train(cfg, echo=lambda line: typer.echo(line, err=True))
+    except (config_module.ConfigError, data.DataError, VocabularyError, loop.TrainError) as error:
+        _fail(str(error))
+    if result["rank"] == 0:
+        typer.echo(f"{result['outcome']} at step {result['step']}, loss {result['loss']:.4f}; output: {result['output']}")
+
+
 def _print_summary(record: dict, record_path: str) -> None:
     typer.echo("")
     for counts in record["cumulative"]:
@@ -188,6 +208,8 @@ def eval_align(
 
 
 def main() -> None:
+    # the deepspeed launcher passes --local_rank=N before the command; LOCAL_RANK says the same
+    sys.argv = [argument for argument in sys.argv if not argument.startswith(("--local_rank=", "--local-rank="))]
     app()
 
 

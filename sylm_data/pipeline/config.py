@@ -41,9 +41,6 @@ class Config:
         default_factory=lambda: {name: stage.config_type() for name, stage in registry.STAGES.items()}
     )
 
-    def section(self, name: str):
-        return self.run if name == "run" else self.stages[name]
-
     def to_dict(self) -> dict:
         return {"run": dataclasses.asdict(self.run)} | {
             name: dataclasses.asdict(section) for name, section in self.stages.items()
@@ -75,14 +72,6 @@ def _set_field(section, key: str, value, where: str) -> None:
     setattr(section, key, value)
 
 
-def _apply(config: Config, section_name: str, values: dict, where: str) -> None:
-    if section_name != "run" and section_name not in config.stages:
-        raise ConfigError(f"{where}: unknown section [{section_name}]; sections: run, {', '.join(config.stages)}")
-    section = config.section(section_name)
-    for key, value in values.items():
-        _set_field(section, key, value, f"{where} [{section_name}]")
-
-
 def parse_value(text: str):
     try:
         return tomllib.loads(f"value = {text}")["value"]
@@ -90,8 +79,16 @@ def parse_value(text: str):
         return text
 
 
-def load(path: str | Path | None = None, overrides: list[str] = ()) -> Config:
-    config = Config()
+def load_sections(sections: dict[str, object], path: str | Path | None, overrides: list[str], example: str) -> None:
+    """Set the fields of the dataclass `sections` (by section name) from a TOML file, then from
+    SECTION.KEY=VALUE overrides; unknown sections and keys and mistyped values are refused."""
+
+    def apply(section_name: str, values: dict, where: str) -> None:
+        if section_name not in sections:
+            raise ConfigError(f"{where}: unknown section [{section_name}]; sections: {', '.join(sections)}")
+        for key, value in values.items():
+            _set_field(sections[section_name], key, value, f"{where} [{section_name}]")
+
     if path is not None:
         try:
             document = tomllib.loads(Path(path).read_text())
@@ -100,11 +97,16 @@ def load(path: str | Path | None = None, overrides: list[str] = ()) -> Config:
         for section_name, values in document.items():
             if not isinstance(values, dict):
                 raise ConfigError(f"{path}: top-level key {section_name!r} must be a [section]")
-            _apply(config, section_name, values, str(path))
+            apply(section_name, values, str(path))
     for override in overrides:
         dotted, separator, text = override.partition("=")
         section_name, dot, key = dotted.strip().partition(".")
         if not separator or not dot:
-            raise ConfigError(f"--set {override!r}: expected SECTION.KEY=VALUE, e.g. ingest.min_duration_ms=500")
-        _apply(config, section_name, {key: parse_value(text.strip())}, "--set")
+            raise ConfigError(f"--set {override!r}: expected SECTION.KEY=VALUE, e.g. {example}")
+        apply(section_name, {key: parse_value(text.strip())}, "--set")
+
+
+def load(path: str | Path | None = None, overrides: list[str] = ()) -> Config:
+    config = Config()
+    load_sections({"run": config.run, **config.stages}, path, list(overrides), "ingest.min_duration_ms=500")
     return config

@@ -114,18 +114,13 @@ SIZE_0_6B = {
 def save_random_aligner(folder, dimensions: dict = TINY, seed: int = 0, corpus: list[str] = ()) -> None:
     """A randomly initialised forced aligner in the released format (model + processor), for tests
     and benchmarks where the weights cannot be downloaded. Its timings are noise."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import Qwen2TokenizerFast, Qwen3ASRConfig, Qwen3ASRFeatureExtractor, Qwen3ASRForTokenClassification
     from transformers.models.qwen3_asr.processing_qwen3_asr import Qwen3ASRProcessor
 
-    bpe = Tokenizer(models.BPE())
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=512, special_tokens=SPECIAL_TOKENS,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    bpe.train_from_iterator(list(corpus) or ["the quick brown fox jumps over the lazy dog"], trainer)
+    from sylm_data.sample.bpe import byte_level_bpe
+
     tokenizer = Qwen2TokenizerFast(
-        tokenizer_object=bpe, eos_token="<|im_end|>", pad_token="<|endoftext|>",
+        tokenizer_object=byte_level_bpe(corpus, 512, SPECIAL_TOKENS), eos_token="<|im_end|>", pad_token="<|endoftext|>",
         extra_special_tokens={"audio_token": "<|audio_pad|>", "audio_bos_token": "<|audio_start|>",
                               "audio_eos_token": "<|audio_end|>"},
     )

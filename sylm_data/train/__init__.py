@@ -1,0 +1,1 @@
+"""The slim DeepSpeed trainer that consumes the shards."""

@@ -1,0 +1,360 @@
+"""Shards -> packed token sequences, with a position small enough to resume from exactly.
+
+Readers: every rank runs `workers` dataloader processes; reader r of R = ranks × workers reads
+its own part of each shard folder: whole shards when a folder has at least R of them (in an order
+reshuffled every epoch), else every R-th sample. Each folder is an endless stream of epochs, cut
+into blocks of `shuffle_block` samples shuffled in place; a reader's position in a folder is
+(epoch, block, samples taken from the block), so resuming re-reads one block, never an epoch.
+
+Documents: the folders are mixed by weight, one draw per document; a document becomes token ids
+(text through the LLM tokenizer, units as unit tokens, a marker at each modality switch, then
+EOS) and is packed with others into `seq_len` sequences. Position ids restart at each document,
+so attention stays inside it, and its first token is never a target.
+
+Every batch carries its reader's state after it; the training process keeps the last one per
+reader (`DataPosition`) and saves it with the checkpoint.
+"""
+
+import json
+import logging
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, NamedTuple
+
+import numpy as np
+import torch
+from webdataset.tariterators import tarfile_samples
+
+from sylm_data.schemas import sample
+from sylm_data.train.vocab import SpeechVocabulary
+
+IGNORE = -100  # a label the loss skips
+log = logging.getLogger(__name__)
+
+
+class DataError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class ShardFolder:
+    path: Path
+    shards: tuple[tuple[str, int], ...]  # (tar path, samples the index declares)
+    tokenizer: str | None  # None for text-only shards
+    unit_vocab: int | None
+
+    @property
+    def samples(self) -> int:
+        return sum(count for _, count in self.shards)
+
+
+def open_folder(path: str | Path) -> ShardFolder:
+    folder = Path(path)
+    try:
+        index = json.loads((folder / "index.json").read_text())
+        shards = tuple((str(folder / entry["name"]), int(entry["samples"])) for entry in index["shards"])
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise DataError(f"{folder}: no readable index.json of shards ({error}); shard folders come from "
+                        "`sylm-data run --stage interleave` (DIR/shards)") from None
+    missing = [name for name, _ in shards if not Path(name).exists()]
+    if missing:
+        raise DataError(f"{folder}: index.json lists {len(missing)} missing shard(s), e.g. {missing[0]}")
+    if not sum(count for _, count in shards):
+        raise DataError(f"{folder}: the index declares no samples")
+    return ShardFolder(folder, shards, index.get(sample.INDEX_TOKENIZER), index.get(sample.INDEX_UNIT_VOCAB))
+
+
+def unit_vocabulary(folders: list[ShardFolder], configured: int) -> int:
+    """The unit count to extend the vocabulary with: the shards' own, or a configured one that covers it."""
+    named = {folder.tokenizer: folder.unit_vocab for folder in folders if folder.tokenizer}
+    if len(named) > 1:
+        raise DataError(f"the shard folders use {len(named)} different unit tokenizers ({', '.join(sorted(named))}); "
+                        "their unit ids cannot share one vocabulary")
+    found = next(iter(named.values()), None)
+    if configured:
+        if found and configured < found:
+            raise DataError(f"data.unit_vocab = {configured} is smaller than the shards' {found} units")
+        return configured
+    if not found:
+        raise DataError("no shard folder's index.json names its unit vocabulary; set data.unit_vocab")
+    return found
+
+
+def mixing_weights(folders: list[ShardFolder], configured: list[float]) -> np.ndarray:
+    weights = np.asarray(configured or [folder.samples for folder in folders], dtype=np.float64)
+    return weights / weights.sum()
+
+
+class Piece(NamedTuple):
+    """Samples first, first + step, … (count of them) of one shard."""
+    shard: str
+    first: int
+    step: int
+    count: int
+
+
+def epoch_pieces(folder: ShardFolder, folder_number: int, epoch: int, reader: int, readers: int, seed: int) -> list[Piece]:
+    """What one reader reads of a folder in an epoch, in order."""
+    order = np.random.default_rng([seed, folder_number, epoch]).permutation(len(folder.shards))
+    shards = [folder.shards[i] for i in order]
+    if len(shards) >= readers:
+        return [Piece(path, 0, 1, count) for path, count in shards[reader::readers]]
+    pieces, offset = [], 0
+    for path, count in shards:
+        first = (reader - offset) % readers
+        taken = len(range(first, count, readers))
+        if taken:
+            pieces.append(Piece(path, first, readers, taken))
+        offset += count
+    return pieces
+
+
+def _shard_documents(path: str) -> Iterator[bytes | None]:
+    """The `.json` member of each sample of a shard, in order (None for a sample without one);
+    stops at the first unreadable byte: a truncated shard simply ends early."""
+    try:
+        for item in tarfile_samples(iter([{"url": path}])):
+            yield item.get("json")
+    except (tarfile.TarError, OSError, ValueError) as error:
+        log.warning("shard %s is unreadable after some samples (%s); its remaining samples are skipped", path, error)
+
+
+def read_slots(pieces: list[Piece], start: int, stop: int) -> list[bytes | None]:
+    """The documents of a reader's slots start..stop-1 (None where a sample is missing or has no json)."""
+    found: list[bytes | None] = []
+    ordinal = 0
+    for piece in pieces:
+        if ordinal + piece.count <= start:
+            ordinal += piece.count
+            continue
+        if ordinal >= stop:
+            break
+        wanted = range(piece.first + piece.step * max(start - ordinal, 0),
+                       piece.first + piece.step * min(stop - ordinal, piece.count), piece.step)
+        taken = []
+        if wanted:
+            for index, document in enumerate(_shard_documents(piece.shard)):
+                if index >= wanted.stop:
+                    break
+                if index in wanted:
+                    taken.append(document)
+        found += taken + [None] * (len(wanted) - len(taken))
+        ordinal += piece.count
+    return found
+
+
+def parse(document: bytes | None, unit_vocab: int) -> dict | None:
+    """A sample that follows the contract and names only known units, or None."""
+    if document is None:
+        return None
+    try:
+        parsed = json.loads(document)
+        sample.validate(parsed)
+    except ValueError:
+        return None
+    for segment in parsed[sample.SEGMENTS]:
+        if segment[sample.MODALITY] == sample.SPEECH and any(not 0 <= u < unit_vocab for u in segment[sample.UNITS]):
+            return None
+    return parsed
+
+
+class FolderStream:
+    """One reader's endless stream of one folder's samples; `position` is all it needs to resume."""
+
+    def __init__(self, folder: ShardFolder, folder_number: int, reader: int, readers: int, seed: int, block: int,
+                 unit_vocab: int, position: tuple[int, int, int] = (0, 0, 0)) -> None:
+        if folder.samples < readers:
+            raise DataError(f"{folder.path} holds {folder.samples} samples, fewer than the {readers} readers "
+                            "(ranks × dataloader workers)")
+        self.folder, self.folder_number, self.reader, self.readers = folder, folder_number, reader, readers
+        self.seed, self.block_size, self.unit_vocab = seed, block, unit_vocab
+        self.epoch, self.block, self.taken = position
+        self.skipped = 0  # unusable samples met, this process
+        self._pieces: list[Piece] = []
+        self._pieces_epoch = -1
+        self._block: list[dict | None] | None = None
+        self._usable_this_epoch = 0
+        self._whole_epoch = self.block == self.taken == 0  # seen from its start here: an empty one is an error
+
+    @property
+    def position(self) -> tuple[int, int, int]:
+        return self.epoch, self.block, self.taken
+
+    def _epoch_slots(self) -> int:
+        if self._pieces_epoch != self.epoch:
+            self._pieces = epoch_pieces(self.folder, self.folder_number, self.epoch, self.reader, self.readers, self.seed)
+            self._pieces_epoch = self.epoch
+        return sum(piece.count for piece in self._pieces)
+
+    def _load_block(self) -> None:
+        start = self.block * self.block_size
+        stop = min(start + self.block_size, self._epoch_slots())
+        documents = [parse(document, self.unit_vocab) for document in read_slots(self._pieces, start, stop)]
+        order = np.random.default_rng([self.seed, self.folder_number, self.epoch, self.reader, self.block]).permutation(len(documents))
+        self._block = [documents[i] for i in order]
+
+    def next(self) -> dict:
+        while True:
+            if self._block is None:
+                self._load_block()
+            if self.taken < len(self._block):
+                document = self._block[self.taken]
+                self.taken += 1
+                if document is not None:
+                    self._usable_this_epoch += 1
+                    return document
+                self.skipped += 1
+                continue
+            self.block, self.taken, self._block = self.block + 1, 0, None
+            if self.block * self.block_size >= self._epoch_slots():
+                if self._whole_epoch and not self._usable_this_epoch:
+                    raise DataError(f"{self.folder.path}: reader {self.reader} found no usable sample in a whole epoch")
+                self.epoch, self.block, self._usable_this_epoch, self._whole_epoch = self.epoch + 1, 0, 0, True
+
+
+def render(document: dict, tokenizer, vocab: SpeechVocabulary) -> tuple[list[int], list[int]]:
+    """A sample's token ids and labels: markers at modality switches (a document starts in text),
+    text after the first segment with its leading space, EOS last; the first token is no target."""
+    segments = document[sample.SEGMENTS]
+    texts = [(" " if i else "") + segment[sample.TEXT] for i, segment in enumerate(segments)
+             if segment[sample.MODALITY] == sample.TEXT]
+    encoded = iter(tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else [])
+    ids = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+    modality = sample.TEXT
+    for segment in segments:
+        if segment[sample.MODALITY] != modality:
+            modality = segment[sample.MODALITY]
+            ids.append(vocab.speech_marker if modality == sample.SPEECH else vocab.text_marker)
+        if modality == sample.TEXT:
+            ids += next(encoded)
+        else:
+            ids += [vocab.first_unit + unit for unit in segment[sample.UNITS]]
+    if tokenizer.eos_token_id is not None:
+        ids.append(tokenizer.eos_token_id)
+    return ids, [IGNORE] + ids[1:]
+
+
+class Packer:
+    """Documents in, `seq_len` sequences out; a document that does not fit goes on in the next
+    sequence (as a fresh piece: positions restart there)."""
+
+    def __init__(self, seq_len: int, pending: list[list[list[int]]] = ()) -> None:
+        self.seq_len = seq_len
+        self.pending = [list(piece) for piece in pending]  # [ids, labels] pieces not yet emitted
+        self.size = sum(len(ids) for ids, _ in self.pending)
+
+    def add(self, ids: list[int], labels: list[int]) -> None:
+        self.pending.append([ids, labels])
+        self.size += len(ids)
+
+    def full(self) -> bool:
+        return self.size >= self.seq_len
+
+    def pop(self) -> tuple[list[int], list[int], list[int]]:
+        ids, labels, positions = [], [], []
+        while len(ids) < self.seq_len:
+            piece_ids, piece_labels = self.pending[0]
+            room = self.seq_len - len(ids)
+            ids += piece_ids[:room]
+            labels += piece_labels[:room]
+            positions += range(min(room, len(piece_ids)))
+            if len(piece_ids) > room:
+                self.pending[0] = [piece_ids[room:], piece_labels[room:]]
+            else:
+                self.pending.pop(0)
+        self.size -= self.seq_len
+        return ids, labels, positions
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What every reader shares: folders, weights, vocabulary and shapes."""
+    folders: tuple[ShardFolder, ...]
+    weights: tuple[float, ...]
+    vocab: SpeechVocabulary
+    seq_len: int
+    micro_batch: int
+    block: int
+    seed: int
+
+
+class Reader:
+    """One reader (rank × worker): micro-batches of packed sequences, and the state after each."""
+
+    def __init__(self, plan: Plan, tokenizer, reader: int, readers: int, state: dict | None = None) -> None:
+        state = state or {}
+        positions = state.get("streams") or [(0, 0, 0)] * len(plan.folders)
+        self.plan, self.tokenizer, self.reader = plan, tokenizer, reader
+        self.streams = [FolderStream(folder, number, reader, readers, plan.seed, plan.block, plan.vocab.units, tuple(position))
+                        for number, (folder, position) in enumerate(zip(plan.folders, positions))]
+        self.mix = np.random.Generator(np.random.PCG64([plan.seed, reader]))
+        if "mix" in state:
+            self.mix.bit_generator.state = state["mix"]
+        self.packer = Packer(plan.seq_len, state.get("pending", []))
+        self.skipped = state.get("skipped", 0)
+        self.cumulative = np.cumsum(plan.weights)
+
+    def state(self) -> dict:
+        return {"streams": [list(stream.position) for stream in self.streams], "mix": self.mix.bit_generator.state,
+                "pending": [list(piece) for piece in self.packer.pending],
+                "skipped": self.skipped + sum(stream.skipped for stream in self.streams)}
+
+    def next_batch(self) -> dict:
+        rows, sources = [], []
+        while len(rows) < self.plan.micro_batch:
+            while not self.packer.full():
+                folder = min(int(np.searchsorted(self.cumulative, self.mix.random(), side="right")), len(self.streams) - 1)
+                document = self.streams[folder].next()
+                sources.append(document[sample.SOURCE_ID])
+                self.packer.add(*render(document, self.tokenizer, self.plan.vocab))
+            rows.append(self.packer.pop())
+        ids, labels, positions = (torch.tensor([row[k] for row in rows], dtype=torch.long) for k in range(3))
+        return {"input_ids": ids, "labels": labels, "position_ids": positions, "reader": self.reader,
+                "sources": sources, "state": self.state()}
+
+
+class PackedShards(torch.utils.data.IterableDataset):
+    """The endless batches of one rank. `rotation` (batches already consumed) makes worker w play
+    reader (w + rotation) % workers, so a resumed loader's round robin goes on where it stopped."""
+
+    def __init__(self, plan: Plan, tokenizer, rank: int, world: int, workers: int, rotation: int = 0,
+                 states: dict[int, dict] | None = None) -> None:
+        self.plan, self.tokenizer, self.rank, self.world = plan, tokenizer, rank, world
+        self.workers, self.rotation, self.states = max(workers, 1), rotation, states or {}
+
+    def __iter__(self) -> Iterator[dict]:
+        info = torch.utils.data.get_worker_info()
+        reader = self.rank * self.workers + ((info.id if info else 0) + self.rotation) % self.workers
+        stream = Reader(self.plan, self.tokenizer, reader, self.world * self.workers, self.states.get(reader))
+        while True:
+            yield stream.next_batch()
+
+
+class DataPosition:
+    """The training process's record of what it consumed: batches, and each reader's state after its last one."""
+
+    def __init__(self, rank: int, world: int, workers: int, saved: dict | None = None) -> None:
+        """`workers` dataloader processes per rank; 0 reads in this process (as one reader)."""
+        self.rank, self.world, self.processes, self.workers = rank, world, workers, max(workers, 1)
+        saved = saved or {"batches": 0, "readers": {}, "world": world, "workers": self.workers}
+        if (saved["world"], saved["workers"]) != (world, self.workers):
+            raise DataError(f"the checkpoint's data position is for {saved['world']} ranks × {saved['workers']} workers, "
+                            f"this run has {world} × {self.workers}; resume with the same data.workers and ranks")
+        self.batches = saved["batches"]
+        self.readers = {int(reader): state for reader, state in saved["readers"].items()}
+
+    def update(self, batch: dict) -> None:
+        self.readers[batch["reader"]] = batch["state"]
+        self.batches += 1
+
+    def skipped(self) -> int:
+        return sum(state["skipped"] for state in self.readers.values())
+
+    def to_dict(self) -> dict:
+        return {"batches": self.batches, "readers": self.readers, "world": self.world, "workers": self.workers}
+
+    def loader(self, plan: Plan, tokenizer, pin_memory: bool = False) -> torch.utils.data.DataLoader:
+        dataset = PackedShards(plan, tokenizer, self.rank, self.world, self.workers, self.batches % self.workers, self.readers)
+        return torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=self.processes, pin_memory=pin_memory,
+                                           prefetch_factor=4 if self.processes else None)

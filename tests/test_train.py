@@ -1,0 +1,362 @@
+"""sylm-data train on CPU: vocabulary extension, the schedule, rendering and packing, the loader's
+split over ranks and workers, damaged shards, exact resume, the embedding-only phase, and a run on
+two ranks under torchrun. DeepSpeed runs with gloo; models are tiny and randomly initialised."""
+
+import io
+import json
+import random
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+import torch
+
+from sylm_data.pipeline.config import ConfigError
+from sylm_data.pipeline.shards import ShardWriter
+from sylm_data.train import config as train_config
+from sylm_data.train import data, loop, metrics, schedule, vocab
+from sylm_data.train.random_model import TINY, save_random_lm
+
+WORDS = "the river ran past old mill before it reached sea and a boy saw fish swim under bridge".split()
+UNITS = 32
+
+
+def units_of(word: str) -> list[int]:
+    """A fixed made-up pronunciation: the trainer can learn it, so the loss has somewhere to fall."""
+    return [(sum(map(ord, word)) * 7 + 13 * k) % UNITS for k in range(len(word) // 3 + 1)]
+
+
+def documents(count: int, seed: int = 0):
+    rng = random.Random(seed)
+    for index in range(count):
+        words = [rng.choice(WORDS) for _ in range(rng.randint(5, 20))]
+        segments, at = [], 0
+        while at < len(words):
+            span = words[at : at + rng.randint(1, 5)]
+            at += len(span)
+            if rng.random() < 0.3:
+                segments.append({"modality": "speech", "units": [u for w in span for u in units_of(w)]})
+            else:
+                segments.append({"modality": "text", "text": " ".join(span)})
+        yield f"doc{seed}-{index:05d}", {"segments": segments, "kind": "interleaved", "language": "en",
+                                         "source_id": f"toy:{seed}:{index}"}
+
+
+def write_shards(folder: Path, count: int, per_shard: int, seed: int = 0, described: bool = True) -> Path:
+    extra = {"tokenizer": f"toy:0:k{UNITS}:u{UNITS}:0", "unit_vocab": UNITS} if described else {}
+    with ShardWriter(folder, target_bytes=10**9, extra_index=extra) as writer:
+        for number, (key, document) in enumerate(documents(count, seed)):
+            if number and number % per_shard == 0:
+                writer._finish_shard()
+            writer.write(key, {"json": json.dumps(document).encode()})
+    return folder
+
+
+@pytest.fixture(scope="module")
+def lm(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("lm")
+    save_random_lm(folder, TINY, corpus=[" ".join(WORDS)] * 5)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory) -> Path:
+    return write_shards(tmp_path_factory.mktemp("shards"), 400, 50)
+
+
+def tokenizer_of(folder: Path):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(folder)
+
+
+def test_the_vocabulary_gets_units_and_markers_and_every_unused_row_the_mean(lm):
+    from transformers import AutoModelForCausalLM
+
+    tokenizer, model = tokenizer_of(lm), AutoModelForCausalLM.from_pretrained(lm)
+    used = len(tokenizer)
+    assert model.get_input_embeddings().weight.shape[0] == TINY["vocab_size"] > used  # a padded table
+    before_in = model.get_input_embeddings().weight[:used].clone()
+    before_out = model.get_output_embeddings().weight[:used].clone()
+    speech = vocab.extend(model, tokenizer, 100, pad_to=64)
+    assert (speech.speech_marker, speech.text_marker, speech.first_unit) == (used, used + 1, used + 2)
+    assert tokenizer.convert_tokens_to_ids(vocab.unit_token(99)) == used + 101 == len(tokenizer) - 1
+    rows = model.get_input_embeddings().weight.shape[0]
+    assert rows % 64 == 0 and rows >= used + 102 and model.get_output_embeddings().weight.shape[0] == rows
+    for table, before in ((model.get_input_embeddings().weight, before_in), (model.get_output_embeddings().weight, before_out)):
+        assert torch.equal(table[:used], before)
+        expected = before.double().mean(dim=0).float()
+        assert torch.allclose(table[used:], expected.expand(rows - used, -1), atol=1e-6)
+    assert model.config.vocab_size == rows
+    # a tokenizer that has them already (a model extended before) is left as it is
+    again = vocab.extend(model, tokenizer, 100)
+    assert again == speech and model.get_input_embeddings().weight.shape[0] == rows
+
+
+def test_a_tied_table_is_extended_once(tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    save_random_lm(tmp_path, TINY | {"tie_word_embeddings": True}, corpus=[" ".join(WORDS)] * 5)
+    tokenizer, model = tokenizer_of(tmp_path), AutoModelForCausalLM.from_pretrained(tmp_path)
+    used = len(tokenizer)
+    mean = model.get_input_embeddings().weight[:used].mean(dim=0)
+    vocab.extend(model, tokenizer, 10)
+    assert model.get_output_embeddings().weight is model.get_input_embeddings().weight
+    assert torch.allclose(model.get_input_embeddings().weight[used:], mean.expand(model.config.vocab_size - used, -1))
+
+
+def test_a_partly_extended_tokenizer_is_refused(lm):
+    from transformers import AutoModelForCausalLM
+
+    tokenizer, model = tokenizer_of(lm), AutoModelForCausalLM.from_pretrained(lm)
+    tokenizer.add_tokens([vocab.SPEECH_MARKER], special_tokens=True)
+    with pytest.raises(vocab.VocabularyError, match="some speech tokens"):
+        vocab.extend(model, tokenizer, 10)
+
+
+def test_warmup_stable_decay():
+    factors = [schedule.warmup_stable_decay(s, 100, 10, 0.2, "linear", 0.1) for s in range(100)]
+    assert factors[:10] == pytest.approx([(s + 1) / 10 for s in range(10)])
+    assert set(factors[10:80]) == {1.0}
+    assert factors[80] == 1.0 and factors[90] == pytest.approx(0.1 + 0.9 * 0.5)
+    assert all(a > b for a, b in zip(factors[80:], factors[81:])) and factors[99] > 0.1
+    for shape in ("1-sqrt", "cosine"):
+        decay = [schedule.warmup_stable_decay(s, 100, 0, 0.2, shape, 0.0) for s in range(80, 100)]
+        assert decay[0] == 1.0 and all(a > b for a, b in zip(decay, decay[1:])) and 0 < decay[-1] < 0.25
+    optim = train_config.OptimConfig(embed_only_steps=5, warmup_steps=2, steps=10, decay_share=0.0)
+    assert [schedule.factor(s, optim) for s in range(8)] == [0.5, 1.0, 1.0, 1.0, 1.0, 0.5, 1.0, 1.0]
+
+
+def test_a_sample_renders_with_markers_at_switches_and_eos(lm):
+    tokenizer = tokenizer_of(lm)
+    speech = vocab.SpeechVocabulary(speech_marker=500, text_marker=501, first_unit=502, units=UNITS)
+    document = {"segments": [{"modality": "text", "text": "the river"}, {"modality": "speech", "units": [3, 4]},
+                             {"modality": "text", "text": "past the mill"}], "kind": "interleaved"}
+    ids, labels = data.render(document, tokenizer, speech)
+    encode = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
+    assert ids == encode("the river") + [500, 505, 506, 501] + encode(" past the mill") + [tokenizer.eos_token_id]
+    assert labels == [data.IGNORE] + ids[1:]
+    speech_only, _ = data.render({"segments": [{"modality": "speech", "units": [0]}]}, tokenizer, speech)
+    assert speech_only == [500, 502, tokenizer.eos_token_id]
+
+
+def test_packing_keeps_every_token_once_and_restarts_positions():
+    packer = data.Packer(8)
+    pieces = [list(range(100 * d, 100 * d + n)) for d, n in enumerate([3, 11, 2, 8])]
+    emitted = []
+    for piece in pieces:
+        packer.add(piece, [data.IGNORE] + piece[1:])
+        while packer.full():
+            emitted.append(packer.pop())
+    assert [len(ids) for ids, _, _ in emitted] == [8, 8, 8]
+    flat = [token for ids, _, _ in emitted for token in ids]
+    assert flat == [token for piece in pieces for token in piece][:24]
+    assert emitted[0][2] == [0, 1, 2, 0, 1, 2, 3, 4]  # second document starts at position 0
+    assert emitted[1][2] == [0, 1, 2, 3, 4, 5, 0, 1]  # the rest of document two goes on as a fresh piece
+    assert emitted[0][1][3] == data.IGNORE  # a document's first token is never a target
+
+
+def test_packed_documents_do_not_see_each_other(lm):
+    """The loss of two packed documents equals their losses computed apart (token-weighted)."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(lm, attn_implementation="sdpa").eval()
+    first, second = list(range(10, 22)), list(range(40, 49))
+    packer = data.Packer(len(first) + len(second))
+    packer.add(first, [data.IGNORE] + first[1:])
+    packer.add(second, [data.IGNORE] + second[1:])
+    ids, labels, positions = (torch.tensor([row]) for row in packer.pop())
+    with torch.no_grad():
+        packed = loop.packed_loss(model, {"input_ids": ids, "labels": labels, "position_ids": positions}, "cpu")
+        apart = [model(input_ids=torch.tensor([d]), labels=torch.tensor([d])).loss for d in (first, second)]
+    expected = (apart[0] * (len(first) - 1) + apart[1] * (len(second) - 1)) / (len(first) + len(second) - 2)
+    assert packed.item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+@pytest.mark.parametrize("per_shard", [50, 200])  # 8 shards: whole shards per reader; 2 shards: every 4th sample
+def test_two_ranks_by_two_workers_read_disjoint_samples(lm, tmp_path, per_shard):
+    folder = data.open_folder(write_shards(tmp_path / "shards", 400, per_shard))
+    tokenizer = tokenizer_of(lm)
+    speech = vocab.SpeechVocabulary(1000, 1001, 1002, UNITS)
+    plan = data.Plan((folder,), (1.0,), speech, seq_len=64, micro_batch=2, block=30, seed=3)
+    seen: dict[int, list[str]] = {}
+    for rank in range(2):
+        loader = data.DataPosition(rank, 2, 2).loader(plan, tokenizer)
+        for batch, _ in zip(loader, range(100)):
+            seen.setdefault(batch["reader"], []).extend(batch["sources"])
+    assert sorted(seen) == [0, 1, 2, 3]
+    first_epoch = [set(sources[:100]) for sources in seen.values()]  # 400 samples over 4 readers
+    assert all(len(part) == 100 for part in first_epoch)
+    assert set.union(*first_epoch) == {f"toy:0:{i}" for i in range(400)}
+    assert all(len(sources) > 150 for sources in seen.values())
+    assert seen[0][100:150] != seen[0][:50]  # the next epoch comes in another order
+
+
+def test_folders_mix_by_weight_and_a_reader_resumes_from_its_state(lm, tmp_path):
+    speech_folder = data.open_folder(write_shards(tmp_path / "a", 200, 50, seed=1))
+    text_folder = data.open_folder(write_shards(tmp_path / "b", 200, 50, seed=2, described=False))
+    speech = vocab.SpeechVocabulary(1000, 1001, 1002, UNITS)
+    plan = data.Plan((speech_folder, text_folder), (0.8, 0.2), speech, seq_len=64, micro_batch=2, block=16, seed=0)
+    tokenizer = tokenizer_of(lm)
+    reader = data.Reader(plan, tokenizer, 0, 1)
+    batches = [reader.next_batch() for _ in range(40)]
+    sources = [source for batch in batches for source in batch["sources"]]
+    assert abs(sum(source.startswith("toy:1:") for source in sources) / len(sources) - 0.8) < 0.08
+    resumed = data.Reader(plan, tokenizer, 0, 1, batches[19]["state"])
+    for expected in batches[20:]:
+        again = resumed.next_batch()
+        assert again["sources"] == expected["sources"] and torch.equal(again["input_ids"], expected["input_ids"])
+
+
+def test_damaged_samples_are_skipped_and_counted(tmp_path, caplog):
+    folder = write_shards(tmp_path / "shards", 30, 10)  # shard i holds documents 10i..10i+9
+    names = [entry["name"] for entry in json.loads((folder / "index.json").read_text())["shards"]]
+    truncated = folder / names[1]
+    truncated.write_bytes(truncated.read_bytes()[:5000])
+    with tarfile.open(folder / names[0]) as archive:
+        members = [(m, archive.extractfile(m).read()) for m in archive.getmembers()]
+    unknown_unit = {"segments": [{"modality": "speech", "units": [UNITS + 5]}], "kind": "speech", "language": "en", "source_id": "x"}
+    replaced = {1: b"{not json", 2: json.dumps(unknown_unit).encode()}
+    with tarfile.open(folder / names[0], "w") as archive:
+        for position, (member, content) in enumerate(members):
+            content = replaced.get(position, content)
+            member.size = len(content)
+            archive.addfile(member, io.BytesIO(content))
+
+    stream = data.FolderStream(data.open_folder(folder), 0, 0, 1, seed=0, block=7, unit_vocab=UNITS)
+    sources = []
+    while True:
+        document = stream.next()
+        if stream.position[0] == 1:
+            break
+        sources.append(int(document["source_id"].split(":")[2]))
+    lost = set(range(10, 20)) - set(sources)
+    assert 0 < len(lost) < 10 and "unreadable" in caplog.text
+    assert len(sources) == len(set(sources)) == 30 - 2 - len(lost)
+    assert set(sources) == set(range(30)) - {1, 2} - lost
+    slots = data.read_slots(data.epoch_pieces(stream.folder, 0, 0, 0, 1, 0), 0, 30)
+    assert sum(data.parse(slot, UNITS) is None for slot in slots) == 2 + len(lost)
+
+
+def test_shard_folders_are_checked(tmp_path, shards):
+    with pytest.raises(data.DataError, match="no readable index.json"):
+        data.open_folder(tmp_path)
+    text_only = data.open_folder(write_shards(tmp_path / "text", 20, 10, described=False))
+    described = data.open_folder(shards)
+    assert data.unit_vocabulary([described, text_only], 0) == UNITS
+    assert data.unit_vocabulary([described], 64) == 64
+    with pytest.raises(data.DataError, match="smaller than"):
+        data.unit_vocabulary([described], 8)
+    with pytest.raises(data.DataError, match="set data.unit_vocab"):
+        data.unit_vocabulary([text_only], 0)
+    with pytest.raises(data.DataError, match="fewer than the 32 readers"):
+        data.FolderStream(text_only, 0, 0, 32, 0, 10, UNITS)
+
+
+def test_config_is_checked():
+    config = train_config.load(None, ["data.shards=['a', 'b']", "optim.lr=1e-4", "run.stop_at=5"])
+    assert config.optim.lr == 1e-4 and config.total_steps == config.optim.steps
+    for override, message in [("data.weights=[1.0]", "one non-negative weight per folder"),
+                              ("optim.decay_shape='step'", "decay_shape"), ("model.size=3", "unknown key"),
+                              ("optim.zero_stage=4", "zero_stage")]:
+        with pytest.raises(ConfigError, match=message):
+            train_config.load(None, ["data.shards=['a', 'b']", override])
+    with pytest.raises(ConfigError, match="names no shard folder"):
+        train_config.load(None, [])
+
+
+def test_model_flops_per_token(lm):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(lm)
+    every = sum(p.numel() for p in model.parameters())
+    embedding = model.get_input_embeddings().weight.numel()
+    assert metrics.flops_per_token(model, 128) == 6 * (every - embedding) + 12 * 2 * 64 * 128
+    assert metrics.peak_flops(400.0) == 400e12
+    if not torch.cuda.is_available():
+        assert metrics.peak_flops(0.0) is None
+
+
+def run_config(lm: Path, shards: Path, output: Path, *overrides: str) -> train_config.TrainConfig:
+    return train_config.load(None, [
+        f"model.name='{lm}'", f"data.shards=['{shards}']", "data.seq_len=128", "data.micro_batch=4",
+        "optim.steps=30", "optim.warmup_steps=5", "optim.lr=3e-3", f"run.output='{output}'", "run.log_every=1",
+        "run.save_every=100", "run.progress=false", *overrides])
+
+
+def losses(output: Path) -> list[float]:
+    return [json.loads(line)["loss"] for line in (output / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_the_loss_falls_and_a_resumed_run_repeats_the_uninterrupted_one(lm, shards, tmp_path):
+    through = loop.train(run_config(lm, shards, tmp_path / "through", "run.tensorboard=true"), echo=lambda line: None)
+    assert through["outcome"] == "finished" and through["step"] == 30
+    uninterrupted = losses(tmp_path / "through")
+    assert len(uninterrupted) == 30 and sum(uninterrupted[-5:]) / 5 < 0.6 * sum(uninterrupted[:5]) / 5
+    assert list((tmp_path / "through" / "tensorboard").glob("events.out.tfevents.*"))
+
+    stopped = loop.train(run_config(lm, shards, tmp_path / "resumed", "run.stop_at=12"), echo=lambda line: None)
+    assert stopped["outcome"] == "stopped" and stopped["step"] == 12
+    assert not (tmp_path / "resumed" / "final").exists()
+    messages = []
+    loop.train(run_config(lm, shards, tmp_path / "resumed"), echo=messages.append)
+    assert messages == [f"resumed from {tmp_path / 'resumed' / 'checkpoints' / 'step-00000012'} at step 12"]
+    assert losses(tmp_path / "resumed") == uninterrupted
+    assert sorted(p.name for p in (tmp_path / "resumed" / "checkpoints").glob("step-*")) == ["step-00000012", "step-00000030"]
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    final = tmp_path / "through" / "final"
+    tokenizer = AutoTokenizer.from_pretrained(final)
+    assert tokenizer.convert_tokens_to_ids(vocab.unit_token(UNITS - 1)) == len(tokenizer) - 1
+    assert AutoModelForCausalLM.from_pretrained(final).get_input_embeddings().weight.shape[0] >= len(tokenizer)
+
+
+def test_the_embedding_phase_moves_only_the_new_rows(lm, shards, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    config = run_config(lm, shards, tmp_path / "run", "optim.embed_only_steps=4", "run.stop_at=4", "data.workers=0")
+    loop.train(config, echo=lambda line: None)
+    trained = torch.load(tmp_path / "run" / "checkpoints" / "step-00000004" / "mp_rank_00_model_states.pt",
+                         weights_only=False)["module"]
+    base, tokenizer = AutoModelForCausalLM.from_pretrained(lm), tokenizer_of(lm)
+    used = len(tokenizer)
+    vocab.extend(base, tokenizer, UNITS)
+    for name, before in base.state_dict().items():
+        after = trained[name]
+        if name in ("model.embed_tokens.weight", "lm_head.weight"):
+            assert torch.equal(after[:used], before[:used]) and not torch.equal(after[used:], before[used:])
+        else:
+            assert torch.equal(after, before), name
+    assert [json.loads(line)["phase"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()] == ["embeddings"] * 4
+
+
+@pytest.mark.slow
+def test_two_ranks_under_torchrun_train_and_resume(lm, shards, tmp_path):
+    """ZeRO-2 over two gloo ranks with two workers each; stopped and resumed, it ends as a straight run."""
+    def torchrun(output: Path, *overrides: str) -> subprocess.CompletedProcess:
+        settings = [f"model.name='{lm}'", f"data.shards=['{shards}']", "data.seq_len=64", "data.micro_batch=2",
+                    "optim.steps=8", "optim.warmup_steps=2", "optim.grad_accum=2", f"run.output='{output}'",
+                    "run.log_every=1", "run.progress=false", *overrides]
+        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                   "-m", "sylm_data.cli", "train"] + [part for s in settings for part in ("--set", s)]
+        return subprocess.run(command, capture_output=True, text=True, timeout=600, env=_single_thread_env())
+
+    straight = torchrun(tmp_path / "straight")
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    assert straight.stdout.count("finished at step 8") == 1  # rank 0 reports
+    assert torchrun(tmp_path / "split", "run.stop_at=3").returncode == 0
+    resumed = torchrun(tmp_path / "split")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert losses(tmp_path / "split") == losses(tmp_path / "straight")
+    saved = torch.load(tmp_path / "split" / "checkpoints" / "step-00000008" / "trainer-rank1.pt", weights_only=False)
+    assert sorted(saved["data"]["readers"]) == [2, 3]  # rank 1 holds the positions of readers 2 and 3
+
+
+def _single_thread_env() -> dict:
+    import os
+
+    environment = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
+    return environment | {"OMP_NUM_THREADS": "1"}
