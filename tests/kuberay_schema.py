@@ -1,5 +1,6 @@
 """JSON Schemas for the parts of the KubeRay `ray.io/v1` CRDs (RayCluster, RayJob) and of core
-Kubernetes objects that `k8s/` uses, written from the CRDs' OpenAPI field definitions.
+Kubernetes objects (ConfigMap, PVC, Service, batch/v1 Job) that `k8s/` uses, written from their
+OpenAPI field definitions.
 
 Objects list their known fields and refuse unknown ones, so a misspelt or misplaced key fails the
 test the way `kubectl apply --validate=strict` would reject it; types and enums follow the CRDs.
@@ -44,6 +45,8 @@ POD_TEMPLATE = closed({
             "key": {"type": "string"}, "operator": {"enum": ["Exists", "Equal"]}, "value": {"type": "string"},
             "effect": {"enum": ["NoSchedule", "PreferNoSchedule", "NoExecute"]}, "tolerationSeconds": {"type": "integer"}})},
         "serviceAccountName": {"type": "string"},
+        "subdomain": {"type": "string"},
+        "restartPolicy": {"enum": ["Always", "OnFailure", "Never"]},
     }, ("containers",)),
 })
 RAY_START_PARAMS = STRING_MAP  # the CRD types every value as a string
@@ -87,4 +90,16 @@ SCHEMAS = {
         "storageClassName": {"type": "string"},
         "resources": closed({"requests": closed({"storage": QUANTITY}, ("storage",))}, ("requests",)),
     }, ("accessModes", "resources")), api_version="v1"),
+    "Service": resource("Service", closed({
+        "clusterIP": {"type": "string"}, "selector": STRING_MAP, "type": {"enum": ["ClusterIP", "NodePort", "LoadBalancer"]},
+        "ports": {"type": "array", "items": closed({"name": {"type": "string"}, "port": {"type": "integer"},
+                                                    "targetPort": {"type": ["integer", "string"]},
+                                                    "protocol": {"enum": ["TCP", "UDP", "SCTP"]}}, ("port",))},
+    }), api_version="v1"),
+    "Job": resource("Job", closed({
+        "completionMode": {"enum": ["NonIndexed", "Indexed"]}, "completions": {"type": "integer", "minimum": 1},
+        "parallelism": {"type": "integer", "minimum": 1}, "backoffLimit": {"type": "integer", "minimum": 0},
+        "activeDeadlineSeconds": {"type": "integer"}, "ttlSecondsAfterFinished": {"type": "integer"},
+        "template": POD_TEMPLATE,
+    }, ("template",)), api_version="batch/v1"),
 }

@@ -1,4 +1,4 @@
-"""The KubeRay manifests in k8s/ validate against the CRD schemas, fit together, and run the same CLI."""
+"""The manifests in k8s/ (KubeRay pipeline, training Job) validate against their schemas, fit together, and run the same CLI."""
 
 import copy
 import shlex
@@ -25,7 +25,7 @@ def documents() -> dict[str, dict]:
 
 def test_every_manifest_validates_against_its_schema():
     found = documents()
-    assert set(found) == {"RayCluster", "RayJob", "ConfigMap", "PersistentVolumeClaim"}
+    assert set(found) == {"RayCluster", "RayJob", "ConfigMap", "PersistentVolumeClaim", "Service", "Job"}
     for kind, document in found.items():
         jsonschema.validate(document, SCHEMAS[kind])
 
@@ -77,3 +77,40 @@ def test_the_job_runs_the_local_cli_with_the_configmap_config(tmp_path):
     local.write_text(found["ConfigMap"]["data"][config_path.name])
     loaded = config_module.load(local)  # every key is one the pipeline knows
     assert loaded.stages["tokenize"].encoder == "sylreg" and loaded.stages["align"].gpus_per_actor == 1.0
+
+
+def test_the_training_job_runs_torchrun_over_its_nodes_with_the_configmap_config(tmp_path):
+    import typer.main
+
+    from sylm_data.train import config as train_config
+
+    found = documents()
+    job, service = found["Job"], found["Service"]
+    pod = job["spec"]["template"]
+    assert job["spec"]["completionMode"] == "Indexed"
+    assert service["spec"]["clusterIP"] == "None" and pod["spec"]["subdomain"] == service["metadata"]["name"]
+    assert service["spec"]["selector"].items() <= pod["metadata"]["labels"].items()
+    container = pod["spec"]["containers"][0]
+    words = shlex.split(container["command"][-1])
+    options = dict(word.removeprefix("--").split("=", 1) for word in words if word.startswith("--") and "=" in word)
+    assert words[0] == "torchrun" and options["node-rank"] == "$JOB_COMPLETION_INDEX"
+    assert int(options["nnodes"]) == job["spec"]["completions"] == job["spec"]["parallelism"]
+    assert int(options["nproc-per-node"]) == container["resources"]["limits"]["nvidia.com/gpu"]
+    assert options["master-addr"] == f"{job['metadata']['name']}-0.{service['metadata']['name']}"
+    assert any(env["name"] == "JOB_COMPLETION_INDEX" for env in container["env"])
+    mounts = {mount["name"]: mount["mountPath"] for mount in container["volumeMounts"]}
+    assert mounts["config"] == "/etc/sylm" and mounts["output"] == "/data"
+
+    module = words.index("-m")
+    assert words[module + 1 : module + 3] == ["sylm_data.cli", "train"]
+    command = typer.main.get_command(app)
+    context = command.make_context("sylm-data", words[module + 2 :], resilient_parsing=True)
+    parsed = command.get_command(context, "train").make_context("train", words[module + 3 :])
+    config_path = Path(parsed.params["config"])
+    local = tmp_path / config_path.name
+    local.write_text(found["ConfigMap"]["data"][config_path.name])
+    loaded = train_config.load(local)  # every key is one the trainer knows
+    pipeline_words = shlex.split(found["RayJob"]["spec"]["entrypoint"])
+    pipeline_output = pipeline_words[pipeline_words.index("--output") + 1]
+    assert loaded.data.shards == [f"{pipeline_output}/shards"]  # what the pipeline's interleave stage writes
+    assert loaded.run.output.startswith(mounts["output"] + "/")

@@ -267,6 +267,17 @@ def test_config_is_checked():
         train_config.load(None, [])
 
 
+def test_the_command_reports_bad_input_in_one_line(tmp_path, lm):
+    from typer.testing import CliRunner
+
+    from sylm_data.cli import app
+
+    result = CliRunner().invoke(app, ["train", "--set", f"data.shards=['{tmp_path}']", "--set", f"model.name='{lm}'"])
+    assert result.exit_code == 2 and "no readable index.json" in result.output
+    result = CliRunner().invoke(app, ["train", "--set", "data.shards=['x']", "--set", "optim.warmup=3"])
+    assert result.exit_code == 2 and "unknown key 'warmup'" in result.output
+
+
 def test_model_flops_per_token(lm):
     from transformers import AutoModelForCausalLM
 

@@ -181,6 +181,8 @@ class _StopRequest:
 
 
 def train(config: TrainConfig, echo=print) -> dict:
+    folders = [data.open_folder(path) for path in config.data.shards]
+    unit_vocab = data.unit_vocabulary(folders, config.data.unit_vocab)
     rank, world, local_rank = distributed_env()
     import deepspeed
 
@@ -192,8 +194,6 @@ def train(config: TrainConfig, echo=print) -> dict:
     output = Path(config.run.output)
     checkpoints = output / CHECKPOINTS
 
-    folders = [data.open_folder(path) for path in config.data.shards]
-    unit_vocab = data.unit_vocabulary(folders, config.data.unit_vocab)
     random.seed(config.run.seed)
     np.random.seed(config.run.seed)
     torch.manual_seed(config.run.seed)
