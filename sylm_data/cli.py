@@ -124,6 +124,9 @@ def train(
         _fail(str(error))
     if result["rank"] == 0:
         typer.echo(f"{result['outcome']} at step {result['step']}, loss {result['loss']:.4f}; output: {result['output']}")
+    if result["outcome"] == "interrupted":
+        typer.echo("checkpoint saved; run the same command to resume", err=True)
+        raise typer.Exit(3)  # not done: a Job controller should run it again
 
 
 def _print_summary(record: dict, record_path: str) -> None:

@@ -278,6 +278,18 @@ def test_the_command_reports_bad_input_in_one_line(tmp_path, lm):
     assert result.exit_code == 2 and "unknown key 'warmup'" in result.output
 
 
+def test_a_resumed_log_drops_the_steps_after_its_checkpoint(tmp_path):
+    log = metrics.MetricsLog(tmp_path, tensorboard=False, after_step=0)
+    for step in range(1, 6):  # a run that died at step 5 after a checkpoint at step 3
+        log.write(step, {"loss": 1.0})
+    log.close()
+    resumed = metrics.MetricsLog(tmp_path, tensorboard=False, after_step=3)
+    resumed.write(4, {"loss": 0.5})
+    resumed.close()
+    lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [line["step"] for line in lines] == [1, 2, 3, 4] and lines[-1]["loss"] == 0.5
+
+
 def test_model_flops_per_token(lm):
     from transformers import AutoModelForCausalLM
 
@@ -323,6 +335,33 @@ def test_the_loss_falls_and_a_resumed_run_repeats_the_uninterrupted_one(lm, shar
     tokenizer = AutoTokenizer.from_pretrained(final)
     assert tokenizer.convert_tokens_to_ids(vocab.unit_token(UNITS - 1)) == len(tokenizer) - 1
     assert AutoModelForCausalLM.from_pretrained(final).get_input_embeddings().weight.shape[0] >= len(tokenizer)
+
+
+@pytest.mark.slow
+def test_sigterm_saves_a_checkpoint_and_exits_unfinished(lm, shards, tmp_path):
+    import os
+    import signal
+    import time
+
+    output = tmp_path / "run"
+    overrides = [f"model.name='{lm}'", f"data.shards=['{shards}']", "data.seq_len=128", "optim.steps=100000",
+                 f"run.output='{output}'", "run.log_every=1", "run.progress=false"]
+    process = subprocess.Popen([sys.executable, "-m", "sylm_data.cli", "train", *[p for o in overrides for p in ("--set", o)]],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_single_thread_env())
+    deadline = time.monotonic() + 300
+    while not (output / "metrics.jsonl").exists() or len((output / "metrics.jsonl").read_text().splitlines()) < 3:
+        assert process.poll() is None and time.monotonic() < deadline, process.communicate()[1][-2000:]
+        time.sleep(0.2)
+    os.kill(process.pid, signal.SIGTERM)
+    stdout, stderr = process.communicate(timeout=300)
+    assert process.returncode == 3, stderr[-2000:]
+    assert "interrupted at step" in stdout and "run the same command to resume" in stderr
+    step = int(stdout.split("interrupted at step ")[1].split(",")[0])
+    assert (output / "checkpoints" / f"step-{step:08d}").is_dir()
+    config = train_config.load(None, overrides + [f"run.stop_at={step + 3}"])
+    assert loop.train(config, echo=lambda line: None)["step"] == step + 3
+    logged = [json.loads(line)["step"] for line in (output / "metrics.jsonl").read_text().splitlines()]
+    assert logged == list(range(1, step + 4))  # every step once, however far the interrupted run had logged
 
 
 def test_the_embedding_phase_moves_only_the_new_rows(lm, shards, tmp_path):

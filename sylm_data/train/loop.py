@@ -63,7 +63,7 @@ def load_model(config: TrainConfig, unit_vocab: int):
     vocab = extend(model, tokenizer, unit_vocab, config.model.pad_vocab_to)
     model.config.use_cache = False
     if config.model.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     return model, tokenizer, vocab
 
 
@@ -164,7 +164,8 @@ def _restore_rng(state: dict) -> None:
 
 
 class _StopRequest:
-    """SIGTERM / SIGINT ask for a checkpoint at the next step boundary, then a clean exit."""
+    """SIGTERM / SIGINT (a preempted pod, Ctrl-C) ask for a checkpoint at the next step boundary,
+    then an exit that says the run is unfinished."""
 
     def __init__(self) -> None:
         self.requested = False
@@ -231,7 +232,7 @@ def train(config: TrainConfig, echo=print) -> dict:
         embedding_only = EmbeddingOnly(engine.module, vocab.speech_marker)
     _set_weight_decay(engine, config.optim.weight_decay, embedding_only is not None)
 
-    log = metrics.MetricsLog(output, config.run.tensorboard, append=resume_from is not None) if rank == 0 else None
+    log = metrics.MetricsLog(output, config.run.tensorboard, after_step=step) if rank == 0 else None
     peak = metrics.peak_flops(config.run.peak_tflops)
     tokens_per_step = config.data.micro_batch * config.data.seq_len * config.optim.grad_accum * world
     progress = _progress_bar(config, rank, step)
@@ -272,11 +273,12 @@ def train(config: TrainConfig, echo=print) -> dict:
             if progress is not None:
                 progress.update(1)
                 progress.set_postfix(loss=f"{last_loss:.3f}", lr=f"{lr:.2e}")
-            stopping = shared[2].item() > 0 or step == config.run.stop_at
+            interrupted = shared[2].item() > 0  # a signal on any rank
+            stopping = interrupted or step == config.run.stop_at
             if stopping or step % config.run.save_every == 0 or step == config.total_steps:
                 save_checkpoint(engine, checkpoints, step, rank, position, config.run.keep_checkpoints)
             if stopping and step < config.total_steps:
-                outcome = "stopped"
+                outcome = "interrupted" if interrupted else "stopped"
                 break
     finally:
         stop.restore()

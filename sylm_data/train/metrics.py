@@ -42,9 +42,14 @@ def flops_per_token(model, seq_len: int) -> float:
 class MetricsLog:
     """Rank 0's log: one JSON object per logged step, plus TensorBoard scalars when asked."""
 
-    def __init__(self, folder: Path, tensorboard: bool, append: bool) -> None:
+    def __init__(self, folder: Path, tensorboard: bool, after_step: int) -> None:
+        """Lines of steps after `after_step` (the checkpoint a run resumes from) are dropped: the
+        resumed run logs them again."""
         folder.mkdir(parents=True, exist_ok=True)
-        self.file = open(folder / "metrics.jsonl", "a" if append else "w")
+        path = folder / "metrics.jsonl"
+        kept = [line for line in path.read_text().splitlines() if json.loads(line)["step"] <= after_step] if after_step and path.exists() else []
+        self.file = open(path, "w")
+        self.file.writelines(line + "\n" for line in kept)
         self.board = None
         if tensorboard:
             try:
