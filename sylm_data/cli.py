@@ -1,6 +1,7 @@
 """The `sylm-data` command."""
 
 import glob
+import json
 import os
 import sys
 from pathlib import Path
@@ -10,6 +11,7 @@ import typer
 
 from sylm_data.pipeline import config as config_module
 from sylm_data.pipeline import registry
+from sylm_data.pipeline.stage import SOURCES
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Build syllable-text interleaved speech corpora.")
 
@@ -39,7 +41,7 @@ def run(
     config: Annotated[Optional[Path], typer.Option(help="TOML config file.")] = None,
     stage: Annotated[Optional[list[str]], typer.Option(help="Stage to run (repeatable); default: the configured stages.")] = None,
     source: Annotated[Optional[str], typer.Option(help="Source kind for ingest: emilia, emilia-yodas, yodas2, manifest.")] = None,
-    input: Annotated[Optional[list[str]], typer.Option("--input", "-i", help="Input path, glob or hf://OWNER/NAME/PATTERN (repeatable).")] = None,
+    input: Annotated[Optional[list[str]], typer.Option("--input", "-i", help="Input path, glob or hf://OWNER/NAME/PATTERN (repeatable): speech corpora for ingest, a text corpus for synthesize.")] = None,
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override a config key: SECTION.KEY=VALUE (repeatable).")] = None,
     address: Annotated[Optional[str], typer.Option(help="Ray address (auto, ray://HOST:PORT); default: embedded local Ray.")] = None,
 ) -> None:
@@ -51,8 +53,9 @@ def run(
         overrides.append(f"ingest.source={source!r}")
     try:
         cfg = config_module.load(config, overrides)
-        if input:
-            cfg.stages["ingest"].inputs = _expand_local(list(input))
+        if input:  # the inputs of the stage that reads sources: ingest, or synthesize
+            first = registry.plan(list(stage or cfg.run.stages))[0]
+            cfg.stages[first.name if first.consumes == SOURCES else "ingest"].inputs = _expand_local(list(input))
         result = runner.run(cfg, list(stage or []), str(output), address=address)
     except (config_module.ConfigError, registry.PlanError, runner.RunError) as error:
         _fail(str(error))
@@ -110,17 +113,19 @@ def submit(
 def train(
     config: Annotated[Optional[Path], typer.Option(help="TOML config: [model], [data], [optim], [run].")] = None,
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override a config key: SECTION.KEY=VALUE (repeatable).")] = None,
+    task: Annotated[Optional[str], typer.Option(help="lm (default) or t2t: a text-to-token model on pairs shards.")] = None,
 ) -> None:
     """Continue pre-training a causal LM on shard folders with DeepSpeed (one process per GPU:
     run it under torchrun or the deepspeed launcher for several; resumes from OUTPUT/checkpoints)."""
     from sylm_data.train import config as train_config
     from sylm_data.train import data, loop
+    from sylm_data.train.t2t import T2TError
     from sylm_data.train.vocab import VocabularyError
 
     try:
-        cfg = train_config.load(config, list(set_ or []))
+        cfg = train_config.load(config, list(set_ or []) + ([f"model.task={task!r}"] if task else []))
         result = loop.train(cfg, echo=lambda line: typer.echo(line, err=True))
-    except (config_module.ConfigError, data.DataError, VocabularyError, loop.TrainError) as error:
+    except (config_module.ConfigError, data.DataError, VocabularyError, T2TError, loop.TrainError) as error:
         _fail(str(error))
     if result["rank"] == 0:
         typer.echo(f"{result['outcome']} at step {result['step']}, loss {result['loss']:.4f}; output: {result['output']}")
@@ -208,6 +213,23 @@ def eval_align(
     except (OSError, ValueError) as error:
         _fail(str(error))
     typer.echo("\n".join(result.lines()))
+
+
+@eval_app.command("t2t")
+def eval_t2t(
+    model: Annotated[str, typer.Argument(help="A text-to-token model: OUTPUT/final of `sylm-data train --task t2t`.")],
+    pairs: Annotated[Path, typer.Option(help="Held-out pairs: DIR/pairs-heldout of the pairs stage.")],
+    limit: Annotated[int, typer.Option(help="At most this many pairs.")] = 1000,
+) -> None:
+    """Unit accuracy and perplexity (teacher-forced), and generated / reference unit counts."""
+    from sylm_data.train import t2t
+
+    try:
+        network, meta = t2t.load(model)
+        result = t2t.evaluate(network, meta, t2t.heldout_pairs(pairs, limit))
+    except (OSError, ValueError) as error:
+        _fail(str(error))
+    typer.echo(json.dumps(result))
 
 
 def main() -> None:

@@ -8,6 +8,7 @@ import random
 import subprocess
 import sys
 import tarfile
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -134,11 +135,11 @@ def test_a_sample_renders_with_markers_at_switches_and_eos(lm):
     speech = vocab.SpeechVocabulary(speech_marker=500, text_marker=501, first_unit=502, units=UNITS)
     document = {"segments": [{"modality": "text", "text": "the river"}, {"modality": "speech", "units": [3, 4]},
                              {"modality": "text", "text": "past the mill"}], "kind": "interleaved"}
-    ids, labels = data.render(document, tokenizer, speech)
+    [(ids, labels)] = data.render(document, tokenizer, speech)
     encode = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
     assert ids == encode("the river") + [500, 505, 506, 501] + encode(" past the mill") + [tokenizer.eos_token_id]
     assert labels == [data.IGNORE] + ids[1:]
-    speech_only, _ = data.render({"segments": [{"modality": "speech", "units": [0]}]}, tokenizer, speech)
+    [(speech_only, _)] = data.render({"segments": [{"modality": "speech", "units": [0]}]}, tokenizer, speech)
     assert speech_only == [500, 502, tokenizer.eos_token_id]
 
 
@@ -180,10 +181,11 @@ def test_two_ranks_by_two_workers_read_disjoint_samples(lm, tmp_path, per_shard)
     folder = data.open_folder(write_shards(tmp_path / "shards", 400, per_shard))
     tokenizer = tokenizer_of(lm)
     speech = vocab.SpeechVocabulary(1000, 1001, 1002, UNITS)
-    plan = data.Plan((folder,), (1.0,), speech, seq_len=64, micro_batch=2, block=30, seed=3)
+    plan = data.Plan((folder,), (1.0,), partial(data.render, tokenizer=tokenizer, vocab=speech), UNITS,
+                     seq_len=64, micro_batch=2, block=30, seed=3)
     seen: dict[int, list[str]] = {}
     for rank in range(2):
-        loader = data.DataPosition(rank, 2, 2).loader(plan, tokenizer)
+        loader = data.DataPosition(rank, 2, 2).loader(plan)
         for batch, _ in zip(loader, range(100)):
             seen.setdefault(batch["reader"], []).extend(batch["sources"])
     assert sorted(seen) == [0, 1, 2, 3]
@@ -198,13 +200,13 @@ def test_folders_mix_by_weight_and_a_reader_resumes_from_its_state(lm, tmp_path)
     speech_folder = data.open_folder(write_shards(tmp_path / "a", 200, 50, seed=1))
     text_folder = data.open_folder(write_shards(tmp_path / "b", 200, 50, seed=2, described=False))
     speech = vocab.SpeechVocabulary(1000, 1001, 1002, UNITS)
-    plan = data.Plan((speech_folder, text_folder), (0.8, 0.2), speech, seq_len=64, micro_batch=2, block=16, seed=0)
-    tokenizer = tokenizer_of(lm)
-    reader = data.Reader(plan, tokenizer, 0, 1)
+    plan = data.Plan((speech_folder, text_folder), (0.8, 0.2), partial(data.render, tokenizer=tokenizer_of(lm), vocab=speech),
+                     UNITS, seq_len=64, micro_batch=2, block=16, seed=0)
+    reader = data.Reader(plan, 0, 1)
     batches = [reader.next_batch() for _ in range(40)]
     sources = [source for batch in batches for source in batch["sources"]]
     assert abs(sum(source.startswith("toy:1:") for source in sources) / len(sources) - 0.8) < 0.08
-    resumed = data.Reader(plan, tokenizer, 0, 1, batches[19]["state"])
+    resumed = data.Reader(plan, 0, 1, batches[19]["state"])
     for expected in batches[20:]:
         again = resumed.next_batch()
         assert again["sources"] == expected["sources"] and torch.equal(again["input_ids"], expected["input_ids"])

@@ -49,7 +49,8 @@ class Config:
     def stage_hash(self, names: list[str]) -> str:
         """Fingerprint of what decides the rows of these stages (inputs excluded: partitions record them)."""
         relevant = {name: self.to_dict()[name] for name in names}
-        relevant.get("ingest", {}).pop("inputs", None)
+        for section in relevant.values():
+            section.pop("inputs", None)
         relevant["seed"] = self.run.seed
         return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
 

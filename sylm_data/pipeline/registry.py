@@ -1,10 +1,11 @@
 """The stages in pipeline order."""
 
 from sylm_data.pipeline.stage import Stage
-from sylm_data.stages import align, codebook, ingest, interleave, tokenize
+from sylm_data.stages import align, codebook, ingest, interleave, pairs, synthesize, tokenize
 
 STAGES: dict[str, Stage] = {
-    stage.name: stage for stage in (ingest.STAGE, align.STAGE, codebook.STAGE, tokenize.STAGE, interleave.STAGE)
+    stage.name: stage for stage in (ingest.STAGE, align.STAGE, codebook.STAGE, tokenize.STAGE, interleave.STAGE, pairs.STAGE,
+                                           synthesize.STAGE)
 }
 # what a run without --stage runs: the main line (the codebook is fitted in a run of its own)
 MAIN_LINE = ["ingest", "align", "tokenize", "interleave"]

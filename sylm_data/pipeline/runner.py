@@ -67,7 +67,7 @@ def _input_partitions(first: Stage, config: Config, layout: OutputLayout) -> lis
             raise RunError(f"unknown source {source!r}; sources are: {', '.join(READERS)}")
         inputs = config.stages[first.name].inputs
         if not inputs:
-            raise RunError("no input: pass --input PATH_OR_GLOB (repeatable) or set ingest.inputs")
+            raise RunError(f"no input: pass --input PATH_OR_GLOB (repeatable) or set {first.name}.inputs")
         try:
             return READERS[source].partitions(inputs)
         except SourceError as error:

@@ -60,3 +60,6 @@ class Reason(StrEnum):
     NO_WORDS = "no_words"
     NO_UNITS = "no_units"
     SPANS_DISJOINT = "spans_disjoint"  # the words' time span and the units' do not overlap
+    # text corpora (synthesize)
+    MARKUP = "markup"  # mostly markup remnants, links or URLs
+    LONG_TOKENS = "long_tokens"  # too many very long tokens (hashes, base64, run-together text)

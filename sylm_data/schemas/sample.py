@@ -1,7 +1,9 @@
-"""The WebDataset sample written by interleave and synthesize: `__key__` + `.json` of
+"""The WebDataset sample written by interleave, pairs and synthesize: `__key__` + `.json` of
 
     {"segments": [{"modality": "text", "text": "…"}, {"modality": "speech", "units": [12, 873, …]}],
-     "kind": "interleaved" | "speech" | "text", "language": "en", "source_id": "<utterance id>"}
+     "kind": "interleaved" | "speech" | "text" | "pairs", "language": "en", "source_id": "<utterance id>"}
+
+plus `"synthetic": "<model id>"` in samples whose units a text-to-token model generated.
 
 The trainer renders segments into token ids; the shard never depends on an LLM tokenizer.
 """
@@ -19,13 +21,15 @@ UNITS = "units"
 KIND = "kind"
 LANGUAGE = "language"
 SOURCE_ID = "source_id"
-KINDS = ("interleaved", "speech", "text")
+KINDS = ("interleaved", "speech", "text")  # what interleave and synthesize write
+PAIRS = "pairs"  # text, speech, text, speech, …: each text and the units that say it (text-to-token training)
+SYNTHETIC = "synthetic"  # in samples synthesize made: the text-to-token model's id
 
 
 def validate(sample: dict) -> None:
     """Raise ValueError unless `sample` follows the contract."""
-    if sample.get(KIND) not in KINDS:
-        raise ValueError(f"kind must be one of {KINDS}, got {sample.get(KIND)!r}")
+    if sample.get(KIND) not in KINDS + (PAIRS,):
+        raise ValueError(f"kind must be one of {KINDS + (PAIRS,)}, got {sample.get(KIND)!r}")
     segments = sample.get(SEGMENTS)
     if not isinstance(segments, list) or not segments:
         raise ValueError("segments must be a non-empty list")
@@ -55,6 +59,7 @@ def render(sample: dict) -> str:
 # index.json beside the shards names the unit vocabulary the speech segments index (absent for text-only shards)
 INDEX_TOKENIZER = "tokenizer"
 INDEX_UNIT_VOCAB = "unit_vocab"
+INDEX_MAX_UNITS_PER_WORD = "max_units_per_word"  # pairs shards: the bound text-to-token generation keeps
 
 # The interleave stage's rows: one sample each, ready for a shard (DIR/interleave/), plus the
 # counts index.json sums.

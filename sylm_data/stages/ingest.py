@@ -13,9 +13,10 @@ from dataclasses import dataclass, field
 import pyarrow as pa
 
 from sylm_data import audio, languages
-from sylm_data.pipeline.stage import SOURCES, MapOptions, Rejected, Stage
+from sylm_data.pipeline.stage import SOURCES, MapOptions, Rejected, Stage, StageConfigError
 from sylm_data.schemas import source_record, stream, utterance
 from sylm_data.schemas.reject import Reason
+from sylm_data.sources import AUDIO_SOURCES
 
 NAME = "ingest"
 
@@ -160,6 +161,12 @@ def transform(batch: pa.Table, config: IngestConfig) -> pa.Table:
     return pa.Table.from_pylist(rows, schema=OUTPUT_SCHEMA)
 
 
+def preflight(config: IngestConfig) -> None:
+    if config.source not in AUDIO_SOURCES:
+        raise StageConfigError(f"unknown source {config.source!r} for ingest; speech corpora are {', '.join(AUDIO_SOURCES)}"
+                               + ("; a text corpus goes to --stage synthesize" if config.source == "text" else ""))
+
+
 STAGE = Stage(
     name=NAME,
     consumes=SOURCES,
@@ -168,4 +175,5 @@ STAGE = Stage(
     config_type=IngestConfig,
     make_transform=lambda config: functools.partial(transform, config=config),
     map_options=lambda config: MapOptions(concurrency=config.workers, num_cpus=config.cpus_per_worker),
+    preflight=preflight,
 )

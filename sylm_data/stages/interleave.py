@@ -181,9 +181,11 @@ OUTPUT_SCHEMA = stream.in_flight(sample.ROW_SCHEMA)
 _PAYLOAD = [name for name in sample.ROW_SCHEMA.names if name not in (sample.ROW_KEY, sample.ROW_SOURCE)]
 
 
-def transform(batch: pa.Table, config: InterleaveConfig) -> pa.Table:
+def transform(batch: pa.Table, config: InterleaveConfig, build=None) -> pa.Table:
     """Column-wise: lists are read flat from Arrow (the audio column is never copied), checks and
-    cuts run vectorised over the batch, and only each sample's choices and JSON run row by row."""
+    cuts run vectorised over the batch, and only each sample's choices and JSON run row by row.
+    `build` makes one row's sample columns (default `render`; the pairs stage passes its own)."""
+    build = build or render
     pending = pc.is_null(batch[stream.REJECT_REASON]).to_numpy(zero_copy_only=False)
     unit_lengths = [_sizes(batch[name]) for name in (tokenized.UNITS, tokenized.UNIT_START_MS, tokenized.UNIT_END_MS)]
     mismatched = pending & ((unit_lengths[0] != unit_lengths[1]) | (unit_lengths[0] != unit_lengths[2]))
@@ -218,7 +220,7 @@ def transform(batch: pa.Table, config: InterleaveConfig) -> pa.Table:
             envelope[stream.REJECT_STAGE][index], envelope[stream.REJECT_REASON][index] = NAME, str(reason)
             envelope[stream.REJECT_DETAIL][index] = detail
             continue
-        built = render(ids[index], texts[index], languages_[index],
+        built = build(ids[index], texts[index], languages_[index],
                        word_texts[word_bounds[index] : word_bounds[index + 1]],
                        unit_ids[unit_bounds[index] : unit_bounds[index + 1]], cuts[index], config)
         for name, value in built.items():
@@ -243,23 +245,28 @@ def _ratio(stats: dict) -> dict:
     return {"speech_text_ratio": round(stats.get("interleaved_speech_words", 0) / words, 4) if words else None}
 
 
-def write_shards(config: InterleaveConfig, folder: Path) -> dict:
-    """All committed sample rows, in key order, into DIR/shards (replaced whole, then index.json)."""
+def committed_samples(folder: Path) -> tuple[pa.Table, dict]:
+    """A sample-row stage's committed rows in key order, and the unit vocabulary they share."""
     table = read_rows(folder)
     if not table.num_rows:
         raise ValueError(f"{folder} holds no samples: nothing to shard")
-    table = table.sort_by(sample.ROW_KEY)
-    target = folder.parent / "shards"
-    staging = folder.parent / ".shards.partial"
-    shutil.rmtree(staging, ignore_errors=True)
-    config_hash = hashlib.sha256(repr(sorted(vars(config).items())).encode()).hexdigest()[:16]
     tokenizers = pc.unique(table[sample.ROW_TOKENIZER]).to_pylist()
     if len(tokenizers) != 1:
         raise ValueError(f"{folder} holds samples of {len(tokenizers)} tokenizers ({', '.join(sorted(tokenizers)[:3])}): "
                          "their unit ids mean different things; tokenize all partitions with one codebook")
-    described = {"config_hash": config_hash, sample.INDEX_TOKENIZER: tokenizers[0],
-                 sample.INDEX_UNIT_VOCAB: tokenized.unit_vocabulary(tokenizers[0])}
-    with ShardWriter(staging, config.shard_bytes, extra_index=described, derive=_ratio) as writer:
+    vocabulary = {sample.INDEX_TOKENIZER: tokenizers[0], sample.INDEX_UNIT_VOCAB: tokenized.unit_vocabulary(tokenizers[0])}
+    return table.sort_by(sample.ROW_KEY), vocabulary
+
+
+def config_digest(config) -> str:
+    return hashlib.sha256(repr(sorted(vars(config).items())).encode()).hexdigest()[:16]
+
+
+def shard_samples(table: pa.Table, target: Path, shard_bytes: int, described: dict) -> dict:
+    """Sample rows (in their order) into the shard folder `target`, replaced whole; its index.json."""
+    staging = target.parent / f".{target.name}.partial"
+    shutil.rmtree(staging, ignore_errors=True)
+    with ShardWriter(staging, shard_bytes, extra_index=described, derive=_ratio) as writer:
         columns = [table[name].to_pylist() for name in (sample.ROW_KEY, sample.ROW_JSON, sample.ROW_KIND,
                                                          sample.ROW_WORDS, sample.ROW_SPEECH_WORDS, sample.ROW_UNITS)]
         for key, document, kind, words, speech_words, units in zip(*columns):
@@ -269,7 +276,13 @@ def write_shards(config: InterleaveConfig, folder: Path) -> dict:
             writer.write(key, {"json": document.encode()}, stats)
     shutil.rmtree(target, ignore_errors=True)
     os.replace(staging, target)
-    index = json.loads((target / "index.json").read_text())
+    return json.loads((target / "index.json").read_text())
+
+
+def write_shards(config: InterleaveConfig, folder: Path) -> dict:
+    """All committed sample rows, in key order, into DIR/shards (replaced whole, then index.json)."""
+    table, vocabulary = committed_samples(folder)
+    index = shard_samples(table, folder.parent / "shards", config.shard_bytes, {"config_hash": config_digest(config)} | vocabulary)
     return {"shards": len(index["shards"]), "samples": index["total_samples"],
             "speech_text_ratio": index["stats"]["speech_text_ratio"]}
 

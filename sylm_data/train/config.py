@@ -2,7 +2,7 @@
 by `--set SECTION.KEY=VALUE` exactly as the pipeline's config is.
 
     [model]
-    name = "Qwen/Qwen2.5-0.5B"
+    name = "Qwen/Qwen2.5-0.5B"      # task = "t2t" trains a text-to-token model instead
     [data]
     shards = ["out/shards", "text/shards"]
     weights = [0.8, 0.2]
@@ -18,9 +18,16 @@ from pathlib import Path
 from sylm_data.pipeline.config import ConfigError, load_sections
 
 
+TASKS = ("lm", "t2t")
+DEFAULT_MODELS = {"lm": "Qwen/Qwen2.5-0.5B", "t2t": "t2t-base"}
+
+
 @dataclass
 class ModelConfig:
-    name: str = "Qwen/Qwen2.5-0.5B"  # hub id or local folder of a causal LM (from_pretrained)
+    task: str = "lm"  # lm: the LLM on interleaved shards | t2t: a text-to-token model on pairs shards
+    # lm: hub id or folder of a causal LM; t2t: a preset (t2t-tiny, t2t-small, t2t-base) or a t2t folder;
+    # empty: Qwen/Qwen2.5-0.5B or t2t-base
+    name: str = ""
     tokenizer: str = ""  # default: the model's own
     attention: str = "sdpa"  # transformers attn_implementation; flash_attention_2 where installed
     gradient_checkpointing: bool = False
@@ -100,6 +107,10 @@ def check(config: TrainConfig) -> None:
         raise ConfigError("optim needs steps >= 1, grad_accum >= 1, warmup_steps >= 0 and decay_share within 0..1")
     if optim.zero_stage not in (0, 1, 2, 3):
         raise ConfigError(f"optim.zero_stage must be 0..3, not {optim.zero_stage}")
+    if config.model.task not in TASKS:
+        raise ConfigError(f"model.task must be one of {', '.join(TASKS)}, not {config.model.task!r}")
+    if config.model.task == "t2t" and optim.embed_only_steps:
+        raise ConfigError("optim.embed_only_steps is for extending an LLM; a text-to-token model trains whole")
     if optim.zero_stage == 3 and optim.embed_only_steps:
         raise ConfigError("optim.embed_only_steps masks whole embedding tables: use zero_stage 0..2 with it")
     if optim.precision not in ("auto", "bf16", "fp32"):
@@ -113,4 +124,5 @@ def load(path: str | Path | None = None, overrides: list[str] = ()) -> TrainConf
     sections = {"model": config.model, "data": config.data, "optim": config.optim, "run": config.run}
     load_sections(sections, path, list(overrides), "optim.lr=1e-4")
     check(config)
+    config.model.name = config.model.name or DEFAULT_MODELS[config.model.task]
     return config

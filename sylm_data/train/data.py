@@ -20,7 +20,7 @@ import logging
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, NamedTuple
+from typing import Callable, Iterator, NamedTuple
 
 import numpy as np
 import torch
@@ -43,6 +43,7 @@ class ShardFolder:
     shards: tuple[tuple[str, int], ...]  # (tar path, samples the index declares)
     tokenizer: str | None  # None for text-only shards
     unit_vocab: int | None
+    max_units_per_word: float | None  # pairs shards: the bound text-to-token generation keeps
 
     @property
     def samples(self) -> int:
@@ -56,13 +57,14 @@ def open_folder(path: str | Path) -> ShardFolder:
         shards = tuple((str(folder / entry["name"]), int(entry["samples"])) for entry in index["shards"])
     except (OSError, ValueError, KeyError, TypeError) as error:
         raise DataError(f"{folder}: no readable index.json of shards ({error}); shard folders come from "
-                        "`sylm-data run --stage interleave` (DIR/shards)") from None
+                        "`sylm-data run --stage interleave` (DIR/shards) or --stage pairs (DIR/pairs-shards)") from None
     missing = [name for name, _ in shards if not Path(name).exists()]
     if missing:
         raise DataError(f"{folder}: index.json lists {len(missing)} missing shard(s), e.g. {missing[0]}")
     if not sum(count for _, count in shards):
         raise DataError(f"{folder}: the index declares no samples")
-    return ShardFolder(folder, shards, index.get(sample.INDEX_TOKENIZER), index.get(sample.INDEX_UNIT_VOCAB))
+    return ShardFolder(folder, shards, index.get(sample.INDEX_TOKENIZER), index.get(sample.INDEX_UNIT_VOCAB),
+                       index.get(sample.INDEX_MAX_UNITS_PER_WORD))
 
 
 def unit_vocabulary(folders: list[ShardFolder], configured: int) -> int:
@@ -213,9 +215,10 @@ class FolderStream:
                 self.epoch, self.block, self._usable_this_epoch, self._whole_epoch = self.epoch + 1, 0, 0, True
 
 
-def render(document: dict, tokenizer, vocab: SpeechVocabulary) -> tuple[list[int], list[int]]:
-    """A sample's token ids and labels: markers at modality switches (a document starts in text),
-    text after the first segment with its leading space, EOS last; the first token is no target."""
+def render(document: dict, tokenizer, vocab: SpeechVocabulary) -> list[tuple[list[int], list[int]]]:
+    """A sample as one LM document, token ids and labels: markers at modality switches (a document
+    starts in text), text after the first segment with its leading space, EOS last; the first
+    token is no target."""
     segments = document[sample.SEGMENTS]
     texts = [(" " if i else "") + segment[sample.TEXT] for i, segment in enumerate(segments)
              if segment[sample.MODALITY] == sample.TEXT]
@@ -232,7 +235,7 @@ def render(document: dict, tokenizer, vocab: SpeechVocabulary) -> tuple[list[int
             ids += [vocab.first_unit + unit for unit in segment[sample.UNITS]]
     if tokenizer.eos_token_id is not None:
         ids.append(tokenizer.eos_token_id)
-    return ids, [IGNORE] + ids[1:]
+    return [(ids, [IGNORE] + ids[1:])]
 
 
 class Packer:
@@ -269,10 +272,11 @@ class Packer:
 
 @dataclass(frozen=True)
 class Plan:
-    """What every reader shares: folders, weights, vocabulary and shapes."""
+    """What every reader shares: folders, weights, how a sample becomes documents, and shapes."""
     folders: tuple[ShardFolder, ...]
     weights: tuple[float, ...]
-    vocab: SpeechVocabulary
+    render: Callable[[dict], list[tuple[list[int], list[int]]]]  # sample -> (ids, labels) documents; picklable
+    unit_vocab: int
     seq_len: int
     micro_batch: int
     block: int
@@ -282,11 +286,11 @@ class Plan:
 class Reader:
     """One reader (rank × worker): micro-batches of packed sequences, and the state after each."""
 
-    def __init__(self, plan: Plan, tokenizer, reader: int, readers: int, state: dict | None = None) -> None:
+    def __init__(self, plan: Plan, reader: int, readers: int, state: dict | None = None) -> None:
         state = state or {}
         positions = state.get("streams") or [(0, 0, 0)] * len(plan.folders)
-        self.plan, self.tokenizer, self.reader = plan, tokenizer, reader
-        self.streams = [FolderStream(folder, number, reader, readers, plan.seed, plan.block, plan.vocab.units, tuple(position))
+        self.plan, self.reader = plan, reader
+        self.streams = [FolderStream(folder, number, reader, readers, plan.seed, plan.block, plan.unit_vocab, tuple(position))
                         for number, (folder, position) in enumerate(zip(plan.folders, positions))]
         self.mix = np.random.Generator(np.random.PCG64([plan.seed, reader]))
         if "mix" in state:
@@ -307,7 +311,8 @@ class Reader:
                 folder = min(int(np.searchsorted(self.cumulative, self.mix.random(), side="right")), len(self.streams) - 1)
                 document = self.streams[folder].next()
                 sources.append(document[sample.SOURCE_ID])
-                self.packer.add(*render(document, self.tokenizer, self.plan.vocab))
+                for ids, labels in self.plan.render(document):
+                    self.packer.add(ids, labels)
             rows.append(self.packer.pop())
         ids, labels, positions = (torch.tensor([row[k] for row in rows], dtype=torch.long) for k in range(3))
         return {"input_ids": ids, "labels": labels, "position_ids": positions, "reader": self.reader,
@@ -318,15 +323,15 @@ class PackedShards(torch.utils.data.IterableDataset):
     """The endless batches of one rank. `rotation` (batches already consumed) makes worker w play
     reader (w + rotation) % workers, so a resumed loader's round robin goes on where it stopped."""
 
-    def __init__(self, plan: Plan, tokenizer, rank: int, world: int, workers: int, rotation: int = 0,
+    def __init__(self, plan: Plan, rank: int, world: int, workers: int, rotation: int = 0,
                  states: dict[int, dict] | None = None) -> None:
-        self.plan, self.tokenizer, self.rank, self.world = plan, tokenizer, rank, world
+        self.plan, self.rank, self.world = plan, rank, world
         self.workers, self.rotation, self.states = max(workers, 1), rotation, states or {}
 
     def __iter__(self) -> Iterator[dict]:
         info = torch.utils.data.get_worker_info()
         reader = self.rank * self.workers + ((info.id if info else 0) + self.rotation) % self.workers
-        stream = Reader(self.plan, self.tokenizer, reader, self.world * self.workers, self.states.get(reader))
+        stream = Reader(self.plan, reader, self.world * self.workers, self.states.get(reader))
         while True:
             yield stream.next_batch()
 
@@ -354,7 +359,7 @@ class DataPosition:
     def to_dict(self) -> dict:
         return {"batches": self.batches, "readers": self.readers, "world": self.world, "workers": self.workers}
 
-    def loader(self, plan: Plan, tokenizer, pin_memory: bool = False) -> torch.utils.data.DataLoader:
-        dataset = PackedShards(plan, tokenizer, self.rank, self.world, self.workers, self.batches % self.workers, self.readers)
+    def loader(self, plan: Plan, pin_memory: bool = False) -> torch.utils.data.DataLoader:
+        dataset = PackedShards(plan, self.rank, self.world, self.workers, self.batches % self.workers, self.readers)
         return torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=self.processes, pin_memory=pin_memory,
                                            prefetch_factor=4 if self.processes else None)

@@ -22,13 +22,15 @@ import shutil
 import signal
 import socket
 import time
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
 
-from sylm_data.train import data, metrics, schedule
+from sylm_data.train import data, metrics, schedule, t2t
 from sylm_data.train.config import TrainConfig
 from sylm_data.train.vocab import extend
 
@@ -50,7 +52,16 @@ def distributed_env() -> tuple[int, int, int]:
     return int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", "0"))
 
 
-def load_model(config: TrainConfig, unit_vocab: int):
+@dataclass
+class Task:
+    """What differs between training the LLM and the text-to-token model."""
+    model: torch.nn.Module
+    render: Callable[[dict], list]  # sample -> (ids, labels) documents (picklable, for loader workers)
+    first_new_row: int  # the embedding-only phase trains rows from here on
+    save_extras: Callable[[Path, int], None]  # what OUTPUT/final needs beside the weights, given the step
+
+
+def language_model_task(config: TrainConfig, unit_vocab: int) -> Task:
     """The causal LM and its tokenizer, extended with the speech vocabulary."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -61,10 +72,26 @@ def load_model(config: TrainConfig, unit_vocab: int):
     except (OSError, ValueError) as error:
         raise TrainError(f"cannot load model {config.model.name!r}: {str(error).splitlines()[0]}") from None
     vocab = extend(model, tokenizer, unit_vocab, config.model.pad_vocab_to)
-    model.config.use_cache = False
-    if config.model.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    return model, tokenizer, vocab
+    return Task(model, partial(data.render, tokenizer=tokenizer, vocab=vocab), vocab.speech_marker,
+                lambda folder, step: tokenizer.save_pretrained(folder))
+
+
+def text_to_token_task(config: TrainConfig, folders: list[data.ShardFolder], unit_vocab: int) -> Task:
+    """A preset built with random weights, or a text-to-token model trained before (to go on with)."""
+    if config.model.name in t2t.PRESETS:
+        model = t2t.new_model(config.model.name, unit_vocab, max(config.data.seq_len, 4096))
+    else:
+        model, meta = t2t.load(config.model.name)
+        if meta["unit_vocab"] != unit_vocab:
+            raise TrainError(f"{config.model.name} writes {meta['unit_vocab']} units, the shards use {unit_vocab}")
+    bounds = [folder.max_units_per_word for folder in folders if folder.max_units_per_word]
+    if not bounds:
+        raise TrainError("text-to-token shards come from the pairs stage (DIR/pairs-shards): their index.json "
+                         "names max_units_per_word")
+    tokenizer = next((folder.tokenizer for folder in folders if folder.tokenizer), "")
+    name = Path(config.run.output).name
+    return Task(model, t2t.render_pairs, t2t.FIRST_UNIT,
+                lambda folder, step: t2t.save_meta(folder, unit_vocab, tokenizer, max(bounds), f"sylm-t2t/{name}@{step}"))
 
 
 def _embeddings(model) -> list[torch.nn.Parameter]:
@@ -198,7 +225,12 @@ def train(config: TrainConfig, echo=print) -> dict:
     random.seed(config.run.seed)
     np.random.seed(config.run.seed)
     torch.manual_seed(config.run.seed)
-    model, tokenizer, vocab = load_model(config, unit_vocab)
+    task = (text_to_token_task(config, folders, unit_vocab) if config.model.task == "t2t"
+            else language_model_task(config, unit_vocab))
+    model = task.model
+    model.config.use_cache = False
+    if config.model.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     flops = metrics.flops_per_token(model, config.data.seq_len)
     bf16 = config.optim.precision == "bf16" or (config.optim.precision == "auto" and cuda)
     optimizer = torch.optim.AdamW(parameter_groups(model, config.optim.weight_decay), lr=config.optim.lr,
@@ -222,14 +254,15 @@ def train(config: TrainConfig, echo=print) -> dict:
         output.mkdir(parents=True, exist_ok=True)
         (output / "train-config.json").write_text(json.dumps(dataclasses.asdict(config), indent=1))
 
-    plan = data.Plan(tuple(folders), tuple(data.mixing_weights(folders, config.data.weights)), vocab,
+    plan = data.Plan(tuple(folders), tuple(data.mixing_weights(folders, config.data.weights)),
+                     task.render, unit_vocab,
                      config.data.seq_len, config.data.micro_batch, config.data.shuffle_block, config.run.seed)
     position = data.DataPosition(rank, world, config.data.workers, saved_position)
-    batches = iter(position.loader(plan, tokenizer, pin_memory=cuda))
+    batches = iter(position.loader(plan, pin_memory=cuda))
 
     embedding_only = None
     if step < config.optim.embed_only_steps:
-        embedding_only = EmbeddingOnly(engine.module, vocab.speech_marker)
+        embedding_only = EmbeddingOnly(engine.module, task.first_new_row)
     _set_weight_decay(engine, config.optim.weight_decay, embedding_only is not None)
 
     log = metrics.MetricsLog(output, config.run.tensorboard, after_step=step) if rank == 0 else None
@@ -287,9 +320,9 @@ def train(config: TrainConfig, echo=print) -> dict:
         if log is not None:
             log.close()
     if outcome == "finished":
-        export(engine, tokenizer, output / "final", config.optim.zero_stage, rank)
+        export(engine, task, output / "final", config.optim.zero_stage, rank, step)
     torch.distributed.barrier()
-    return {"rank": rank, "outcome": outcome, "step": step, "loss": last_loss, "output": str(output), "vocab": dataclasses.asdict(vocab)}
+    return {"rank": rank, "outcome": outcome, "step": step, "loss": last_loss, "output": str(output)}
 
 
 def _progress_bar(config: TrainConfig, rank: int, step: int):
@@ -312,10 +345,10 @@ def save_checkpoint(engine, folder: Path, step: int, rank: int, position: data.D
             shutil.rmtree(old, ignore_errors=True)
 
 
-def export(engine, tokenizer, folder: Path, zero_stage: int, rank: int) -> None:
-    """The trained model with the extended tokenizer, loadable with from_pretrained."""
+def export(engine, task: Task, folder: Path, zero_stage: int, rank: int, step: int) -> None:
+    """The trained model, loadable with from_pretrained, with its extended tokenizer (or t2t.json)."""
     state = engine._zero3_consolidated_16bit_state_dict() if zero_stage == 3 else None
     if rank == 0:
         engine.module.save_pretrained(folder, state_dict=state)
-        tokenizer.save_pretrained(folder)
+        task.save_extras(folder, step)
 

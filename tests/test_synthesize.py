@@ -1,0 +1,172 @@
+"""Text-to-token pairs, the model's rendering and generation, text hygiene, and the whole path:
+pairs shards -> `train --task t2t` -> `eval t2t` -> synthesize a text corpus into shards."""
+
+import json
+import random
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+import torch
+
+from sylm_data.pipeline import config as config_module
+from sylm_data.pipeline import runner
+from sylm_data.pipeline.shards import ShardWriter
+from sylm_data.pipeline.stage import Rejected
+from sylm_data.schemas import sample
+from sylm_data.stages import interleave, pairs, synthesize
+from sylm_data.train import config as train_config
+from sylm_data.train import data, loop, t2t
+from tests.test_interleave import UNITS, WORDS, row
+
+VOCABULARY = "the river ran past old mill before it reached sea and a boy saw fish swim under bridge".split()
+UNIT_VOCAB = 32
+
+
+def pronounce(word: str) -> list[int]:
+    """A fixed made-up pronunciation the model can learn: two or three units a word."""
+    return [(sum(map(ord, word)) * 7 + 13 * k) % UNIT_VOCAB for k in range(2 + len(word) % 2)]
+
+
+def test_pairs_keep_every_word_and_unit_once_in_text_then_speech_order():
+    batch = [row(WORDS, UNITS, id=f"manifest:{n}") | {"partition": "p", "partition_total": 0, "reject_stage": None,
+                                                      "reject_reason": None, "reject_detail": None} for n in range(20)]
+    config = pairs.PairsConfig(span_mean=2)
+    out = interleave.transform(pa.Table.from_pylist(batch), config, build=pairs.render_pairs).to_pylist()
+    spans_seen = set()
+    for item in out:
+        document = json.loads(item["json"])
+        sample.validate(document)
+        segments = document["segments"]
+        assert document["kind"] == item["kind"] == "pairs"
+        assert [s["modality"] for s in segments] == ["text", "speech"] * (len(segments) // 2)
+        assert " ".join(s["text"] for s in segments[0::2]) == "The river ran past the mill."
+        assert [u for s in segments[1::2] for u in s["units"]] == [u for u, _, _ in UNITS]
+        spans_seen.add(len(segments) // 2)
+    assert len(spans_seen) > 1  # span lengths are drawn per utterance
+
+
+def test_a_pair_renders_as_bytes_separator_units_and_eos_with_loss_on_the_units():
+    [(ids, labels)] = t2t.render_pairs({"segments": [{"modality": "text", "text": "hé"}, {"modality": "speech", "units": [3, 4]}]})
+    assert ids == [104, 195, 169, t2t.SEP, t2t.FIRST_UNIT + 3, t2t.FIRST_UNIT + 4, t2t.EOS]
+    assert labels == [t2t.IGNORE] * 4 + ids[4:]
+
+
+def test_generation_is_batched_like_single_calls_and_keeps_its_bounds():
+    torch.manual_seed(0)
+    model = t2t.new_model("t2t-tiny", UNIT_VOCAB).eval()
+    texts = ["the river", "a boy saw fish swim under the old bridge", "sea"]
+    limits = [5, 9, 2]
+    batched = t2t.generate(model, texts, limits)
+    assert batched == [t2t.generate(model, [text], [limit])[0] for text, limit in zip(texts, limits)]
+    assert all(len(units) <= limit for units, limit in zip(batched, limits))
+    assert all(0 <= unit < UNIT_VOCAB for units in batched for unit in units)
+    sampled = t2t.generate(model, texts, [20] * 3, temperature=1.0, top_k=8, seeds=[1, 2, 3])
+    assert sampled == t2t.generate(model, texts, [20] * 3, temperature=1.0, top_k=8, seeds=[1, 2, 3])
+    assert sampled != t2t.generate(model, texts, [20] * 3, temperature=1.0, top_k=8, seeds=[4, 5, 6])
+
+
+def test_documents_are_cleaned_and_checked():
+    cleaned, removed = synthesize.clean("<p>The <b>river</b> &amp; the [mill](http://x.org/a) https://y.com/z ran.</p>")
+    assert cleaned == "The river & the mill ran." and removed > 0
+    config = synthesize.SynthesizeConfig(languages=["en"], min_words=3)
+    assert synthesize.check_document("The river ran past the mill.", None, config)[1:] == ("en", "The river ran past the mill.".split())
+    for text, language, reason in [
+        ("", None, "empty_text"), ("the river ran", "xx", "unknown_language"), ("der Fluss lief", "de", "language_filtered"),
+        ("<div><span></span></div><a href='u'>a b c</a>" * 3, None, "markup"),
+        ("the river " + "x" * 80 + " ran", None, "long_tokens"), ("река текла мимо мельницы", None, "foreign_script"),
+        ("the river", None, "too_short")]:
+        with pytest.raises(Rejected) as rejected:
+            synthesize.check_document(text, language, config)
+        assert rejected.value.reason == reason, text
+
+
+def write_pairs(folder: Path, count: int, seed: int) -> Path:
+    rng = random.Random(seed)
+    with ShardWriter(folder, extra_index={"tokenizer": f"toy:0:k{UNIT_VOCAB}:u{UNIT_VOCAB}:0", "unit_vocab": UNIT_VOCAB,
+                                          "max_units_per_word": 3.0}) as writer:
+        for index in range(count):
+            segments = []
+            for _ in range(rng.randint(1, 3)):
+                words = [rng.choice(VOCABULARY) for _ in range(rng.randint(1, 4))]
+                segments += [{"modality": "text", "text": " ".join(words)},
+                             {"modality": "speech", "units": [u for w in words for u in pronounce(w)]}]
+            document = {"segments": segments, "kind": "pairs", "language": "en", "source_id": f"toy:{seed}:{index}"}
+            writer.write(f"pair{seed}-{index:05d}", {"json": json.dumps(document).encode()})
+    return folder
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("ray_session")
+def test_train_a_text_to_token_model_evaluate_it_and_synthesize_a_corpus(tmp_path):
+    train_pairs, heldout = write_pairs(tmp_path / "pairs-shards", 600, 0), write_pairs(tmp_path / "pairs-heldout", 40, 1)
+    untrained = t2t.new_model("t2t-tiny", UNIT_VOCAB).eval()
+    before = t2t.evaluate(untrained, {"max_units_per_word": 3.0}, t2t.heldout_pairs(heldout, 100))
+
+    def settings(steps: int) -> list[str]:
+        return ["model.task='t2t'", "model.name='t2t-tiny'", f"data.shards=['{train_pairs}']", "data.seq_len=256",
+                "data.micro_batch=8", "data.workers=0", f"optim.steps={steps}", "optim.warmup_steps=10", "optim.lr=3e-3",
+                "optim.weight_decay=0.0", f"run.output='{tmp_path / 't2t'}'", "run.log_every=10", "run.progress=false"]
+    trained = loop.train(train_config.load(None, settings(150)), echo=lambda line: None)
+    assert trained["outcome"] == "finished"
+    final = tmp_path / "t2t" / "final"
+    model, meta = t2t.load(str(final))
+    assert meta["unit_vocab"] == UNIT_VOCAB and meta["max_units_per_word"] == 3.0 and meta["id"].endswith("@150")
+    after = t2t.evaluate(model, meta, t2t.heldout_pairs(heldout, 100))
+    assert after["unit_accuracy"] > max(0.5, before["unit_accuracy"] + 0.3), (before, after)
+    assert after["perplexity"] < before["perplexity"] / 4 and 0.8 < after["length_ratio"] < 1.2
+
+    corpus = tmp_path / "corpus.jsonl"
+    good = [" ".join(random.Random(n).choices(VOCABULARY, k=40)) + "." for n in range(30)]
+    bad = [{"text": "<div>" * 40 + "a b c d e f"}, {"text": "short one"}, {"id": "nothing"}, "not an object"]
+    corpus.write_text("\n".join([json.dumps({"id": f"d{n}", "text": text}) for n, text in enumerate(good)]
+                                + [json.dumps(item) for item in bad]) + "\n")
+    cfg = config_module.load(None, [f"synthesize.model='{final}'", "synthesize.batch_size=8", "synthesize.generate_batch=16"])
+    cfg.stages["synthesize"].inputs = [str(corpus)]
+    record = runner.run(cfg, ["synthesize"], str(tmp_path / "out"), log=lambda line: None).record
+    assert record["this_run"][-1]["out"] == 30
+    assert record["this_run"][-1]["rejected"] == {"markup": 1, "too_short": 1, "empty_text": 1, "bad_metadata": 1}
+    shards = data.open_folder(tmp_path / "out" / "shards-synthetic")
+    index = json.loads((shards.path / "index.json").read_text())
+    assert index["synthetic"] == meta["id"] and shards.unit_vocab == UNIT_VOCAB
+    assert abs(index["stats"]["speech_text_ratio"] - 0.3) < 0.06
+    documents = [json.loads(document) for document in t2t_documents(shards)]
+    assert all(document["synthetic"] == meta["id"] and document["kind"] == "interleaved" for document in documents)
+    spans = [pair for document in documents
+             for pair in spoken_spans(good[int(document["source_id"].split(":d")[1])].split(), document["segments"])]
+    exact = sum(units == [u for w in words for u in pronounce(w.strip("."))] for words, units in spans) / len(spans)
+    assert exact > 0.3, exact  # the model says the words as it learned them
+
+
+def spoken_spans(words: list[str], segments: list[dict]) -> list[tuple[list[str], list[int]]]:
+    """(words, units) of each speech segment: the words between the text segments around it."""
+    found, at = [], 0
+    for number, segment in enumerate(segments):
+        if segment["modality"] == "text":
+            at += len(segment["text"].split())
+            continue
+        following = next((s["text"].split() for s in segments[number + 1 :] if s["modality"] == "text"), None)
+        end = len(words) if following is None else next(q for q in range(at, len(words)) if words[q : q + len(following)] == following)
+        found.append((words[at:end], segment["units"]))
+        at = end
+    return found
+
+
+def t2t_documents(folder: data.ShardFolder) -> list[bytes]:
+    pieces = data.epoch_pieces(folder, 0, 0, 0, 1, 0)
+    return [document for document in data.read_slots(pieces, 0, folder.samples)]
+
+
+def test_the_text_reader_reads_parquet_and_refuses_a_file_without_text(tmp_path):
+    import pyarrow.parquet as pq
+
+    from sylm_data.sources import READERS, SourceError
+
+    pq.write_table(pa.table({"text": ["the river ran", None], "id": ["a", "b"]}), tmp_path / "corpus.parquet")
+    pq.write_table(pa.table({"body": ["the river ran"]}), tmp_path / "other.parquet")
+    reader = READERS["text"]
+    [partition, other] = reader.partitions([str(tmp_path / "corpus.parquet"), str(tmp_path / "other.parquet")])
+    records = list(reader.read(partition))
+    assert [(r.key, r.text, r.reject) for r in records] == [("a", "the river ran", None), ("b", None, "empty_text")]
+    with pytest.raises(SourceError, match="no 'text' column"):
+        list(reader.read(other))
