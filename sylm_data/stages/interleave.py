@@ -133,19 +133,22 @@ def render(sample_id: str, text: str, language: str, words: list[str], units: li
     else:
         allowed = spans.sentence_ends(text, words) if config.granularity == "sentence" else None
         pieces = spans.chunks(len(words), len(units), cuts, allowed)
-        speech = spans.choose_speech([c.words for c in pieces], config.speech_ratio, config.span_mean, rng,
-                                     span_in_words=config.granularity == "word")
+        sizes = [end - first for first, end, _, _ in pieces]
+        speech = spans.choose_speech(sizes, config.speech_ratio, config.span_mean, rng, span_in_words=config.granularity == "word")
         segments = _segments(pieces, speech, text, words, units)
-        speech_words = sum(c.words for c, s in zip(pieces, speech) if s)
+        speech_words = sum(size for size, spoken in zip(sizes, speech) if spoken)
         if len(segments) == 1:  # one chunk, or no span fitted: a plain sample
             kind = "speech" if segments[0][sample.MODALITY] == sample.SPEECH else "text"
     document = {sample.SEGMENTS: segments, sample.KIND: kind, sample.LANGUAGE: language, sample.SOURCE_ID: sample_id}
     return {
         sample.ROW_KIND: kind, sample.ROW_LANGUAGE: language,
-        sample.ROW_JSON: json.dumps(document, ensure_ascii=False, separators=(",", ":")),
+        sample.ROW_JSON: COMPACT_JSON.encode(document),
         sample.ROW_WORDS: len(words), sample.ROW_SPEECH_WORDS: speech_words if kind != "text" else 0,
         sample.ROW_UNITS: sum(len(s[sample.UNITS]) for s in segments if s[sample.MODALITY] == sample.SPEECH),
     }
+
+
+COMPACT_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))  # one encoder: building one costs more than a short sample
 
 
 def _draw_kind(kinds: dict[str, float], draw: float) -> str:
@@ -160,20 +163,20 @@ def _draw_kind(kinds: dict[str, float], draw: float) -> str:
 
 def _segments(pieces, speech, transcript: str, texts: list[str], units: list[int]) -> list[dict]:
     """Runs of chunks of one modality become one segment; text keeps the transcript's punctuation."""
-    offsets = languages.word_offsets(transcript, texts) + [len(transcript)]
-    segments: list[dict] = []
-    for chunk, is_speech in zip(pieces, speech):
-        if is_speech:
-            if segments and segments[-1][sample.MODALITY] == sample.SPEECH:
-                segments[-1][sample.UNITS] += units[chunk.first_unit : chunk.end_unit]
-            else:
-                segments.append({sample.MODALITY: sample.SPEECH, sample.UNITS: list(units[chunk.first_unit : chunk.end_unit])})
+    runs: list[list] = []  # [is speech, first chunk, last chunk]
+    for index, is_speech in enumerate(speech):
+        if runs and runs[-1][0] == is_speech:
+            runs[-1][2] = index
         else:
-            text = transcript[offsets[chunk.first_word] : offsets[chunk.end_word]].strip()
-            if segments and segments[-1][sample.MODALITY] == sample.TEXT:
-                segments[-1][sample.TEXT] += " " + text
-            else:
-                segments.append({sample.MODALITY: sample.TEXT, sample.TEXT: text})
+            runs.append([is_speech, index, index])
+    offsets = languages.word_offsets(transcript, texts) + [len(transcript)] if not all(speech) else None
+    segments: list[dict] = []
+    for is_speech, first, last in runs:
+        if is_speech:
+            segments.append({sample.MODALITY: sample.SPEECH, sample.UNITS: units[pieces[first].first_unit : pieces[last].end_unit]})
+        else:
+            text = transcript[offsets[pieces[first].first_word] : offsets[pieces[last].end_word]].strip()
+            segments.append({sample.MODALITY: sample.TEXT, sample.TEXT: text})
     return segments
 
 
