@@ -50,7 +50,7 @@ def render_pairs(sample_id: str, text: str, language: str, words: list[str], uni
     offsets = languages.word_offsets(text, words) + [len(text)]
     segments, at = [], 0
     while at < len(pieces):
-        wanted, taken, end = max(int(rng.poisson(config.span_mean)), 1), 0, at
+        wanted, taken, end = max(rng.poisson(config.span_mean), 1), 0, at
         while end < len(pieces) and taken < wanted:
             taken += pieces[end].words if config.granularity == "word" else 1
             end += 1

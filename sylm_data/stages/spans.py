@@ -5,6 +5,7 @@ tolerance, compared in integer milliseconds. Speech spans are Poisson-sized runs
 placed at random without overlap until speech holds `speech_ratio` of the words.
 """
 
+import math
 from typing import NamedTuple
 
 import numpy as np
@@ -12,6 +13,47 @@ import numpy as np
 from sylm_data.languages import punctuated_ends
 
 SENTENCE_MARKS = set(".!?…。！？")
+
+
+_MASK = 2**64 - 1
+
+
+class SampleRandom:
+    """One sample's random stream (SplitMix64): a handful of draws per sample, where seeding a
+    numpy generator for each sample would cost more than the sample's other work."""
+
+    __slots__ = ("state",)
+
+    def __init__(self, seed: int) -> None:
+        self.state = seed & _MASK
+
+    def _next(self) -> int:
+        self.state = (self.state + 0x9E3779B97F4A7C15) & _MASK
+        z = self.state
+        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK
+        return z ^ (z >> 31)
+
+    def random(self) -> float:
+        """Uniform in [0, 1)."""
+        return (self._next() >> 11) * 2.0**-53
+
+    def integers(self, high: int) -> int:
+        """Uniform in 0..high-1 (multiply-shift; the bias is below 2**-50 for any list length)."""
+        return (self._next() * high) >> 64
+
+    def poisson(self, mean: float) -> int:
+        """Poisson by inversion for the small means spans use; a rounded normal above 30."""
+        if mean > 30:
+            radius = math.sqrt(-2 * math.log(1 - self.random()))
+            return max(0, round(mean + math.sqrt(mean) * radius * math.cos(2 * math.pi * self.random())))
+        draw, count = self.random(), 0
+        probability = cumulative = math.exp(-mean)
+        while draw >= cumulative and probability > 0:
+            count += 1
+            probability *= mean / count
+            cumulative += probability
+        return count
 
 
 class Chunk(NamedTuple):
@@ -86,7 +128,7 @@ def _positions(sizes) -> tuple[np.ndarray, np.ndarray]:
 def chunks(word_count: int, unit_count: int, cuts: dict[int, int], allowed: set[int] | None = None) -> list[Chunk]:
     """Cut the utterance at `cuts` (restricted to word indices in `allowed`, when given). Every word
     and every unit lands in exactly one chunk, in order; edge silence units stay with the edge chunks."""
-    points = sorted(k for k in cuts if allowed is None or k in allowed)
+    points = sorted(cuts) if allowed is None else sorted(k for k in cuts if k in allowed)
     words = [0, *points, word_count]
     units = [0, *(cuts[k] for k in points), unit_count]
     return list(map(Chunk._make, zip(words, words[1:], units, units[1:])))
@@ -97,7 +139,7 @@ def sentence_ends(text: str, words: list[str]) -> set[int]:
     return punctuated_ends(text, words, SENTENCE_MARKS)
 
 
-def choose_speech(chunk_words: list[int], speech_ratio: float, span_mean: float, rng: np.random.Generator,
+def choose_speech(chunk_words: list[int], speech_ratio: float, span_mean: float, rng: SampleRandom,
                   span_in_words: bool = True, max_tries: int = 100) -> list[bool]:
     """Which chunks become speech: spans of Poisson(span_mean) words (or chunks, e.g. sentences, when
     not `span_in_words`) at random free places, until the speech words reach `speech_ratio` of all
@@ -110,8 +152,8 @@ def choose_speech(chunk_words: list[int], speech_ratio: float, span_mean: float,
     for _ in range(max_tries):
         if spoken >= target or all(speech):
             break
-        length = max(1, int(rng.poisson(span_mean)))
-        start = int(rng.integers(len(chunk_words)))
+        length = max(1, rng.poisson(span_mean))
+        start = rng.integers(len(chunk_words))
         if speech[start]:
             continue
         taken = 0
