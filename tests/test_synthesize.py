@@ -170,3 +170,35 @@ def test_the_text_reader_reads_parquet_and_refuses_a_file_without_text(tmp_path)
     assert [(r.key, r.text, r.reject) for r in records] == [("a", "the river ran", None), ("b", None, "empty_text")]
     with pytest.raises(SourceError, match="no 'text' column"):
         list(reader.read(other))
+
+
+def test_the_pairs_stage_splits_held_out_utterances_and_bounds_units_per_word(tmp_path):
+    import pyarrow.parquet as pq
+
+    from sylm_data.schemas import stream
+
+    batch = [row(WORDS, UNITS, id=f"manifest:{n}") | {"partition": "p", "partition_total": 0, "reject_stage": None,
+                                                      "reject_reason": None, "reject_detail": None} for n in range(200)]
+    out = interleave.transform(pa.Table.from_pylist(batch), pairs.PairsConfig(), build=pairs.render_pairs)
+    (tmp_path / "pairs" / "p").mkdir(parents=True)
+    pq.write_table(stream.accepted(out, sample.ROW_SCHEMA), tmp_path / "pairs" / "p" / "00000.parquet")
+    summary = pairs.write_shards(pairs.PairsConfig(heldout_share=0.1), tmp_path / "pairs")
+    assert summary["pairs-shards"] + summary["pairs-heldout"] == 200 and 5 <= summary["pairs-heldout"] <= 40
+    trained, heldout = data.open_folder(tmp_path / "pairs-shards"), data.open_folder(tmp_path / "pairs-heldout")
+    assert trained.max_units_per_word == heldout.max_units_per_word == 1.0  # one unit per word in these rows
+    assert trained.unit_vocab == 16
+    held_ids = {json.loads(d)["source_id"] for d in t2t_documents(heldout)}
+    assert held_ids == {f"manifest:{n}" for n in range(200) if pairs.heldout(f"manifest:{n}", pairs.PairsConfig(heldout_share=0.1))}
+    pairs.write_shards(pairs.PairsConfig(heldout_share=0.0), tmp_path / "pairs")
+    assert not (tmp_path / "pairs-heldout").exists()  # no stale held-out pairs from the earlier run
+
+
+def test_spans_too_long_for_the_model_stay_text(tmp_path):
+    model = t2t.new_model("t2t-tiny", UNIT_VOCAB, max_positions=64)
+    model.save_pretrained(tmp_path)
+    t2t.save_meta(tmp_path, UNIT_VOCAB, "toy:0:k32:u32:0", 3.0, "toy")
+    stage = synthesize.Synthesizer(synthesize.SynthesizeConfig(model=str(tmp_path), device="cpu"))
+    text = "the river ran past the old mill before it reached the sea"
+    words = text.split()
+    offsets = [text.index(w, sum(len(x) + 1 for x in words[:i])) for i, w in enumerate(words)] + [len(text)]
+    assert stage._fitting([(0, 2, True), (2, 12, True)], text, offsets) == [(0, 2, True), (2, 12, False)]

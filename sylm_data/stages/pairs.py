@@ -10,6 +10,7 @@ a text segment followed by the speech segment that says it: one `pairs` sample p
 import functools
 import hashlib
 import json
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -80,6 +81,8 @@ def write_shards(config: PairsConfig, folder: Path) -> dict:
     for name, rows in (("pairs-shards", table.filter(pc.invert(held))), ("pairs-heldout", table.filter(held))):
         if rows.num_rows:
             summary[name] = interleave.shard_samples(rows, folder.parent / name, config.shard_bytes, described)["total_samples"]
+        else:  # none this time: an older run's folder must not stay behind
+            shutil.rmtree(folder.parent / name, ignore_errors=True)
     return summary
 
 

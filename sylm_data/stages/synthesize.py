@@ -15,6 +15,7 @@ import html
 import json
 import math
 import re
+import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -68,7 +69,7 @@ def preflight(config: SynthesizeConfig) -> None:
     from sylm_data.train import t2t
 
     try:
-        t2t.load(config.model)
+        t2t.locate(config.model)
     except t2t.T2TError as error:
         raise StageConfigError(str(error)) from None
 
@@ -160,21 +161,33 @@ class Synthesizer:
                 continue
             try:
                 text, language, words = check_document(record[source_record.TEXT], record[source_record.LANGUAGE], config)
+                offsets = languages.word_offsets(text, words) + [len(text)]
+                runs = self._fitting(speech_runs(text, words, config, row[sample.ROW_KEY]), text, offsets)
             except Rejected as rejected:
                 stream.mark_rejected(row, _PAYLOAD, NAME, rejected.reason, rejected.detail)
                 continue
-            offsets = languages.word_offsets(text, words) + [len(text)]
-            runs = speech_runs(text, words, config, row[sample.ROW_KEY])
+            except Exception as error:  # one bad document must not take the run down: record it, show it
+                traceback.print_exc()
+                stream.mark_rejected(row, _PAYLOAD, NAME, Reason.STAGE_ERROR, f"{type(error).__name__}: {error}"[:300])
+                continue
             pieces = [text[offsets[first] : offsets[end]].strip() for first, end, _ in runs]
             plans.append((row, language, words, runs, pieces))
             for number, ((first, end, is_speech), piece) in enumerate(zip(runs, pieces)):
                 if is_speech:
-                    requests.append((piece, math.ceil((end - first) * self.meta["max_units_per_word"]),
-                                     span_seed(config.seed, row[sample.ROW_KEY], number)))
+                    requests.append((piece, self._limit(end - first), span_seed(config.seed, row[sample.ROW_KEY], number)))
         generated = iter(self._generate(requests))
         for row, language, words, runs, pieces in plans:
             row.update(self._sample(row[sample.ROW_KEY], language, words, runs, pieces, generated))
         return pa.Table.from_pylist(rows, schema=OUTPUT_SCHEMA)
+
+    def _limit(self, words: int) -> int:
+        return math.ceil(words * self.meta["max_units_per_word"])
+
+    def _fitting(self, runs: list[tuple[int, int, bool]], text: str, offsets: list[int]) -> list[tuple[int, int, bool]]:
+        """Speech runs whose prompt and units would not fit the model's positions stay text."""
+        room = self.model.config.max_position_embeddings
+        return [(first, end, is_speech and len(text[offsets[first] : offsets[end]].encode()) + 1 + self._limit(end - first) < room)
+                for first, end, is_speech in runs]
 
     def _generate(self, requests: list[tuple[str, int, int]]) -> list[list[int]]:
         """Units per request, in request order; batches hold spans of similar length."""
@@ -217,8 +230,8 @@ def map_options(config: SynthesizeConfig) -> MapOptions:
 def write_shards(config: SynthesizeConfig, folder: Path) -> dict:
     """All committed samples, in key order, into DIR/shards-synthetic (replaced whole)."""
     table, vocabulary = interleave.committed_samples(folder)
-    model_ids = {json.loads(document).get(sample.SYNTHETIC) for document in table[sample.ROW_JSON].to_pylist()[:1]}
-    described = vocabulary | {"config_hash": interleave.config_digest(config), sample.SYNTHETIC: model_ids.pop()}
+    model_id = json.loads(table[sample.ROW_JSON][0].as_py())[sample.SYNTHETIC]  # one run, one model: the config hash sees to it
+    described = vocabulary | {"config_hash": interleave.config_digest(config), sample.SYNTHETIC: model_id}
     index = interleave.shard_samples(table, folder.parent / "shards-synthetic", config.shard_bytes, described)
     return {"shards": len(index["shards"]), "samples": index["total_samples"],
             "speech_text_ratio": index["stats"]["speech_text_ratio"]}

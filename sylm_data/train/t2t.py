@@ -65,10 +65,8 @@ def save_meta(folder: Path, unit_vocab: int, tokenizer: str, max_units_per_word:
     (Path(folder) / META).write_text(json.dumps(meta, indent=1))
 
 
-def load(model: str, device: str = "cpu", dtype: torch.dtype = torch.float32):
-    """(model, meta) from a folder the trainer wrote (OUTPUT/final) or a hub id."""
-    from transformers import AutoModelForCausalLM
-
+def locate(model: str) -> tuple[Path, dict]:
+    """The folder of a text-to-token model (a local one, or a hub id fetched into the cache) and its meta."""
     folder = Path(model)
     if not folder.is_dir():
         from huggingface_hub import snapshot_download
@@ -79,7 +77,14 @@ def load(model: str, device: str = "cpu", dtype: torch.dtype = torch.float32):
             raise T2TError(f"cannot load text-to-token model {model!r}: {str(error).splitlines()[0]}") from None
     if not (folder / META).exists():
         raise T2TError(f"{model} is not a text-to-token model: no {META} (train one with `sylm-data train --task t2t`)")
-    meta = json.loads((folder / META).read_text())
+    return folder, json.loads((folder / META).read_text())
+
+
+def load(model: str, device: str = "cpu", dtype: torch.dtype = torch.float32):
+    """(model, meta) from a folder the trainer wrote (OUTPUT/final) or a hub id."""
+    from transformers import AutoModelForCausalLM
+
+    folder, meta = locate(model)
     network = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype).to(device).eval()
     return network, meta
 
