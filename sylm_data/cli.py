@@ -111,7 +111,7 @@ def submit(
 
 @app.command()
 def train(
-    config: Annotated[Optional[Path], typer.Option(help="TOML config: [model], [data], [optim], [run].")] = None,
+    config: Annotated[Optional[Path], typer.Option(help="TOML config with sections model, data, optim and run.")] = None,
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override a config key: SECTION.KEY=VALUE (repeatable).")] = None,
     task: Annotated[Optional[str], typer.Option(help="lm (default) or t2t: a text-to-token model on pairs shards.")] = None,
 ) -> None:
