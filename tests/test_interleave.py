@@ -105,7 +105,8 @@ def test_samples_follow_the_contract_and_keep_the_transcript():
     document = json.loads(built["json"])
     sample.validate(document)
     assert built["kind"] == document["kind"] == "interleaved"
-    texts = " ".join(s["text"] for s in document["segments"] if s["modality"] == "text")
+    texts = [s["text"] for s in document["segments"] if s["modality"] == "text"]
+    assert texts and all(text in "The river ran past the mill." for text in texts)  # slices of the transcript
     units = [u for s in document["segments"] if s["modality"] == "speech" for u in s["units"]]
     assert built["speech_words"] > 0 and built["units"] == len(units)
     last = document["segments"][-1]

@@ -31,7 +31,7 @@ def make_config(inputs, source="emilia", overrides=()):
 def corpus(tmp_path, utterances):
     """Three good tars, one with damaged samples, one that is not a tar: 30 input samples."""
     folder = tmp_path / "corpus"
-    tars = layouts.write_emilia(folder, utterances, shard_size=8)
+    layouts.write_emilia(folder, utterances, shard_size=8)
     damaged = emilia_members(utterances[0], "D_ok") + emilia_members(utterances[1], "D_lang", language="??")
     damaged += [("D_orphan.mp3", utterances[2].audio), ("D_bad.mp3", b"junk"), ("D_bad.json", b"[")]
     write_tar(folder / "EN-B000100.tar", damaged)

@@ -130,7 +130,7 @@ def test_train_a_text_to_token_model_evaluate_it_and_synthesize_a_corpus(tmp_pat
     index = json.loads((shards.path / "index.json").read_text())
     assert index["synthetic"] == meta["id"] and shards.unit_vocab == UNIT_VOCAB
     assert abs(index["stats"]["speech_text_ratio"] - 0.3) < 0.06
-    documents = [json.loads(document) for document in t2t_documents(shards)]
+    documents = [json.loads(document) for document in data.documents_in_order(shards)]
     assert all(document["synthetic"] == meta["id"] and document["kind"] == "interleaved" for document in documents)
     spans = [pair for document in documents
              for pair in spoken_spans(good[int(document["source_id"].split(":d")[1])].split(), document["segments"])]
@@ -150,11 +150,6 @@ def spoken_spans(words: list[str], segments: list[dict]) -> list[tuple[list[str]
         found.append((words[at:end], segment["units"]))
         at = end
     return found
-
-
-def t2t_documents(folder: data.ShardFolder) -> list[bytes]:
-    pieces = data.epoch_pieces(folder, 0, 0, 0, 1, 0)
-    return [document for document in data.read_slots(pieces, 0, folder.samples)]
 
 
 def test_the_text_reader_reads_parquet_and_refuses_a_file_without_text(tmp_path):
@@ -187,7 +182,7 @@ def test_the_pairs_stage_splits_held_out_utterances_and_bounds_units_per_word(tm
     trained, heldout = data.open_folder(tmp_path / "pairs-shards"), data.open_folder(tmp_path / "pairs-heldout")
     assert trained.max_units_per_word == heldout.max_units_per_word == 1.0  # one unit per word in these rows
     assert trained.unit_vocab == 16
-    held_ids = {json.loads(d)["source_id"] for d in t2t_documents(heldout)}
+    held_ids = {json.loads(d)["source_id"] for d in data.documents_in_order(heldout)}
     assert held_ids == {f"manifest:{n}" for n in range(200) if pairs.heldout(f"manifest:{n}", pairs.PairsConfig(heldout_share=0.1))}
     pairs.write_shards(pairs.PairsConfig(heldout_share=0.0), tmp_path / "pairs")
     assert not (tmp_path / "pairs-heldout").exists()  # no stale held-out pairs from the earlier run
@@ -198,7 +193,5 @@ def test_spans_too_long_for_the_model_stay_text(tmp_path):
     model.save_pretrained(tmp_path)
     t2t.save_meta(tmp_path, UNIT_VOCAB, "toy:0:k32:u32:0", 3.0, "toy")
     stage = synthesize.Synthesizer(synthesize.SynthesizeConfig(model=str(tmp_path), device="cpu"))
-    text = "the river ran past the old mill before it reached the sea"
-    words = text.split()
-    offsets = [text.index(w, sum(len(x) + 1 for x in words[:i])) for i, w in enumerate(words)] + [len(text)]
-    assert stage._fitting([(0, 2, True), (2, 12, True)], text, offsets) == [(0, 2, True), (2, 12, False)]
+    pieces = ["the river", "ran past the old mill before it reached the sea"]  # 9 + 1 + 6 and 47 + 1 + 30 positions of 64
+    assert stage._fitting([(0, 2, True), (2, 12, True)], pieces) == [(0, 2, True), (2, 12, False)]

@@ -45,6 +45,11 @@ class MapOptions:
     batch_size: int | None = None  # rows per call; None = whatever a block holds
 
 
+def model_actors(on_gpu: bool, actors: int, gpus_per_actor: float, batch_size: int) -> MapOptions:
+    """A pool of actors that each hold a model, with their GPU share when the model runs on CUDA."""
+    return MapOptions(actors=True, concurrency=actors, num_gpus=gpus_per_actor if on_gpu else 0.0, batch_size=batch_size)
+
+
 @dataclass(frozen=True)
 class Stage:
     name: str

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import pyarrow as pa
 
 from sylm_data import audio
-from sylm_data.pipeline.stage import MapOptions, Rejected, Stage, StageConfigError, resolve_device
+from sylm_data.pipeline.stage import MapOptions, Rejected, Stage, StageConfigError, model_actors, resolve_device
 from sylm_data.schemas import aligned, stream, utterance
 from sylm_data.schemas.reject import Reason
 from sylm_data.stages import align_words
@@ -145,8 +145,7 @@ def preflight(config: AlignConfig) -> None:
 
 def map_options(config: AlignConfig) -> MapOptions:
     on_gpu = config.backend == "qwen3" and resolve_device(config.device) == "cuda"
-    return MapOptions(actors=True, concurrency=config.actors, num_gpus=config.gpus_per_actor if on_gpu else 0.0,
-                      batch_size=max(config.batch_size * 4, 32))
+    return model_actors(on_gpu, config.actors, config.gpus_per_actor, max(config.batch_size * 4, 32))
 
 
 STAGE = Stage(

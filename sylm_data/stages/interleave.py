@@ -174,11 +174,10 @@ OUTPUT_SCHEMA = stream.in_flight(sample.ROW_SCHEMA)
 _PAYLOAD = [name for name in sample.ROW_SCHEMA.names if name not in (sample.ROW_KEY, sample.ROW_SOURCE)]
 
 
-def transform(batch: pa.Table, config: InterleaveConfig, build=None) -> pa.Table:
+def transform(batch: pa.Table, config: InterleaveConfig, build=render) -> pa.Table:
     """Column-wise: lists are read flat from Arrow (the audio column is never copied), checks and
     cuts run vectorised over the batch, and only each sample's choices and JSON run row by row.
-    `build` makes one row's sample columns (default `render`; the pairs stage passes its own)."""
-    build = build or render
+    `build` makes one row's sample columns (the pairs stage passes its own)."""
     pending = pc.is_null(batch[stream.REJECT_REASON]).to_numpy(zero_copy_only=False)
     unit_lengths = [_sizes(batch[name]) for name in (tokenized.UNITS, tokenized.UNIT_START_MS, tokenized.UNIT_END_MS)]
     mismatched = pending & ((unit_lengths[0] != unit_lengths[1]) | (unit_lengths[0] != unit_lengths[2]))

@@ -9,7 +9,6 @@ a text segment followed by the speech segment that says it: one `pairs` sample p
 
 import functools
 import hashlib
-import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,7 +60,7 @@ def render_pairs(sample_id: str, text: str, language: str, words: list[str], uni
         at = end
     document = {sample.SEGMENTS: segments, sample.KIND: sample.PAIRS, sample.LANGUAGE: language, sample.SOURCE_ID: sample_id}
     return {sample.ROW_KIND: sample.PAIRS, sample.ROW_LANGUAGE: language,
-            sample.ROW_JSON: json.dumps(document, ensure_ascii=False, separators=(",", ":")),
+            sample.ROW_JSON: interleave.COMPACT_JSON.encode(document),
             sample.ROW_WORDS: len(words), sample.ROW_SPEECH_WORDS: len(words), sample.ROW_UNITS: len(units)}
 
 

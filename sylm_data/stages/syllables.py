@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from sylm_data import audio
-from sylm_data.pipeline.stage import MapOptions, Rejected, StageConfigError, resolve_device
+from sylm_data.pipeline.stage import MapOptions, Rejected, StageConfigError, model_actors, resolve_device
 from sylm_data.schemas.reject import Reason
 from sylm_data.stages import segmentation, sylreg, units
 from sylm_data.stages.encoders import FRAME_MS, SAMPLE_RATE, HfEncoder, MfccEncoder
@@ -72,9 +72,8 @@ def decode_16k(audio_bytes: bytes) -> np.ndarray:
 
 def actor_pool(config: FeatureConfig) -> MapOptions:
     """An actor pool of encoders, each on a GPU when the device is CUDA."""
-    on_gpu = resolve_device(config.device) == "cuda"
-    return MapOptions(actors=True, concurrency=config.actors, num_gpus=config.gpus_per_actor if on_gpu else 0.0,
-                      batch_size=max(config.batch_size * 2, 16))
+    return model_actors(resolve_device(config.device) == "cuda", config.actors, config.gpus_per_actor,
+                        max(config.batch_size * 2, 16))
 
 
 def make_encoder(config: FeatureConfig):

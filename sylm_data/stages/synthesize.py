@@ -20,12 +20,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyarrow as pa
+import torch
 
 from sylm_data import languages
-from sylm_data.pipeline.stage import SOURCES, MapOptions, Rejected, Stage, StageConfigError, resolve_device
+from sylm_data.pipeline.stage import SOURCES, MapOptions, Rejected, Stage, StageConfigError, model_actors, resolve_device
 from sylm_data.schemas import sample, source_record, stream
 from sylm_data.schemas.reject import Reason
 from sylm_data.stages import interleave, spans
+from sylm_data.train import t2t
 
 NAME = "synthesize"
 
@@ -66,8 +68,6 @@ def preflight(config: SynthesizeConfig) -> None:
         raise StageConfigError(f"granularity must be word or sentence, not {config.granularity!r}")
     if not 0 <= config.speech_ratio <= 1:
         raise StageConfigError(f"speech_ratio must be within 0..1, got {config.speech_ratio}")
-    from sylm_data.train import t2t
-
     try:
         t2t.locate(config.model)
     except t2t.T2TError as error:
@@ -142,14 +142,9 @@ OUTPUT_SCHEMA = stream.in_flight(sample.ROW_SCHEMA)
 
 class Synthesizer:
     def __init__(self, config: SynthesizeConfig) -> None:
-        import torch
-
-        from sylm_data.train import t2t
-
         self.config = config
         device = resolve_device(config.device)
         self.model, self.meta = t2t.load(config.model, device, torch.bfloat16 if device == "cuda" else torch.float32)
-        self.generate = t2t.generate
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         config, rows, plans, requests = self.config, [], [], []
@@ -162,7 +157,9 @@ class Synthesizer:
             try:
                 text, language, words = check_document(record[source_record.TEXT], record[source_record.LANGUAGE], config)
                 offsets = languages.word_offsets(text, words) + [len(text)]
-                runs = self._fitting(speech_runs(text, words, config, row[sample.ROW_KEY]), text, offsets)
+                runs = speech_runs(text, words, config, row[sample.ROW_KEY])
+                pieces = [text[offsets[first] : offsets[end]].strip() for first, end, _ in runs]
+                runs = self._fitting(runs, pieces)
             except Rejected as rejected:
                 stream.mark_rejected(row, _PAYLOAD, NAME, rejected.reason, rejected.detail)
                 continue
@@ -170,7 +167,6 @@ class Synthesizer:
                 traceback.print_exc()
                 stream.mark_rejected(row, _PAYLOAD, NAME, Reason.STAGE_ERROR, f"{type(error).__name__}: {error}"[:300])
                 continue
-            pieces = [text[offsets[first] : offsets[end]].strip() for first, end, _ in runs]
             plans.append((row, language, words, runs, pieces))
             for number, ((first, end, is_speech), piece) in enumerate(zip(runs, pieces)):
                 if is_speech:
@@ -183,11 +179,11 @@ class Synthesizer:
     def _limit(self, words: int) -> int:
         return math.ceil(words * self.meta["max_units_per_word"])
 
-    def _fitting(self, runs: list[tuple[int, int, bool]], text: str, offsets: list[int]) -> list[tuple[int, int, bool]]:
+    def _fitting(self, runs: list[tuple[int, int, bool]], pieces: list[str]) -> list[tuple[int, int, bool]]:
         """Speech runs whose prompt and units would not fit the model's positions stay text."""
         room = self.model.config.max_position_embeddings
-        return [(first, end, is_speech and len(text[offsets[first] : offsets[end]].encode()) + 1 + self._limit(end - first) < room)
-                for first, end, is_speech in runs]
+        return [(first, end, is_speech and len(piece.encode()) + 1 + self._limit(end - first) < room)
+                for (first, end, is_speech), piece in zip(runs, pieces)]
 
     def _generate(self, requests: list[tuple[str, int, int]]) -> list[list[int]]:
         """Units per request, in request order; batches hold spans of similar length."""
@@ -196,8 +192,8 @@ class Synthesizer:
         for start in range(0, len(order), self.config.generate_batch):
             chosen = order[start : start + self.config.generate_batch]
             texts, limits, seeds = zip(*(requests[index] for index in chosen))
-            for index, made in zip(chosen, self.generate(self.model, list(texts), list(limits), self.config.temperature,
-                                                         self.config.top_k, list(seeds))):
+            for index, made in zip(chosen, t2t.generate(self.model, list(texts), list(limits), self.config.temperature,
+                                                        self.config.top_k, list(seeds))):
                 units[index] = made
         return units
 
@@ -216,15 +212,13 @@ class Synthesizer:
         document = {sample.SEGMENTS: segments, sample.KIND: kind, sample.LANGUAGE: language, sample.SOURCE_ID: sample_id,
                     sample.SYNTHETIC: self.meta["id"]}
         return {sample.ROW_KIND: kind, sample.ROW_LANGUAGE: language,
-                sample.ROW_JSON: json.dumps(document, ensure_ascii=False, separators=(",", ":")),
+                sample.ROW_JSON: interleave.COMPACT_JSON.encode(document),
                 sample.ROW_WORDS: len(words), sample.ROW_SPEECH_WORDS: speech_words, sample.ROW_UNITS: unit_count,
                 sample.ROW_TOKENIZER: self.meta["tokenizer"]}
 
 
 def map_options(config: SynthesizeConfig) -> MapOptions:
-    on_gpu = resolve_device(config.device) == "cuda"
-    return MapOptions(actors=True, concurrency=config.actors, num_gpus=config.gpus_per_actor if on_gpu else 0.0,
-                      batch_size=config.batch_size)
+    return model_actors(resolve_device(config.device) == "cuda", config.actors, config.gpus_per_actor, config.batch_size)
 
 
 def write_shards(config: SynthesizeConfig, folder: Path) -> dict:

@@ -122,6 +122,12 @@ def _shard_documents(path: str) -> Iterator[bytes | None]:
         log.warning("shard %s is unreadable after some samples (%s); its remaining samples are skipped", path, error)
 
 
+def documents_in_order(folder: ShardFolder) -> Iterator[bytes | None]:
+    """Every sample's `.json`, shard by shard as the index lists them (evaluation, checks)."""
+    for path, _ in folder.shards:
+        yield from _shard_documents(path)
+
+
 def read_slots(pieces: list[Piece], start: int, stop: int) -> list[bytes | None]:
     """The documents of a reader's slots start..stop-1 (None where a sample is missing or has no json)."""
     found: list[bytes | None] = []

@@ -279,24 +279,28 @@ def train(config: TrainConfig, echo=print) -> dict:
                 embedding_only = None
                 _inner_optimizer(engine).state.clear()  # the full model starts with fresh moments
                 _set_weight_decay(engine, config.optim.weight_decay, False)
-            loss_sum, lr = 0.0, scheduler.get_last_lr()[0]
+            loss_sum, lr = torch.zeros((), device=engine.device), scheduler.get_last_lr()[0]
             for _ in range(config.optim.grad_accum):
                 batch = next(batches)
                 position.update(batch)
                 loss = packed_loss(engine, batch, engine.device)
                 engine.backward(loss)
                 engine.step()
-                loss_sum += loss.detach().float().item()
+                loss_sum += loss.detach().float()
             step += 1
             window_steps += 1
-            shared = torch.tensor([loss_sum / config.optim.grad_accum, float(position.skipped()), float(stop.requested)])
+            # on the device: NCCL reduces only GPU tensors, and the loss is read once per step
+            shared = torch.stack([loss_sum / config.optim.grad_accum,
+                                  torch.tensor(float(position.skipped()), device=engine.device),
+                                  torch.tensor(float(stop.requested), device=engine.device)])
             torch.distributed.all_reduce(shared)
-            last_loss = shared[0].item() / world
+            shared = shared.tolist()
+            last_loss = shared[0] / world
             if step % config.run.log_every == 0 or step == config.total_steps:
                 elapsed = time.perf_counter() - window_start
                 tokens_per_s = tokens_per_step * window_steps / elapsed
                 values = {"loss": last_loss, "lr": lr, "tokens": step * tokens_per_step,
-                          "tokens_per_s": round(tokens_per_s, 1), "skipped_samples": int(shared[1].item()),
+                          "tokens_per_s": round(tokens_per_s, 1), "skipped_samples": int(shared[1]),
                           "phase": "embeddings" if embedding_only is not None else "full"}
                 if peak:
                     values["mfu"] = round(flops * tokens_per_s / (peak * world), 4)
@@ -306,7 +310,7 @@ def train(config: TrainConfig, echo=print) -> dict:
             if progress is not None:
                 progress.update(1)
                 progress.set_postfix(loss=f"{last_loss:.3f}", lr=f"{lr:.2e}")
-            interrupted = shared[2].item() > 0  # a signal on any rank
+            interrupted = shared[2] > 0  # a signal on any rank
             stopping = interrupted or step == config.run.stop_at
             if stopping or step % config.run.save_every == 0 or step == config.total_steps:
                 save_checkpoint(engine, checkpoints, step, rank, position, config.run.keep_checkpoints)

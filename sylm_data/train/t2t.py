@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from sylm_data.schemas import sample
+from sylm_data.train import data
 
 PAD, SEP, EOS = 256, 257, 258  # after the 256 byte values
 FIRST_UNIT = 259
@@ -154,16 +155,14 @@ def _choose(scores: torch.Tensor, temperature: float, top_k: int, generators) ->
 
 def heldout_pairs(folder: Path, limit: int) -> list[tuple[str, list[int]]]:
     """(text, units) pairs from a pairs shard folder (DIR/pairs-heldout), at most `limit`."""
-    from webdataset.tariterators import tarfile_samples
-
-    index = json.loads((Path(folder) / "index.json").read_text())
     pairs = []
-    for shard in index["shards"]:
-        for item in tarfile_samples(iter([{"url": str(Path(folder) / shard["name"])}])):
-            segments = json.loads(item["json"])[sample.SEGMENTS]
-            pairs += [(text[sample.TEXT], speech[sample.UNITS]) for text, speech in zip(segments[0::2], segments[1::2])]
-            if len(pairs) >= limit:
-                return pairs[:limit]
+    for document in data.documents_in_order(data.open_folder(folder)):
+        if document is None:
+            continue
+        segments = json.loads(document)[sample.SEGMENTS]
+        pairs += [(text[sample.TEXT], speech[sample.UNITS]) for text, speech in zip(segments[0::2], segments[1::2])]
+        if len(pairs) >= limit:
+            return pairs[:limit]
     return pairs
 
 
