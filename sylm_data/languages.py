@@ -1,5 +1,8 @@
 """Language codes (normalised to ISO 639-1) and the writing systems each language uses."""
 
+import bisect
+import functools
+import re
 import unicodedata
 
 # ISO 639-2/3 and common spellings -> 639-1, for the languages the speech sources carry most.
@@ -72,18 +75,27 @@ def foreign_letter_share(text: str, language: str) -> float:
 def word_offsets(text: str, words: list[str]) -> list[int]:
     """Where each word (taken from `text`, in order) starts in `text`; a word not found there
     starts where the previous one ended."""
-    offsets, position = [], 0
+    offsets, position, find = [], 0, text.find
     for word in words:
-        found = text.find(word, position)
+        found = find(word, position)
+        if found >= 0:
+            position = found + len(word)
         offsets.append(found if found >= 0 else position)
-        position = (found + len(word)) if found >= 0 else position
     return offsets
 
 
-def punctuated_ends(text: str, words: list[str], marks: set[str]) -> set[int]:
-    """Word counts after which `text` has one of `marks` before the next word."""
-    offsets = word_offsets(text, words) + [len(text)]
-    return {
-        count for count in range(1, len(words) + 1)
-        if any(char in marks for char in text[offsets[count - 1] + len(words[count - 1]) : offsets[count]])
-    }
+def punctuated_ends(text: str, words: list[str], marks: set[str], offsets: list[int] | None = None) -> set[int]:
+    """Word counts after which `text` has one of `marks` before the next word (`offsets`: the
+    words' `word_offsets`, when already known). Only the marks in the text are looked at."""
+    offsets = word_offsets(text, words) if offsets is None else offsets
+    counts = set()
+    for mark in _mark_pattern(frozenset(marks)).finditer(text):
+        count = bisect.bisect_right(offsets, mark.start(), 0, len(words))  # the words that start before the mark
+        if count and mark.start() >= offsets[count - 1] + len(words[count - 1]):  # not inside the last of them
+            counts.add(count)
+    return counts
+
+
+@functools.lru_cache(maxsize=8)
+def _mark_pattern(marks: frozenset[str]) -> re.Pattern:
+    return re.compile("[" + re.escape("".join(sorted(marks))) + "]")
