@@ -3,6 +3,7 @@
 import json
 
 import numpy as np
+import pyarrow as pa
 import pytest
 import webdataset as wds
 from hypothesis import given, settings
@@ -10,7 +11,6 @@ from hypothesis import strategies as st
 
 from sylm_data.pipeline import config as config_module
 from sylm_data.pipeline import runner
-from sylm_data.pipeline.stage import Rejected
 from sylm_data.sample import MANIFEST
 from sylm_data.schemas import sample, stream, tokenized
 from sylm_data.stages import interleave, spans
@@ -33,19 +33,29 @@ def timed_utterance(draw):
     return word_starts, word_ends, edges[:-1], edges[1:]
 
 
-@settings(max_examples=200, deadline=None)
-@given(timed_utterance(), st.sampled_from([0, 10, 40]))
-def test_chunks_keep_every_word_and_unit_once_and_cut_on_both_grids(utterance, tolerance):
-    word_starts, word_ends, unit_starts, unit_ends = utterance
-    cuts = spans.word_cuts(word_starts, word_ends, unit_starts, unit_ends, tolerance)
-    pieces = spans.chunks(len(word_starts), len(unit_starts), cuts)
-    assert [p.first_word for p in pieces] == [0] + [p.end_word for p in pieces[:-1]] and pieces[-1].end_word == len(word_starts)
-    assert [p.first_unit for p in pieces] == [0] + [p.end_unit for p in pieces[:-1]] and pieces[-1].end_unit == len(unit_starts)
-    for piece in pieces[1:]:
-        boundary = unit_starts[piece.first_unit]
-        assert unit_ends[piece.first_unit - 1] == boundary
-        assert word_ends[piece.first_word - 1] - tolerance <= boundary <= word_starts[piece.first_word] + tolerance
-    assert all(p.words > 0 for p in pieces)
+def batch_cuts(utterances, tolerance) -> spans.Cuts:
+    word_starts, word_ends, unit_starts, unit_ends = zip(*utterances)
+    return spans.word_cuts([len(w) for w in word_starts], sum(word_starts, []), sum(word_ends, []),
+                           [len(u) for u in unit_starts], sum(unit_starts, []), sum(unit_ends, []), tolerance)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(timed_utterance(), min_size=1, max_size=4), st.sampled_from([0, 10, 40]), st.data())
+def test_chunks_keep_every_word_and_unit_once_and_cut_on_both_grids(utterances, tolerance, data):
+    rows = np.array(sorted(data.draw(st.sets(st.integers(0, len(utterances) - 1), min_size=1))))
+    word_sizes, unit_sizes = (np.array([len(u[part]) for u in utterances]) for part in (0, 2))
+    pieces = spans.chunks(batch_cuts(utterances, tolerance), word_sizes, unit_sizes, rows)
+    assert sorted(set(pieces.rows.tolist())) == rows.tolist() and (np.diff(pieces.rows) >= 0).all()
+    for row in rows.tolist():
+        word_starts, word_ends, unit_starts, unit_ends = utterances[row]
+        mine = pieces.take(np.flatnonzero(pieces.rows == row))
+        assert mine.first_word.tolist() == [0] + mine.end_word[:-1].tolist() and mine.end_word[-1] == len(word_starts)
+        assert mine.first_unit.tolist() == [0] + mine.end_unit[:-1].tolist() and mine.end_unit[-1] == len(unit_starts)
+        for first_word, first_unit in zip(mine.first_word[1:].tolist(), mine.first_unit[1:].tolist()):
+            boundary = unit_starts[first_unit]
+            assert unit_ends[first_unit - 1] == boundary
+            assert word_ends[first_word - 1] - tolerance <= boundary <= word_starts[first_word] + tolerance
+        assert (mine.words > 0).all()
 
 
 def nearest_cuts(word_starts, word_ends, unit_starts, unit_ends, tolerance):
@@ -63,9 +73,10 @@ def nearest_cuts(word_starts, word_ends, unit_starts, unit_ends, tolerance):
 @settings(max_examples=100, deadline=None)
 @given(st.lists(timed_utterance(), min_size=1, max_size=5), st.sampled_from([0, 10, 40]))
 def test_cuts_of_a_batch_are_each_utterances_nearest_cuts(utterances, tolerance):
-    word_starts, word_ends, unit_starts, unit_ends = zip(*utterances)
-    got = spans.batch_word_cuts([len(w) for w in word_starts], sum(word_starts, []), sum(word_ends, []),
-                                [len(u) for u in unit_starts], sum(unit_starts, []), sum(unit_ends, []), tolerance)
+    cuts = batch_cuts(utterances, tolerance)
+    got = [{} for _ in utterances]
+    for row, word, unit in zip(*(column.tolist() for column in cuts)):
+        got[row][word] = unit
     assert got == [nearest_cuts(*utterance, tolerance) for utterance in utterances]
 
 
@@ -73,26 +84,100 @@ def test_sentence_granularity_cuts_only_at_sentence_ends():
     text = "The river ran. It reached the sea, slowly!"
     words = ["The", "river", "ran", "It", "reached", "the", "sea", "slowly"]
     assert spans.sentence_ends(text, words) == {3, 8}
-    cuts = {k: k for k in range(1, 8)}  # pretend a unit boundary sits in every gap
-    assert [(c.first_word, c.end_word) for c in spans.chunks(8, 8, cuts, {3, 8})] == [(0, 3), (3, 8)]
+    everywhere = spans.Cuts(np.zeros(7, np.int64), np.arange(1, 8), np.arange(1, 8))  # a unit boundary in every gap
+    pieces = spans.chunks(everywhere.restricted_to([0, 0], [3, 8]), np.array([8]), np.array([8]), np.array([0]))
+    assert list(zip(pieces.first_word.tolist(), pieces.end_word.tolist())) == [(0, 3), (3, 8)]
+
+
+def one_by_one_speech(chunk_words, key, speech_ratio, span_mean, span_in_words, first_draw, max_tries=100):
+    """The span policy written plainly for one utterance: the batch must choose exactly this."""
+    def draw(number):
+        return spans.uniforms(np.array([key], np.uint64), number)[0]
+
+    target, spoken, speech = speech_ratio * sum(chunk_words), 0, [False] * len(chunk_words)
+    for attempt in range(max_tries):
+        if spoken >= target or all(speech):
+            break
+        wanted = max(1, int(spans.poisson(np.array([draw(first_draw + 2 * attempt)]), span_mean)[0]))
+        start = min(int(draw(first_draw + 2 * attempt + 1) * len(chunk_words)), len(chunk_words) - 1)
+        taken, index = 0, start
+        while index < len(chunk_words) and not speech[index] and taken < wanted and spoken < target:
+            if spoken + chunk_words[index] - target > target - spoken:
+                break
+            speech[index], spoken = True, spoken + chunk_words[index]
+            taken += chunk_words[index] if span_in_words else 1
+            index += 1
+    return speech
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.lists(st.integers(1, 6), min_size=1, max_size=30), min_size=1, max_size=6),
+       st.sampled_from([0.1, 0.3, 0.7, 1.0]), st.sampled_from([1.0, 3.0, 10.0, 45.0]), st.booleans(), st.integers(0, 3))
+def test_a_batch_chooses_each_utterances_spans_as_it_would_alone(utterances, ratio, span_mean, span_in_words, first_draw):
+    keys = spans.stream_keys(7, [f"u{index}" for index in range(len(utterances))])
+    rows = np.repeat(np.arange(len(utterances)), [len(chunk_words) for chunk_words in utterances])
+    got = spans.choose_speech(np.concatenate(utterances), rows, keys, ratio, span_mean, span_in_words, first_draw)
+    expected = [one_by_one_speech(words, key, ratio, span_mean, span_in_words, first_draw)
+                for words, key in zip(utterances, keys.tolist())]
+    assert got.tolist() == sum(expected, [])
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.lists(st.integers(1, 6), min_size=1, max_size=30), min_size=1, max_size=6),
+       st.sampled_from([1.0, 4.0, 10.0]), st.booleans())
+def test_consecutive_spans_take_poisson_sized_runs_from_the_start(utterances, span_mean, span_in_words):
+    keys = spans.stream_keys(3, [f"u{index}" for index in range(len(utterances))])
+    rows = np.repeat(np.arange(len(utterances)), [len(chunk_words) for chunk_words in utterances])
+    got = spans.consecutive_spans(np.concatenate(utterances), rows, keys, span_mean, span_in_words).tolist()
+    expected = []
+    for chunk_words, key in zip(utterances, keys.tolist()):
+        at, number = 0, 0
+        while at < len(chunk_words):
+            wanted = max(1, int(spans.poisson(spans.uniforms(np.array([key], np.uint64), number), span_mean)[0]))
+            taken = 0
+            while at < len(chunk_words) and taken < wanted:
+                expected.append(number)
+                taken += chunk_words[at] if span_in_words else 1
+                at += 1
+            number += 1
+    assert got == expected
+
+
+def test_draws_are_uniform_and_poisson_counts_have_their_mean():
+    keys = spans.stream_keys(0, [f"u{index}" for index in range(20000)])
+    draws = spans.uniforms(keys, 5)
+    assert 0 <= draws.min() and draws.max() < 1 and abs(draws.mean() - 0.5) < 0.01
+    assert (spans.uniforms(keys[:3], np.array([5, 5, 5])) == draws[:3]).all()  # one draw number for all, or one each
+    for mean in (0.5, 10.0, 120.0):
+        counts = spans.poisson(draws, mean)
+        assert abs(counts.mean() - mean) < 4 * (mean / len(draws)) ** 0.5 and abs(counts.var() - mean) < 0.1 * mean
 
 
 def test_the_speech_ratio_over_a_corpus_is_within_two_points_of_the_target():
     rng = np.random.default_rng(0)
-    spoken = total = 0
-    for index in range(3000):
-        chunk_words = list(rng.integers(1, 4, size=rng.integers(3, 40)))
-        choice = spans.choose_speech(chunk_words, 0.3, 10.0, interleave.sample_rng(0, f"u{index}"))
-        spoken += sum(w for w, s in zip(chunk_words, choice) if s)
-        total += sum(chunk_words)
-    assert abs(spoken / total - 0.3) <= 0.02
+    utterances = [rng.integers(1, 4, size=rng.integers(3, 40)) for _ in range(3000)]
+    words = np.concatenate(utterances)
+    rows = np.repeat(np.arange(len(utterances)), [len(u) for u in utterances])
+    choice = spans.choose_speech(words, rows, spans.stream_keys(0, [f"u{i}" for i in range(len(utterances))]), 0.3, 10.0)
+    assert abs(words[choice].sum() / words.sum() - 0.3) <= 0.02
 
 
 def row(words, units, text="The river ran past the mill.", id="manifest:x"):
     return {"id": id, "source": "manifest", "text": text, "language": "en",
             "words": [{"text": w, "start_ms": s, "end_ms": e} for w, s, e in words],
             "units": [u for u, _, _ in units], "unit_start_ms": [s for _, s, _ in units], "unit_end_ms": [e for _, _, e in units],
-            "tokenizer": "mfcc:0:k16:u16:abc"}
+            "tokenizer": "mfcc:0:k16:u16:abc", "partition": "p", "partition_total": 1, "reject_stage": None,
+            "reject_reason": None, "reject_detail": None}
+
+
+def tokenized_rows(rows) -> pa.Table:
+    """Rows as the tokenize stage hands them on (typed by its contract, however empty their lists)."""
+    contract = stream.in_flight(tokenized.SCHEMA)
+    return pa.Table.from_pylist(rows, schema=pa.schema([field for field in contract if field.name in rows[0]]))
+
+
+def built(rows, config) -> list[dict]:
+    return interleave.transform(tokenized_rows(rows), config).to_pylist()
 
 
 WORDS = [("The", 0, 100), ("river", 120, 400), ("ran", 420, 600), ("past", 620, 800), ("the", 820, 900), ("mill", 920, 1200)]
@@ -101,51 +186,81 @@ UNITS = [(5, 0, 110), (6, 110, 410), (7, 410, 610), (8, 610, 810), (9, 810, 910)
 
 def test_samples_follow_the_contract_and_keep_the_transcript():
     config = interleave.InterleaveConfig(kinds={"interleaved": 1.0}, span_mean=2)
-    built = interleave.build_sample(interleave.Utterance.from_row(row(WORDS, UNITS)), config)
-    document = json.loads(built["json"])
+    [made] = built([row(WORDS, UNITS)], config)
+    document = json.loads(made["json"])
     sample.validate(document)
-    assert built["kind"] == document["kind"] == "interleaved"
+    assert made["kind"] == document["kind"] == "interleaved"
     texts = [s["text"] for s in document["segments"] if s["modality"] == "text"]
     assert texts and all(text in "The river ran past the mill." for text in texts)  # slices of the transcript
     units = [u for s in document["segments"] if s["modality"] == "speech" for u in s["units"]]
-    assert built["speech_words"] > 0 and built["units"] == len(units)
+    assert made["speech_words"] > 0 and made["units"] == len(units) and made["words"] == 6
     last = document["segments"][-1]
     if last["modality"] == "text":
         assert last["text"].endswith("mill.")  # punctuation comes from the transcript
     else:
         assert last["units"][-1] == 10
     assert units == [u for u, _, _ in UNITS if u in units]  # speech units keep their order
-    assert built == interleave.build_sample(interleave.Utterance.from_row(row(WORDS, UNITS)), config)  # same id, same sample
-    speech_only = interleave.build_sample(interleave.Utterance.from_row(row(WORDS, UNITS)), interleave.InterleaveConfig(kinds={"speech": 1.0}))
+    assert built([row(WORDS, UNITS)], config) == [made]  # same id, same sample
+    [speech_only] = built([row(WORDS, UNITS)], interleave.InterleaveConfig(kinds={"speech": 1.0}))
     assert json.loads(speech_only["json"])["segments"] == [{"modality": "speech", "units": [5, 6, 7, 8, 9, 10]}]
-    text_only = interleave.build_sample(interleave.Utterance.from_row(row(WORDS, UNITS)), interleave.InterleaveConfig(kinds={"text": 1.0}))
+    assert speech_only["speech_words"] == 6 and speech_only["units"] == 6
+    [text_only] = built([row(WORDS, UNITS, text="  The river ran past the mill. ")], interleave.InterleaveConfig(kinds={"text": 1.0}))
     assert json.loads(text_only["json"])["segments"] == [{"modality": "text", "text": "The river ran past the mill."}]
+    assert text_only["speech_words"] == text_only["units"] == 0
+
+
+def test_a_sample_is_the_same_whatever_batch_it_comes_in():
+    config = interleave.InterleaveConfig(span_mean=2)
+    rows = [row(WORDS, UNITS, id=f"manifest:{n}") for n in range(40)]
+    together = built(rows, config)
+    assert {r["kind"] for r in together} == {"interleaved", "speech", "text"}
+    assert [built([item], config)[0] for item in rows[:8]] == together[:8]
+    assert built(rows[::-1], config) == together[::-1]
+
+
+def test_sentence_granularity_makes_whole_sentences_speech_or_text():
+    text = "The river ran. past the mill!"
+    config = interleave.InterleaveConfig(granularity="sentence", kinds={"interleaved": 1.0}, span_mean=1, speech_ratio=0.5)
+    made = built([row(WORDS, UNITS, text=text, id=f"manifest:{n}") for n in range(30)], config)
+    layouts = {tuple(s.get("text") or tuple(s["units"]) for s in json.loads(r["json"])["segments"]) for r in made}
+    assert layouts == {("The river ran.", (8, 9, 10)), ((5, 6, 7), "past the mill!")}
+    assert {r["speech_words"] for r in made} == {3}
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.text(min_size=1, max_size=8).filter(lambda word: word.strip() == word and word), min_size=1, max_size=6),
+       st.sampled_from(["interleaved", "speech", "text"]))
+def test_documents_are_what_the_compact_json_encoder_writes(words, kind):
+    """Quotes, backslashes, control characters and any Unicode in transcripts and ids survive."""
+    timed = [(word, 200 * index, 200 * index + 150) for index, word in enumerate(words)]
+    units = [(index, 200 * index, 200 * (index + 1)) for index in range(len(words))]
+    [made] = built([row(timed, units, text=" ".join(words) + ' "end"\\', id='m:"\é\n')],
+                   interleave.InterleaveConfig(kinds={kind: 1.0}, span_mean=1))
+    assert made["json"] == interleave.COMPACT_JSON.encode(json.loads(made["json"]))
+    sample.validate(json.loads(made["json"]))
 
 
 @pytest.mark.parametrize(("words", "units", "reason"), [
     ([], UNITS, "no_words"), (WORDS, [], "no_units"), (WORDS, [(1, 5000, 6000)], "spans_disjoint")])
 def test_unusable_rows_are_rejected(words, units, reason):
-    with pytest.raises(Rejected) as rejected:
-        interleave.build_sample(interleave.Utterance.from_row(row(words, units)), interleave.InterleaveConfig())
-    assert rejected.value.reason == reason
+    [made] = built([row(words, units)], interleave.InterleaveConfig())
+    assert made["reject_reason"] == reason and made["json"] is None
 
 
 def test_the_batch_transform_rejects_per_row_and_passes_upstream_rejects_through():
-    import pyarrow as pa
-
     rows = [row(WORDS, UNITS, id="manifest:good"), row(WORDS, [], id="manifest:no_units"),
             row(WORDS, [(1, 5000, 6000)], id="manifest:disjoint"), row([], UNITS, id="manifest:no_words"),
             row(WORDS, UNITS, id="manifest:upstream") | {"words": None, "units": None},
             row(WORDS, UNITS, id="manifest:mismatched") | {"unit_end_ms": [110]}]
     for item in rows:
-        item |= {"partition": "p", "partition_total": 5, "reject_stage": None, "reject_reason": None, "reject_detail": None}
+        item["partition_total"] = 5
     rows[-2] |= {"reject_stage": "align", "reject_reason": "align_failed", "reject_detail": "x"}
-    out = interleave.transform(pa.Table.from_pylist(rows), interleave.InterleaveConfig()).to_pylist()
+    out = built(rows, interleave.InterleaveConfig())
     assert [r["reject_reason"] for r in out] == [None, "no_units", "spans_disjoint", "no_words", "align_failed", "no_units"]
     assert [r["reject_stage"] for r in out] == [None, "interleave", "interleave", "interleave", "align", "interleave"]
-    assert out[0]["json"] == interleave.build_sample(interleave.Utterance.from_row(rows[0]), interleave.InterleaveConfig())["json"]
-    assert out[0]["tokenizer"] == "mfcc:0:k16:u16:abc"
-    assert all(r["json"] is None and r["kind"] is None and r["tokenizer"] is None for r in out[1:])
+    assert out[0] == built(rows[:1], interleave.InterleaveConfig())[0] | {"partition_total": 5}
+    assert out[0]["tokenizer"] == "mfcc:0:k16:u16:abc" and out[0]["language"] == "en"
+    assert all(r["json"] is None and r["kind"] is None and r["tokenizer"] is None and r["units"] is None for r in out[1:])
     assert [r["id"] for r in out] == [r["id"] for r in rows] and {r["partition_total"] for r in out} == {5}
 
 
@@ -195,13 +310,10 @@ def test_a_tokenizer_id_names_its_unit_vocabulary():
 
 
 def test_shards_refuse_samples_of_two_tokenizers(tmp_path):
-    import pyarrow as pa
     import pyarrow.parquet as pq
 
     rows = [row(WORDS, UNITS, id=f"manifest:{n}") | {"tokenizer": f"mfcc:0:k16:u16:{n}"} for n in ("a", "b")]
-    for item in rows:
-        item |= {"partition": "p", "partition_total": 2, "reject_stage": None, "reject_reason": None, "reject_detail": None}
-    out = interleave.transform(pa.Table.from_pylist(rows), interleave.InterleaveConfig())
+    out = interleave.transform(tokenized_rows(rows), interleave.InterleaveConfig())
     (tmp_path / "interleave" / "p").mkdir(parents=True)
     pq.write_table(stream.accepted(out, sample.ROW_SCHEMA), tmp_path / "interleave" / "p" / "00000.parquet")
     with pytest.raises(ValueError, match="2 tokenizers"):

@@ -29,10 +29,9 @@ def pronounce(word: str) -> list[int]:
 
 
 def test_pairs_keep_every_word_and_unit_once_in_text_then_speech_order():
-    batch = [row(WORDS, UNITS, id=f"manifest:{n}") | {"partition": "p", "partition_total": 0, "reject_stage": None,
-                                                      "reject_reason": None, "reject_detail": None} for n in range(20)]
+    batch = [row(WORDS, UNITS, id=f"manifest:{n}") for n in range(20)]
     config = pairs.PairsConfig(span_mean=2)
-    out = interleave.transform(pa.Table.from_pylist(batch), config, build=pairs.render_pairs).to_pylist()
+    out = interleave.transform(pa.Table.from_pylist(batch), config, plan=pairs.plan_pairs).to_pylist()
     spans_seen = set()
     for item in out:
         document = json.loads(item["json"])
@@ -172,9 +171,8 @@ def test_the_pairs_stage_splits_held_out_utterances_and_bounds_units_per_word(tm
 
     from sylm_data.schemas import stream
 
-    batch = [row(WORDS, UNITS, id=f"manifest:{n}") | {"partition": "p", "partition_total": 0, "reject_stage": None,
-                                                      "reject_reason": None, "reject_detail": None} for n in range(200)]
-    out = interleave.transform(pa.Table.from_pylist(batch), pairs.PairsConfig(), build=pairs.render_pairs)
+    batch = [row(WORDS, UNITS, id=f"manifest:{n}") for n in range(200)]
+    out = interleave.transform(pa.Table.from_pylist(batch), pairs.PairsConfig(), plan=pairs.plan_pairs)
     (tmp_path / "pairs" / "p").mkdir(parents=True)
     pq.write_table(stream.accepted(out, sample.ROW_SCHEMA), tmp_path / "pairs" / "p" / "00000.parquet")
     summary = pairs.write_shards(pairs.PairsConfig(heldout_share=0.1), tmp_path / "pairs")

@@ -25,7 +25,7 @@ import pyarrow.compute as pc
 from sylm_data import languages
 from sylm_data.pipeline.output import read_rows
 from sylm_data.pipeline.shards import ShardWriter
-from sylm_data.pipeline.stage import Rejected, Stage, StageConfigError
+from sylm_data.pipeline.stage import Stage, StageConfigError
 from sylm_data.schemas import aligned, sample, stream, tokenized, utterance
 from sylm_data.schemas.reject import Reason
 from sylm_data.stages import spans
@@ -47,46 +47,50 @@ class InterleaveConfig:
 def preflight(config: InterleaveConfig) -> None:
     if config.granularity not in ("word", "sentence"):
         raise StageConfigError(f"granularity must be word or sentence, not {config.granularity!r}")
-    if set(config.kinds) - set(sample.KINDS) or not config.kinds or min(config.kinds.values()) < 0:
-        raise StageConfigError(f"kinds must weight {', '.join(sample.KINDS)} (non-negative), got {config.kinds}")
+    if set(config.kinds) - set(sample.KINDS) or not sum(config.kinds.values()) > 0 or min(config.kinds.values()) < 0:
+        raise StageConfigError(f"kinds must weight {', '.join(sample.KINDS)} (non-negative, not all zero), got {config.kinds}")
     if not 0 <= config.speech_ratio <= 1:
         raise StageConfigError(f"speech_ratio must be within 0..1, got {config.speech_ratio}")
 
 
-def sample_rng(seed: int, sample_id: str) -> spans.SampleRandom:
-    """The random stream of one sample, from the seed and its id alone."""
-    return spans.SampleRandom(int.from_bytes(hashlib.blake2b(f"{seed}:{sample_id}".encode(), digest_size=8).digest(), "little"))
+@dataclass
+class Utterances:
+    """A batch's utterances read flat from Arrow: list columns as one flat array plus bounds
+    (utterance i's words are word_texts[word_bounds[i]:word_bounds[i + 1]])."""
+    ids: list[str]
+    texts: list[str]
+    languages: list[str]
+    word_texts: list[str]
+    word_bounds: np.ndarray
+    unit_ids: pa.Array
+    unit_bounds: np.ndarray
+    cuts: spans.Cuts
+    _offsets: dict[int, list[int]] = field(default_factory=dict)
+
+    @property
+    def word_sizes(self) -> np.ndarray:
+        return np.diff(self.word_bounds)
+
+    @property
+    def unit_sizes(self) -> np.ndarray:
+        return np.diff(self.unit_bounds)
+
+    def words(self, row: int) -> list[str]:
+        return self.word_texts[self.word_bounds[row] : self.word_bounds[row + 1]]
+
+    def offsets(self, row: int) -> list[int]:
+        """Where each word of utterance `row` starts in its transcript, then the transcript's length."""
+        if row not in self._offsets:
+            self._offsets[row] = languages.word_offsets(self.texts[row], self.words(row)) + [len(self.texts[row])]
+        return self._offsets[row]
 
 
-class Utterance(NamedTuple):
-    """What a sample is built from: one tokenized row's transcript, timed words and timed units."""
-    id: str
-    text: str
-    language: str
-    words: list[str]
-    word_starts: list[int]
-    word_ends: list[int]
-    units: list[int]
-    unit_starts: list[int]
-    unit_ends: list[int]
-
-    @classmethod
-    def from_row(cls, row: dict) -> "Utterance":
-        words = row[aligned.WORDS] or []
-        return cls(row[utterance.ID], row[utterance.TEXT], row[utterance.LANGUAGE],
-                   [w[aligned.WORD_TEXT] for w in words], [w[aligned.WORD_START_MS] for w in words],
-                   [w[aligned.WORD_END_MS] for w in words], row[tokenized.UNITS] or [],
-                   row[tokenized.UNIT_START_MS] or [], row[tokenized.UNIT_END_MS] or [])
-
-
-def build_sample(item: Utterance, config: InterleaveConfig) -> dict:
-    """One utterance -> the sample-row columns; raises Rejected."""
-    problem = unusable([len(item.words)], item.word_starts[:1], item.word_ends[-1:], [len(item.units)],
-                       item.unit_starts[:1], item.unit_ends[-1:])[0]
-    if problem:
-        raise Rejected(*problem)
-    cuts = spans.word_cuts(item.word_starts, item.word_ends, item.unit_starts, item.unit_ends, config.tolerance_ms)
-    return render(item.id, item.text, item.language, item.words, item.units, cuts, config)
+class Plan(NamedTuple):
+    """What the samples of some utterances (ascending rows) hold: each one's kind, and its
+    segments in order (word and unit ranges), each speech or text."""
+    kinds: list[str]
+    segments: spans.Pieces
+    speech: np.ndarray
 
 
 def unusable(word_sizes, first_word_starts, last_word_ends, unit_sizes, first_unit_starts,
@@ -111,73 +115,101 @@ def unusable(word_sizes, first_word_starts, last_word_ends, unit_sizes, first_un
     return problems
 
 
-def render(sample_id: str, text: str, language: str, words: list[str], units: list[int], cuts: dict[int, int],
-           config: InterleaveConfig) -> dict:
-    """The sample of a usable utterance, given its allowed cuts (`spans.word_cuts`)."""
-    rng = sample_rng(config.seed, sample_id)
-    kind = _draw_kind(config.kinds, rng.random())
-    if kind == "speech":
-        segments, speech_words = [{sample.MODALITY: sample.SPEECH, sample.UNITS: list(units)}], len(words)
-    elif kind == "text":  # the transcript itself, from its first word
-        segments, speech_words = [{sample.MODALITY: sample.TEXT, sample.TEXT: text[max(text.find(words[0]), 0):].strip()}], 0
-    else:
-        allowed = spans.sentence_ends(text, words) if config.granularity == "sentence" else None
-        pieces = spans.chunks(len(words), len(units), cuts, allowed)
-        sizes = [end - first for first, end, _, _ in pieces]
-        speech = spans.choose_speech(sizes, config.speech_ratio, config.span_mean, rng, span_in_words=config.granularity == "word")
-        segments = _segments(pieces, speech, text, words, units)
-        speech_words = sum(size for size, spoken in zip(sizes, speech) if spoken)
-        if len(segments) == 1:  # one chunk, or no span fitted: a plain sample
-            kind = "speech" if segments[0][sample.MODALITY] == sample.SPEECH else "text"
-    document = {sample.SEGMENTS: segments, sample.KIND: kind, sample.LANGUAGE: language, sample.SOURCE_ID: sample_id}
-    return {
-        sample.ROW_KIND: kind, sample.ROW_LANGUAGE: language,
-        sample.ROW_JSON: COMPACT_JSON.encode(document),
-        sample.ROW_WORDS: len(words), sample.ROW_SPEECH_WORDS: speech_words if kind != "text" else 0,
-        sample.ROW_UNITS: sum(len(s[sample.UNITS]) for s in segments if s[sample.MODALITY] == sample.SPEECH),
-    }
+def utterance_chunks(utterances: Utterances, rows: np.ndarray, granularity: str) -> spans.Pieces:
+    """The chunks of utterances `rows`: cut at every allowed cut (word), or only at sentence ends."""
+    cuts = utterances.cuts
+    if granularity == "sentence":
+        places = [(row, end) for row in rows.tolist()
+                  for end in spans.sentence_ends(utterances.texts[row], utterances.words(row), utterances.offsets(row))]
+        cuts = cuts.restricted_to(*np.array(places, np.int64).reshape(-1, 2).T)
+    return spans.chunks(cuts, utterances.word_sizes, utterances.unit_sizes, rows)
 
 
-COMPACT_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))  # one encoder: building one costs more than a short sample
+def draw_kinds(kinds: dict[str, float], draws: np.ndarray) -> np.ndarray:
+    """For each draw (uniform in [0, 1)), the kind whose share of the cumulative weights holds it."""
+    weights = np.array(list(kinds.values()), np.float64)
+    shares = np.cumsum(weights / weights.sum())
+    return np.array(list(kinds))[np.minimum(np.searchsorted(shares, draws, side="right"), len(kinds) - 1)]
 
 
-def _draw_kind(kinds: dict[str, float], draw: float) -> str:
-    """The kind whose share of the cumulative weights holds `draw` (uniform in [0, 1))."""
-    total, cumulative = sum(kinds.values()), 0.0
-    for kind, weight in kinds.items():
-        cumulative += weight / total
-        if draw < cumulative:
-            return kind
-    return kind
+def plan_interleaved(utterances: Utterances, rows: np.ndarray, config: InterleaveConfig) -> Plan:
+    """Draw each sample's kind; in interleaved ones, Poisson spans of chunks become speech (runs of
+    one modality make one segment); speech and text samples are one whole segment."""
+    keys = spans.stream_keys(config.seed, [utterances.ids[row] for row in rows.tolist()])
+    kinds = draw_kinds(config.kinds, spans.uniforms(keys, 0))
+    mixed = kinds == "interleaved"
+    chunked = utterance_chunks(utterances, rows[mixed], config.granularity)
+    speech = spans.choose_speech(chunked.words, np.searchsorted(rows[mixed], chunked.rows), keys[mixed], config.speech_ratio,
+                                 config.span_mean, span_in_words=config.granularity == "word", first_draw=1)
+    mixed_runs, mixed_speech = spans.runs(chunked, speech)
+    plain = rows[~mixed]
+    nothing = np.zeros(len(plain), np.int64)
+    whole = spans.Pieces(plain, nothing, utterances.word_sizes[plain], nothing, utterances.unit_sizes[plain])
+    # one run only (one chunk, or no span fitted): a plain sample of that modality
+    single = mixed.copy()
+    single[mixed] = np.bincount(np.searchsorted(rows[mixed], mixed_runs.rows), minlength=mixed.sum()) == 1
+    kinds[single] = np.where(mixed_speech[np.searchsorted(mixed_runs.rows, rows[single])], "speech", "text")
+    order = np.argsort(np.concatenate([mixed_runs.rows, plain]), kind="stable")
+    segments = spans.Pieces(*(np.concatenate(pair)[order] for pair in zip(mixed_runs, whole)))
+    return Plan(kinds.tolist(), segments, np.concatenate([mixed_speech, kinds[~mixed] == "speech"])[order])
 
 
-def _segments(pieces, speech, transcript: str, texts: list[str], units: list[int]) -> list[dict]:
-    """Runs of chunks of one modality become one segment; text keeps the transcript's punctuation."""
-    runs: list[list] = []  # [is speech, first chunk, last chunk]
-    for index, is_speech in enumerate(speech):
-        if runs and runs[-1][0] == is_speech:
-            runs[-1][2] = index
+COMPACT_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))  # the byte layout render writes
+
+
+def render(utterances: Utterances, rows: np.ndarray, plan: Plan) -> tuple[pa.Array, np.ndarray, np.ndarray]:
+    """The JSON documents of utterances `rows` (byte for byte what COMPACT_JSON writes of them), and
+    each one's speech words and units. Units go through Arrow's string kernels, never Python ints."""
+    segments, speech = plan.segments, plan.speech
+    document_of = np.searchsorted(rows, segments.rows)
+    spoken = np.flatnonzero(speech)
+    lengths = (segments.end_unit - segments.first_unit)[spoken]
+    starts = (utterances.unit_bounds[segments.rows] + segments.first_unit)[spoken]
+    flat = np.repeat(starts - np.cumsum(lengths) + lengths, lengths) + np.arange(lengths.sum())
+    unit_lists = pa.ListArray.from_arrays(_offsets(lengths), pc.cast(utterances.unit_ids.take(flat), pa.string()))
+    speech_json = pc.binary_join_element_wise('{"modality":"speech","units":[', pc.binary_join(unit_lists, ","), "]}", "")
+    texts = _segment_texts(utterances, segments.take(np.flatnonzero(~speech)))
+    text_json = pa.array(['{"modality":"text","text":' + _quoted(text) + "}" for text in texts], pa.string())
+    order = np.empty(len(speech), np.int64)
+    order[spoken], order[~speech] = np.arange(len(spoken)), len(spoken) + np.arange(len(texts))
+    segment_lists = pa.ListArray.from_arrays(_offsets(np.bincount(document_of, minlength=len(rows))),
+                                             pa.concat_arrays([speech_json, text_json]).take(order))
+    documents = pc.binary_join_element_wise(
+        '{"segments":[', pc.binary_join(segment_lists, ","), '],"kind":"', pa.array(plan.kinds, pa.string()),
+        '","language":', pa.array([_quoted(utterances.languages[row]) for row in rows.tolist()], pa.string()),
+        ',"source_id":', pa.array([_quoted(utterances.ids[row]) for row in rows.tolist()], pa.string()), "}", "")
+    speech_words = np.bincount(document_of[spoken], weights=segments.words[spoken], minlength=len(rows))
+    units = np.bincount(document_of[spoken], weights=lengths, minlength=len(rows))
+    return documents, speech_words.astype(np.int64), units.astype(np.int64)
+
+
+_quoted = json.encoder.encode_basestring  # a JSON string literal, non-ASCII kept (as COMPACT_JSON writes it)
+
+
+def _offsets(sizes: np.ndarray) -> pa.Array:
+    return pa.array(np.concatenate([[0], np.cumsum(sizes)]), pa.int32())
+
+
+def _segment_texts(utterances: Utterances, pieces: spans.Pieces) -> list[str]:
+    """Each text piece as the transcript writes it (its punctuation kept), from its first word."""
+    texts, word_bounds = [], utterances.word_bounds.tolist()
+    for row, first, end in zip(pieces.rows.tolist(), pieces.first_word.tolist(), pieces.end_word.tolist()):
+        text = utterances.texts[row]
+        if first == 0 and end == word_bounds[row + 1] - word_bounds[row]:  # the whole transcript: only its first word is looked for
+            texts.append(text[max(text.find(utterances.word_texts[word_bounds[row]]), 0):].strip())
         else:
-            runs.append([is_speech, index, index])
-    offsets = languages.word_offsets(transcript, texts) + [len(transcript)] if not all(speech) else None
-    segments: list[dict] = []
-    for is_speech, first, last in runs:
-        if is_speech:
-            segments.append({sample.MODALITY: sample.SPEECH, sample.UNITS: units[pieces[first].first_unit : pieces[last].end_unit]})
-        else:
-            text = transcript[offsets[pieces[first].first_word] : offsets[pieces[last].end_word]].strip()
-            segments.append({sample.MODALITY: sample.TEXT, sample.TEXT: text})
-    return segments
+            offsets = utterances.offsets(row)
+            texts.append(text[offsets[first] : offsets[end]].strip())
+    return texts
 
 
 OUTPUT_SCHEMA = stream.in_flight(sample.ROW_SCHEMA)
-_PAYLOAD = [name for name in sample.ROW_SCHEMA.names if name not in (sample.ROW_KEY, sample.ROW_SOURCE)]
 
 
-def transform(batch: pa.Table, config: InterleaveConfig, build=render) -> pa.Table:
-    """Column-wise: lists are read flat from Arrow (the audio column is never copied), checks and
-    cuts run vectorised over the batch, and only each sample's choices and JSON run row by row.
-    `build` makes one row's sample columns (the pairs stage passes its own)."""
+def transform(batch: pa.Table, config: InterleaveConfig, plan=plan_interleaved) -> pa.Table:
+    """Column-wise: lists are read flat from Arrow (the audio column is never copied); checks, cuts,
+    span choices and the JSON run vectorised over the batch. `plan` chooses the samples' kinds and
+    segments (the pairs stage passes its own)."""
     pending = pc.is_null(batch[stream.REJECT_REASON]).to_numpy(zero_copy_only=False)
     unit_lengths = [_sizes(batch[name]) for name in (tokenized.UNITS, tokenized.UNIT_START_MS, tokenized.UNIT_END_MS)]
     mismatched = pending & ((unit_lengths[0] != unit_lengths[1]) | (unit_lengths[0] != unit_lengths[2]))
@@ -196,31 +228,31 @@ def transform(batch: pa.Table, config: InterleaveConfig, build=render) -> pa.Tab
                         unit_sizes, unit_starts[unit_bounds[:-1][unit_sizes > 0]], unit_ends[unit_bounds[1:][unit_sizes > 0] - 1])
     for index in np.flatnonzero(mismatched).tolist():
         problems[index] = (Reason.NO_UNITS, "units and their start/end times differ in length")
-    cuts = spans.batch_word_cuts(word_sizes, word_starts, word_ends, unit_sizes, unit_starts, unit_ends, config.tolerance_ms)
-    word_texts = pc.struct_field(pc.list_flatten(words), aligned.WORD_TEXT).to_pylist()
-    unit_ids = pc.list_flatten(units).to_pylist()
-    ids, texts, languages_, tokenizers = (batch[name].to_pylist() for name in (utterance.ID, utterance.TEXT, utterance.LANGUAGE,
-                                                                              tokenized.TOKENIZER))
     envelope = {name: batch[name].to_pylist() for name in (stream.REJECT_STAGE, stream.REJECT_REASON, stream.REJECT_DETAIL)}
-    payload = {name: [None] * batch.num_rows for name in _PAYLOAD if name not in stream.ENVELOPE_NAMES}
-    word_bounds, unit_bounds = word_bounds.tolist(), unit_bounds.tolist()
-    for index in range(batch.num_rows):
-        if envelope[stream.REJECT_REASON][index] is not None:
-            continue
-        if problems[index]:
-            reason, detail = problems[index]
-            envelope[stream.REJECT_STAGE][index], envelope[stream.REJECT_REASON][index] = NAME, str(reason)
-            envelope[stream.REJECT_DETAIL][index] = detail
-            continue
-        built = build(ids[index], texts[index], languages_[index],
-                       word_texts[word_bounds[index] : word_bounds[index + 1]],
-                       unit_ids[unit_bounds[index] : unit_bounds[index + 1]], cuts[index], config)
-        for name, value in built.items():
-            payload[name][index] = value
-        payload[sample.ROW_TOKENIZER][index] = tokenizers[index]
+    for index, problem in enumerate(problems):
+        if problem and pending[index]:
+            envelope[stream.REJECT_STAGE][index], envelope[stream.REJECT_REASON][index] = NAME, str(problem[0])
+            envelope[stream.REJECT_DETAIL][index] = problem[1]
+    rows = np.flatnonzero(pending & np.array([problem is None for problem in problems], bool))
+    utterances = Utterances(
+        *(batch[name].to_pylist() for name in (utterance.ID, utterance.TEXT, utterance.LANGUAGE)),
+        pc.struct_field(pc.list_flatten(words), aligned.WORD_TEXT).to_pylist(), word_bounds,
+        pc.list_flatten(units).combine_chunks(), unit_bounds,
+        spans.word_cuts(word_sizes, word_starts, word_ends, unit_sizes, unit_starts, unit_ends, config.tolerance_ms))
+    chosen = plan(utterances, rows, config)
+    documents, speech_words, unit_counts = render(utterances, rows, chosen)
+    built = np.zeros(batch.num_rows, bool)
+    built[rows] = True
+    at = np.cumsum(built) - 1  # a built row's place among the built rows
+    placed = pa.array(at, mask=~built)
     columns = {sample.ROW_KEY: batch[utterance.ID], sample.ROW_SOURCE: batch[utterance.SOURCE],
                stream.PARTITION: batch[stream.PARTITION], stream.PARTITION_TOTAL: batch[stream.PARTITION_TOTAL]}
-    return pa.table(columns | payload | envelope, schema=OUTPUT_SCHEMA).select(OUTPUT_SCHEMA.names)
+    columns |= {name: pc.if_else(built, batch[source], pa.scalar(None, pa.string()))
+                for name, source in ((sample.ROW_LANGUAGE, utterance.LANGUAGE), (sample.ROW_TOKENIZER, tokenized.TOKENIZER))}
+    columns |= {name: pa.array(values).take(placed) for name, values in (
+        (sample.ROW_KIND, chosen.kinds), (sample.ROW_JSON, documents), (sample.ROW_WORDS, word_sizes[rows]),
+        (sample.ROW_SPEECH_WORDS, speech_words), (sample.ROW_UNITS, unit_counts))}
+    return pa.table(columns | envelope, schema=OUTPUT_SCHEMA).select(OUTPUT_SCHEMA.names)
 
 
 def _sizes(lists: pa.ChunkedArray) -> np.ndarray:

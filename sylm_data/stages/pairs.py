@@ -13,10 +13,10 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from sylm_data import languages
 from sylm_data.pipeline.stage import Stage, StageConfigError
 from sylm_data.schemas import sample
 from sylm_data.stages import interleave, spans
@@ -41,27 +41,16 @@ def preflight(config: PairsConfig) -> None:
         raise StageConfigError("heldout_share must be within 0..1 (below 1) and span_mean above 0")
 
 
-def render_pairs(sample_id: str, text: str, language: str, words: list[str], units: list[int], cuts: dict[int, int],
-                 config: PairsConfig) -> dict:
-    """The pairs sample of a usable utterance, given its allowed cuts (`spans.word_cuts`)."""
-    rng = interleave.sample_rng(config.seed, sample_id)
-    allowed = spans.sentence_ends(text, words) if config.granularity == "sentence" else None
-    pieces = spans.chunks(len(words), len(units), cuts, allowed)
-    offsets = languages.word_offsets(text, words) + [len(text)]
-    segments, at = [], 0
-    while at < len(pieces):
-        wanted, taken, end = max(rng.poisson(config.span_mean), 1), 0, at
-        while end < len(pieces) and taken < wanted:
-            taken += pieces[end].words if config.granularity == "word" else 1
-            end += 1
-        first, last = pieces[at], pieces[end - 1]
-        segments += [{sample.MODALITY: sample.TEXT, sample.TEXT: text[offsets[first.first_word] : offsets[last.end_word]].strip()},
-                     {sample.MODALITY: sample.SPEECH, sample.UNITS: list(units[first.first_unit : last.end_unit])}]
-        at = end
-    document = {sample.SEGMENTS: segments, sample.KIND: sample.PAIRS, sample.LANGUAGE: language, sample.SOURCE_ID: sample_id}
-    return {sample.ROW_KIND: sample.PAIRS, sample.ROW_LANGUAGE: language,
-            sample.ROW_JSON: interleave.COMPACT_JSON.encode(document),
-            sample.ROW_WORDS: len(words), sample.ROW_SPEECH_WORDS: len(words), sample.ROW_UNITS: len(units)}
+def plan_pairs(utterances: interleave.Utterances, rows: np.ndarray, config: PairsConfig) -> interleave.Plan:
+    """Each utterance's chunks grouped into consecutive Poisson spans, each span a text segment
+    followed by the speech segment that says it."""
+    keys = spans.stream_keys(config.seed, [utterances.ids[row] for row in rows.tolist()])
+    chunked = interleave.utterance_chunks(utterances, rows, config.granularity)
+    span_of = spans.consecutive_spans(chunked.words, np.searchsorted(rows, chunked.rows), keys, config.span_mean,
+                                      span_in_words=config.granularity == "word")
+    grouped, _ = spans.runs(chunked, span_of)
+    return interleave.Plan([sample.PAIRS] * len(rows), grouped.take(np.repeat(np.arange(len(grouped.rows)), 2)),
+                           np.tile([False, True], len(grouped.rows)))
 
 
 def heldout(sample_id: str, config: PairsConfig) -> bool:
@@ -91,7 +80,7 @@ STAGE = Stage(
     contract=sample.ROW_SCHEMA,
     description="tokenized rows -> (text, units) pairs -> DIR/pairs-shards/ + DIR/pairs-heldout/ (text-to-token training)",
     config_type=PairsConfig,
-    make_transform=lambda config: functools.partial(interleave.transform, config=config, build=render_pairs),
+    make_transform=lambda config: functools.partial(interleave.transform, config=config, plan=plan_pairs),
     preflight=preflight,
     finalize=write_shards,
 )

@@ -1,10 +1,15 @@
-"""Chunks and speech spans: the pure core of interleaving (shared with synthesize).
+"""Chunks and speech spans: the pure core of interleaving (shared with pairs and synthesize).
 
-A chunk boundary may only fall where a unit boundary meets a gap between words, within a
-tolerance, compared in integer milliseconds. Speech spans are Poisson-sized runs of chunks
-placed at random without overlap until speech holds `speech_ratio` of the words.
+Everything here works on a batch of utterances at once, in Arrow's flat list layout: utterance i
+owns the next `sizes[i]` items of a flat array. A chunk boundary may only fall where a unit
+boundary meets a gap between words, within a tolerance, compared in integer milliseconds. Speech
+spans are Poisson-sized runs of chunks placed at random without overlap until speech holds
+`speech_ratio` of the words. Each utterance draws from its own random stream, keyed by the seed
+and its id, so what it gets never depends on the batch it came in.
 """
 
+import functools
+import hashlib
 import math
 from typing import NamedTuple
 
@@ -14,75 +19,84 @@ from sylm_data.languages import punctuated_ends
 
 SENTENCE_MARKS = set(".!?…。！？")
 
-
 _MASK = 2**64 - 1
+_GAMMA = 0x9E3779B97F4A7C15
+_MIX = (np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB))
 
 
-class SampleRandom:
-    """One sample's random stream (SplitMix64): a handful of draws per sample, where seeding a
-    numpy generator for each sample would cost more than the sample's other work."""
-
-    __slots__ = ("state",)
-
-    def __init__(self, seed: int) -> None:
-        self.state = seed & _MASK
-
-    def _next(self) -> int:
-        self.state = (self.state + 0x9E3779B97F4A7C15) & _MASK
-        z = self.state
-        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK
-        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK
-        return z ^ (z >> 31)
-
-    def random(self) -> float:
-        """Uniform in [0, 1)."""
-        return (self._next() >> 11) * 2.0**-53
-
-    def integers(self, high: int) -> int:
-        """Uniform in 0..high-1 (multiply-shift; the bias is below 2**-50 for any list length)."""
-        return (self._next() * high) >> 64
-
-    def poisson(self, mean: float) -> int:
-        """Poisson by inversion for the small means spans use; a rounded normal above 30."""
-        if mean > 30:
-            radius = math.sqrt(-2 * math.log(1 - self.random()))
-            return max(0, round(mean + math.sqrt(mean) * radius * math.cos(2 * math.pi * self.random())))
-        draw, count = self.random(), 0
-        probability = cumulative = math.exp(-mean)
-        while draw >= cumulative and probability > 0:
-            count += 1
-            probability *= mean / count
-            cumulative += probability
-        return count
+def stream_keys(seed: int, ids: list[str]) -> np.ndarray:
+    """Each id's random stream (uint64 keys), from the run seed and the id alone."""
+    digests = b"".join(hashlib.blake2b(f"{seed}:{item}".encode(), digest_size=8).digest() for item in ids)
+    return np.frombuffer(digests, "<u8")
 
 
-class Chunk(NamedTuple):
-    first_word: int
-    end_word: int  # exclusive
-    first_unit: int
-    end_unit: int  # exclusive
+def uniforms(keys: np.ndarray, draw) -> np.ndarray:
+    """Draw number `draw` (an int, or one per key) of each stream, uniform in [0, 1). SplitMix64 is
+    counter-based: draw k mixes key + (k + 1)·γ, so any draw is had without the ones before it."""
+    z = keys + (np.asarray(draw, np.uint64) + np.uint64(1)) * np.uint64(_GAMMA) if np.ndim(draw) else \
+        keys + np.uint64(((draw + 1) * _GAMMA) & _MASK)
+    z = (z ^ (z >> np.uint64(30))) * _MIX[0]
+    z = (z ^ (z >> np.uint64(27))) * _MIX[1]
+    z = z ^ (z >> np.uint64(31))
+    return (z >> np.uint64(11)).astype(np.float64) * 2.0**-53
+
+
+def below(uniform: np.ndarray, high: np.ndarray) -> np.ndarray:
+    """Uniform integers in 0..high-1 (high > 0) from uniform floats."""
+    return np.minimum((uniform * high).astype(np.int64), np.asarray(high) - 1)
+
+
+@functools.lru_cache(maxsize=16)
+def _poisson_cdf(mean: float) -> np.ndarray:
+    counts = np.arange(int(mean + 12 * math.sqrt(mean)) + 20)
+    log_pmf = counts * math.log(mean) - mean - np.array([math.lgamma(count + 1) for count in counts])
+    return np.cumsum(np.exp(log_pmf))
+
+
+def poisson(uniform: np.ndarray, mean: float) -> np.ndarray:
+    """Poisson(mean) counts from uniform floats, by inversion."""
+    if mean <= 0:
+        return np.zeros(len(uniform), np.int64)
+    return np.searchsorted(_poisson_cdf(mean), uniform, side="right")
+
+
+class Cuts(NamedTuple):
+    """Allowed cuts, sorted by utterance then word: utterance rows[i] may be cut before word
+    words[i] and unit units[i] (indices within the utterance)."""
+    rows: np.ndarray
+    words: np.ndarray
+    units: np.ndarray
+
+    def restricted_to(self, rows: np.ndarray, words: np.ndarray) -> "Cuts":
+        """The cuts that fall before one of the given (utterance, word) places."""
+        span = int(max(self.words.max(initial=0), np.max(words, initial=0))) + 1
+        keep = np.isin(self.rows * span + self.words, np.asarray(rows, np.int64) * span + words)
+        return Cuts(*(column[keep] for column in self))
+
+
+class Pieces(NamedTuple):
+    """Consecutive pieces (chunks, runs) of utterances, in order: piece i of utterance rows[i] holds
+    words first_word..end_word-1 and units first_unit..end_unit-1 (indices within the utterance)."""
+    rows: np.ndarray
+    first_word: np.ndarray
+    end_word: np.ndarray
+    first_unit: np.ndarray
+    end_unit: np.ndarray
 
     @property
-    def words(self) -> int:
+    def words(self) -> np.ndarray:
         return self.end_word - self.first_word
 
-
-def word_cuts(word_starts: list[int], word_ends: list[int], unit_starts: list[int], unit_ends: list[int],
-              tolerance_ms: int) -> dict[int, int]:
-    """Word index k -> unit index j such that cutting before word k and before unit j is allowed:
-    unit j starts (where unit j - 1 ends) inside the gap between words k - 1 and k, give or take
-    `tolerance_ms`. When several unit boundaries qualify, the one nearest the gap's middle wins
-    (the earlier on a tie)."""
-    return batch_word_cuts([len(word_starts)], word_starts, word_ends, [len(unit_starts)], unit_starts, unit_ends,
-                           tolerance_ms)[0]
+    def take(self, index: np.ndarray) -> "Pieces":
+        return Pieces(*(column[index] for column in self))
 
 
-def batch_word_cuts(word_sizes, word_starts, word_ends, unit_sizes, unit_starts, unit_ends,
-                    tolerance_ms: int) -> list[dict[int, int]]:
-    """`word_cuts` of many utterances at once, vectorised, over flat arrays (Arrow's list layout:
-    utterance i owns the next `word_sizes[i]` words and `unit_sizes[i]` units). Every utterance's
-    unit boundaries go into one sorted array keyed by utterance, then time (doubled, so that gap
-    middles stay integers)."""
+def word_cuts(word_sizes, word_starts, word_ends, unit_sizes, unit_starts, unit_ends, tolerance_ms: int) -> Cuts:
+    """Where each utterance may be cut: before word k and unit j when unit j starts (where unit
+    j - 1 ends) inside the gap between words k - 1 and k, give or take `tolerance_ms`. When several
+    unit boundaries qualify, the one nearest the gap's middle wins (the earlier on a tie).
+    Vectorised: every utterance's unit boundaries go into one sorted array keyed by utterance,
+    then time (doubled, so that gap middles stay integers)."""
     word_rows, word_index = _positions(word_sizes)
     unit_rows, unit_index = _positions(unit_sizes)
     w_start, w_end = np.asarray(word_starts, np.int64), np.asarray(word_ends, np.int64)
@@ -111,11 +125,8 @@ def batch_word_cuts(word_sizes, word_starts, word_ends, unit_sizes, unit_starts,
     take_before = before_fits & (~after_fits | (before_distance <= after_distance))
     chosen = np.where(take_before, before, after)
     found = take_before | after_fits
-    cuts: list[dict[int, int]] = [{} for _ in range(len(word_sizes))]
     units_at = unit_index[later[chosen[found]]] if len(later) else np.zeros(0, np.int64)
-    for row, word, unit in zip(rows[found].tolist(), word_index[gaps[found]].tolist(), units_at.tolist()):
-        cuts[row][word] = unit
-    return cuts
+    return Cuts(rows[found], word_index[gaps[found]], units_at)
 
 
 def _positions(sizes) -> tuple[np.ndarray, np.ndarray]:
@@ -125,45 +136,104 @@ def _positions(sizes) -> tuple[np.ndarray, np.ndarray]:
     return rows, np.arange(len(rows)) - np.repeat(np.cumsum(sizes) - sizes, sizes)
 
 
-def chunks(word_count: int, unit_count: int, cuts: dict[int, int], allowed: set[int] | None = None) -> list[Chunk]:
-    """Cut the utterance at `cuts` (restricted to word indices in `allowed`, when given). Every word
-    and every unit lands in exactly one chunk, in order; edge silence units stay with the edge chunks."""
-    points = sorted(cuts) if allowed is None else sorted(k for k in cuts if k in allowed)
-    words = [0, *points, word_count]
-    units = [0, *(cuts[k] for k in points), unit_count]
-    return list(map(Chunk._make, zip(words, words[1:], units, units[1:])))
+def chunks(cuts: Cuts, word_sizes: np.ndarray, unit_sizes: np.ndarray, rows: np.ndarray) -> Pieces:
+    """Utterances `rows` (ascending) cut at every one of their `cuts`. Every word and every unit
+    lands in exactly one chunk, in order; edge silence units stay with the edge chunks."""
+    wanted = np.zeros(len(word_sizes), bool)
+    wanted[rows] = True
+    inner = wanted[cuts.rows]
+    cut_words, cut_units = cuts.words[inner], cuts.units[inner]
+    counts = np.bincount(cuts.rows[inner], minlength=len(word_sizes))[rows] + 1
+    firsts = np.cumsum(counts) - counts
+    first_of_row, last_of_row = np.zeros(counts.sum(), bool), np.zeros(counts.sum(), bool)
+    first_of_row[firsts], last_of_row[firsts + counts - 1] = True, True
+    pieces = Pieces(np.repeat(rows, counts), *(np.zeros(counts.sum(), np.int64) for _ in range(4)))
+    pieces.first_word[~first_of_row], pieces.first_unit[~first_of_row] = cut_words, cut_units
+    pieces.end_word[~last_of_row], pieces.end_unit[~last_of_row] = cut_words, cut_units
+    pieces.end_word[last_of_row], pieces.end_unit[last_of_row] = word_sizes[rows], unit_sizes[rows]
+    return pieces
 
 
-def sentence_ends(text: str, words: list[str]) -> set[int]:
-    """Word counts after which the transcript ends a sentence (., !, ?, …, and CJK full stops)."""
-    return punctuated_ends(text, words, SENTENCE_MARKS)
+def sentence_ends(text: str, words: list[str], offsets: list[int] | None = None) -> set[int]:
+    """Word counts after which the transcript ends a sentence (., !, ?, …, and CJK full stops);
+    `offsets`: the words' `languages.word_offsets`, when already known."""
+    return punctuated_ends(text, words, SENTENCE_MARKS, offsets)
 
 
-def choose_speech(chunk_words: list[int], speech_ratio: float, span_mean: float, rng: SampleRandom,
-                  span_in_words: bool = True, max_tries: int = 100) -> list[bool]:
-    """Which chunks become speech: spans of Poisson(span_mean) words (or chunks, e.g. sentences, when
-    not `span_in_words`) at random free places, until the speech words reach `speech_ratio` of all
-    words. A span stops where taking one more chunk would land farther from the target than
-    stopping, so the ratio is unbiased over a corpus rather than always overshot."""
-    total = sum(chunk_words)
-    target = speech_ratio * total
-    speech = [False] * len(chunk_words)
-    spoken = 0
-    for _ in range(max_tries):
-        if spoken >= target or all(speech):
+def runs(pieces: Pieces, flags: np.ndarray) -> tuple[Pieces, np.ndarray]:
+    """Consecutive pieces of one utterance with the same flag merged into one; (runs, their flags)."""
+    starts = np.ones(len(flags), bool)
+    starts[1:] = (pieces.rows[1:] != pieces.rows[:-1]) | (flags[1:] != flags[:-1])
+    ends = np.ones(len(flags), bool)
+    ends[:-1] = starts[1:]
+    first, last = np.flatnonzero(starts), np.flatnonzero(ends)
+    merged = Pieces(pieces.rows[first], pieces.first_word[first], pieces.end_word[last], pieces.first_unit[first],
+                    pieces.end_unit[last])
+    return merged, flags[first]
+
+
+def _padded(values: np.ndarray, rows: np.ndarray, count: int, fill) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-utterance values laid out as a (count, longest + 1) matrix padded with `fill`; also
+    each value's column and each utterance's length."""
+    sizes = np.bincount(rows, minlength=count)
+    columns = np.arange(len(rows)) - np.repeat(np.cumsum(sizes) - sizes, sizes)
+    matrix = np.full((count, int(sizes.max(initial=0)) + 1), fill, dtype=np.asarray(values).dtype)
+    matrix[rows, columns] = values
+    return matrix, columns, sizes
+
+
+def choose_speech(chunk_words: np.ndarray, chunk_rows: np.ndarray, keys: np.ndarray, speech_ratio: float,
+                  span_mean: float, span_in_words: bool = True, first_draw: int = 0, max_tries: int = 100) -> np.ndarray:
+    """Which chunks become speech (one flag per chunk). The chunks of utterance i (chunk_rows == i,
+    consecutive) draw from stream keys[i], from draw `first_draw` on. Spans of Poisson(span_mean)
+    words (or chunks, e.g. sentences, when not `span_in_words`) go at random free places until
+    the speech words reach `speech_ratio` of all words. A span stops where taking one more chunk
+    would land farther from the target than stopping, so the ratio is unbiased over a corpus
+    rather than always overshot. All utterances place their t-th span together."""
+    count = len(keys)
+    words, columns, sizes = _padded(np.asarray(chunk_words, np.int64), chunk_rows, count, 0)
+    speech, _, _ = _padded(np.zeros(len(chunk_rows), bool), chunk_rows, count, True)  # padding: never free
+    target = speech_ratio * np.bincount(chunk_rows, weights=chunk_words, minlength=count)
+    spoken, free = np.zeros(count, np.int64), sizes.copy()
+    for attempt in range(max_tries):
+        live = np.flatnonzero((spoken < target) & (free > 0))
+        # an utterance none of whose free chunks fits any more is done: no span could grow in it
+        smallest = np.where(speech[live], np.iinfo(np.int64).max // 2, words[live]).min(axis=1, initial=np.iinfo(np.int64).max // 2)
+        live = live[spoken[live] + smallest - target[live] <= target[live] - spoken[live]]
+        if not live.size:
             break
-        length = max(1, rng.poisson(span_mean))
-        start = rng.integers(len(chunk_words))
-        if speech[start]:
-            continue
-        taken = 0
-        for index in range(start, len(chunk_words)):
-            if taken >= length or speech[index] or spoken >= target:
-                break
+        wanted = np.maximum(poisson(uniforms(keys[live], first_draw + 2 * attempt), span_mean), 1)
+        at = below(uniforms(keys[live], first_draw + 2 * attempt + 1), sizes[live])
+        placed = ~speech[live, at]
+        rows, at, wanted, taken = live[placed], at[placed], wanted[placed], np.zeros(placed.sum(), np.int64)
+        while rows.size:
+            size, so_far, goal = words[rows, at], spoken[rows], target[rows]
             # take the chunk when that lands nearer the target than stopping short of it
-            if spoken + chunk_words[index] - target > target - spoken:
-                break
-            speech[index] = True
-            spoken += chunk_words[index]
-            taken += chunk_words[index] if span_in_words else 1
-    return speech
+            go = ~speech[rows, at] & (taken < wanted) & (so_far < goal) & (so_far + size - goal <= goal - so_far)
+            rows, at, wanted, taken, size = rows[go], at[go], wanted[go], taken[go], size[go]
+            speech[rows, at] = True
+            spoken[rows] += size
+            free[rows] -= 1
+            taken += size if span_in_words else 1
+            at += 1
+    return speech[chunk_rows, columns]
+
+
+def consecutive_spans(chunk_words: np.ndarray, chunk_rows: np.ndarray, keys: np.ndarray, span_mean: float,
+                      span_in_words: bool = True) -> np.ndarray:
+    """Each chunk's span number within its utterance: spans of Poisson(span_mean) words (or chunks)
+    one after another from the start, span s of utterance i sized by draw s of stream keys[i]."""
+    count = len(keys)
+    words, columns, sizes = _padded(np.asarray(chunk_words, np.int64), chunk_rows, count, 0)
+    span_of = np.zeros_like(words)
+    span, taken = np.zeros(count, np.int64), np.zeros(count, np.int64)
+    wanted = np.maximum(poisson(uniforms(keys, 0), span_mean), 1)
+    for column in range(words.shape[1] - 1):
+        rows = np.flatnonzero(sizes > column)
+        done = rows[taken[rows] >= wanted[rows]]
+        span[done] += 1
+        taken[done] = 0
+        wanted[done] = np.maximum(poisson(uniforms(keys[done], span[done]), span_mean), 1)
+        span_of[rows, column] = span[rows]
+        taken[rows] += words[rows, column] if span_in_words else 1
+    return span_of[chunk_rows, columns]

@@ -19,6 +19,7 @@ import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import torch
 
@@ -115,14 +116,14 @@ def check_document(text: str | None, language: str | None, config: SynthesizeCon
 
 def speech_runs(text: str, words: list[str], config: SynthesizeConfig, sample_id: str) -> list[tuple[int, int, bool]]:
     """(first word, end word, is speech) runs covering the document, chosen as interleave chooses."""
-    rng = interleave.sample_rng(config.seed, sample_id)
     if config.granularity == "sentence":
         ends = sorted(spans.sentence_ends(text, words) | {len(words)})
         bounds = list(zip([0] + ends[:-1], ends))
     else:
         bounds = [(index, index + 1) for index in range(len(words))]
-    speech = spans.choose_speech([end - first for first, end in bounds], config.speech_ratio, config.span_mean, rng,
-                                 span_in_words=config.granularity == "word")
+    speech = spans.choose_speech(np.array([end - first for first, end in bounds], np.int64), np.zeros(len(bounds), np.int64),
+                                 spans.stream_keys(config.seed, [sample_id]), config.speech_ratio, config.span_mean,
+                                 span_in_words=config.granularity == "word").tolist()
     runs: list[tuple[int, int, bool]] = []
     for (first, end), is_speech in zip(bounds, speech):
         if runs and runs[-1][2] == is_speech:
