@@ -1,8 +1,9 @@
 """Interleave throughput against an I/O floor, side by side in one run.
 
-    python bench/interleave.py [--rows 100000]
+    python bench/interleave.py [--rows 100000] [--granularity word|sentence]
 
-Input: synthetic tokenized rows (12 words, ~3 units per word, contiguous 20 ms grid) in Parquet.
+Input: synthetic tokenized rows (14 words in two sentences, 1-2 units per word on a contiguous
+20 ms grid) in Parquet.
 Stage: read the Parquet, build every sample (chunking, spans, JSON), write the rows and then the
 shards, as the stage's transform and its shard writer do (in one process, no Ray). Floor: read the
 same Parquet and write the stage's finished sample bytes to tar with the same shard writer.
@@ -22,7 +23,8 @@ from sylm_data.pipeline.shards import ShardWriter
 from sylm_data.schemas import sample, stream
 from sylm_data.stages import interleave
 
-WORDS = "the river ran past the old mill before it reached the sea".split()
+TEXT = "The river ran past the old mill. Before it reached the sea, it slowed."
+WORDS = [word.strip(".,") for word in TEXT.split()]
 
 
 def synthetic_rows(count: int) -> pa.Table:
@@ -38,7 +40,7 @@ def synthetic_rows(count: int) -> pa.Table:
                 starts.append(cut)
                 ends.append(min(cut + 60, position + length))
             position += length
-        rows.append({"id": f"synthetic:{index:08d}", "source": "synthetic", "text": " ".join(WORDS) + ".",
+        rows.append({"id": f"synthetic:{index:08d}", "source": "synthetic", "text": TEXT,
                      "language": "en", "words": words, "units": units, "unit_start_ms": starts, "unit_end_ms": ends,
                      "tokenizer": "synthetic:0:k8192:u8192:0",
                      stream.PARTITION: "p", stream.PARTITION_TOTAL: 0, stream.REJECT_STAGE: None,
@@ -49,8 +51,9 @@ def synthetic_rows(count: int) -> pa.Table:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=100_000)
+    parser.add_argument("--granularity", choices=["word", "sentence"], default="word")
     args = parser.parse_args()
-    config = interleave.InterleaveConfig(shard_bytes=64 * 2**20)
+    config = interleave.InterleaveConfig(granularity=args.granularity, shard_bytes=64 * 2**20)
     with tempfile.TemporaryDirectory() as scratch:
         scratch = Path(scratch)
         pq.write_table(synthetic_rows(args.rows), scratch / "tokenized.parquet", row_group_size=4096)
