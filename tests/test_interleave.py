@@ -209,6 +209,35 @@ def test_samples_follow_the_contract_and_keep_the_transcript():
     assert text_only["speech_words"] == text_only["units"] == 0
 
 
+@settings(max_examples=80, deadline=None)
+@given(timed_utterance(), st.sampled_from([1.0, 3.0, 10.0]), st.sampled_from(["word", "sentence"]), st.integers(0, 99))
+def test_an_interleaved_sample_says_every_word_once_in_order_as_text_or_speech(utterance, span_mean, granularity, seed):
+    word_starts, word_ends, unit_starts, unit_ends = utterance
+    words = [f"w{index}" for index in range(len(word_starts))]
+    text = " ".join(word + ("." if index % 4 == 3 else "") for index, word in enumerate(words))
+    item = row(list(zip(words, word_starts, word_ends)), list(zip(range(len(unit_starts)), unit_starts, unit_ends)), text=text)
+    config = interleave.InterleaveConfig(kinds={"interleaved": 1.0}, span_mean=span_mean, granularity=granularity, seed=seed)
+    [made] = built([item], config)
+    segments = json.loads(made["json"])["segments"]
+    modalities = [s["modality"] for s in segments]
+    assert all(a != b for a, b in zip(modalities, modalities[1:]))  # runs of one modality are one segment
+    said, next_word, next_unit = 0, 0, 0
+    for segment in segments:
+        if segment["modality"] == "text":
+            indices = [int(word.rstrip(".")[1:]) for word in segment["text"].split()]
+            assert indices == list(range(indices[0], indices[0] + len(indices)))
+            assert (indices[0] == next_word) == (segment is segments[0])  # speech said the words in between
+            if granularity == "sentence":  # text starts and ends at sentence boundaries
+                assert indices[0] % 4 == 0 and (segment["text"].endswith(".") or indices[-1] == len(words) - 1)
+            said, next_word = said + len(indices), indices[-1] + 1
+        else:
+            assert segment["units"] == list(range(segment["units"][0], segment["units"][0] + len(segment["units"])))
+            assert not segment["units"] or segment["units"][0] >= next_unit
+            next_unit = segment["units"][-1] + 1 if segment["units"] else next_unit
+    assert said + made["speech_words"] == len(words) and made["units"] == sum(len(s.get("units", [])) for s in segments)
+    assert made["kind"] == ("interleaved" if len(segments) > 1 else modalities[0])
+
+
 def test_a_sample_is_the_same_whatever_batch_it_comes_in():
     config = interleave.InterleaveConfig(span_mean=2)
     rows = [row(WORDS, UNITS, id=f"manifest:{n}") for n in range(40)]
