@@ -165,7 +165,8 @@ def render(utterances: Utterances, rows: np.ndarray, plan: Plan) -> tuple[pa.Arr
     spoken = np.flatnonzero(speech)
     lengths = (segments.end_unit - segments.first_unit)[spoken]
     starts = (utterances.unit_bounds[segments.rows] + segments.first_unit)[spoken]
-    flat = np.repeat(starts - np.cumsum(lengths) + lengths, lengths) + np.arange(lengths.sum())
+    # each speech segment's unit positions in the flat unit array, one range after another
+    flat = np.repeat(starts - (np.cumsum(lengths) - lengths), lengths) + np.arange(lengths.sum())
     unit_lists = pa.ListArray.from_arrays(_offsets(lengths), pc.cast(utterances.unit_ids.take(flat), pa.string()))
     speech_json = pc.binary_join_element_wise('{"modality":"speech","units":[', pc.binary_join(unit_lists, ","), "]}", "")
     texts = _segment_texts(utterances, segments.take(np.flatnonzero(~speech)))

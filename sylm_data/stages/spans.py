@@ -19,7 +19,6 @@ from sylm_data.languages import punctuated_ends
 
 SENTENCE_MARKS = set(".!?…。！？")
 
-_MASK = 2**64 - 1
 _GAMMA = 0x9E3779B97F4A7C15
 _MIX = (np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB))
 
@@ -33,8 +32,8 @@ def stream_keys(seed: int, ids: list[str]) -> np.ndarray:
 def uniforms(keys: np.ndarray, draw) -> np.ndarray:
     """Draw number `draw` (an int, or one per key) of each stream, uniform in [0, 1). SplitMix64 is
     counter-based: draw k mixes key + (k + 1)·γ, so any draw is had without the ones before it."""
-    z = keys + (np.asarray(draw, np.uint64) + np.uint64(1)) * np.uint64(_GAMMA) if np.ndim(draw) else \
-        keys + np.uint64(((draw + 1) * _GAMMA) & _MASK)
+    counters = np.broadcast_to(np.asarray(draw, np.uint64), keys.shape)  # arrays wrap silently where scalars warn
+    z = keys + (counters + np.uint64(1)) * np.uint64(_GAMMA)
     z = (z ^ (z >> np.uint64(30))) * _MIX[0]
     z = (z ^ (z >> np.uint64(27))) * _MIX[1]
     z = z ^ (z >> np.uint64(31))
@@ -176,7 +175,7 @@ def _padded(values: np.ndarray, rows: np.ndarray, count: int, fill) -> tuple[np.
     """Per-utterance values laid out as a (count, longest + 1) matrix padded with `fill`; also
     each value's column and each utterance's length."""
     sizes = np.bincount(rows, minlength=count)
-    columns = np.arange(len(rows)) - np.repeat(np.cumsum(sizes) - sizes, sizes)
+    _, columns = _positions(sizes)
     matrix = np.full((count, int(sizes.max(initial=0)) + 1), fill, dtype=np.asarray(values).dtype)
     matrix[rows, columns] = values
     return matrix, columns, sizes
