@@ -3,6 +3,7 @@
 import glob
 import hashlib
 import os
+import posixpath
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,35 +43,64 @@ class Record:
 class Reader:
     """A source kind: which partitions the inputs hold, and the records of one partition."""
 
-    def partitions(self, inputs: list[str]) -> list[Partition]:
+    def partitions(self, inputs: list[str], root: str | None = None) -> list[Partition]:
+        """`root`: the dataset folder the partitions' ids are relative to (default: each glob's static prefix)."""
         raise NotImplementedError
 
     def read(self, partition: Partition) -> Iterator[Record]:
         raise NotImplementedError
 
 
-def partition_id(path: str) -> str:
-    """File stem plus a short hash of the full input, so equal stems in two folders stay apart."""
-    stem = Path(path).name.split(".")[0] or "input"
-    return f"{stem}-{hashlib.sha1(path.encode()).hexdigest()[:8]}"
+@dataclass(frozen=True)
+class Input:
+    path: str  # as found: read from here
+    relative: str  # the path below its dataset root: what identifies it
 
 
-def expand(inputs: list[str]) -> list[str]:
-    """Local paths and globs (sorted, `**` allowed) and hf:// patterns, in the order given."""
+def partition_id(source: str, relative: str) -> str:
+    """File stem plus a short hash of the source and the dataset-relative path: the same files
+    reached through another folder, symlink or mount keep their ids, equal stems stay apart."""
+    stem = posixpath.basename(relative).split(".")[0] or "input"
+    return f"{stem}-{hashlib.sha1(f'{source}:{relative}'.encode()).hexdigest()[:8]}"
+
+
+def static_prefix(pattern: str) -> str:
+    """The folder a glob pattern starts from: its components before the first wildcard (a plain
+    file path: its folder)."""
+    parts = Path(pattern).parts
+    fixed = next((i for i, part in enumerate(parts) if glob.has_magic(part)), len(parts) - 1)
+    return str(Path(*parts[:fixed])) if fixed else "."
+
+
+def expand(inputs: list[str], root: str | None = None) -> list[Input]:
+    """Local paths and globs (sorted, `**` allowed) and hf:// patterns, in the order given, each
+    with its path relative to `root`, or else to its pattern's static prefix (hf://: the repo path)."""
     from sylm_data.sources import hub
 
-    paths: list[str] = []
+    found: dict[str, Input] = {}
     for pattern in inputs:
         if pattern.startswith(hub.SCHEME):
-            matches = hub.expand(pattern)
-        elif glob.has_magic(pattern):
-            matches = sorted(glob.glob(os.path.expanduser(pattern), recursive=True))
+            matches = [(uri, uri[len(hub.SCHEME):]) for uri in hub.expand(pattern)]
         else:
-            matches = [os.path.expanduser(pattern)] if os.path.exists(os.path.expanduser(pattern)) else []
+            pattern = os.path.expanduser(pattern)
+            paths = sorted(glob.glob(pattern, recursive=True)) if glob.has_magic(pattern) else [pattern] * os.path.exists(pattern)
+            base = os.path.expanduser(root) if root else static_prefix(pattern)
+            matches = [(path, _relative(path, base)) for path in paths]
         if not matches:
             raise SourceError(f"no input matches {pattern!r}")
-        paths.extend(matches)
-    return list(dict.fromkeys(paths))
+        for path, relative in matches:
+            if relative in found and found[relative].path != path:
+                raise SourceError(f"{found[relative].path} and {path} are both {relative!r} below their input folders: "
+                                  "set ingest.root to a folder above both")
+            found[relative] = Input(path, relative)
+    return list(found.values())
+
+
+def _relative(path: str, root: str) -> str:
+    relative = os.path.relpath(os.path.abspath(path), os.path.abspath(root))
+    if relative.startswith(os.pardir):
+        raise SourceError(f"{path} is not below the dataset root {root}")
+    return relative.replace(os.sep, "/")
 
 
 def local_path(path: str) -> str:

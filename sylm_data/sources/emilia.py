@@ -27,8 +27,8 @@ class EmiliaReader(Reader):
     def __init__(self, yodas: bool) -> None:
         self.source = "emilia-yodas" if yodas else "emilia"
 
-    def partitions(self, inputs: list[str]) -> list[Partition]:
-        return [Partition(partition_id(path), self.source, path) for path in expand(inputs)]
+    def partitions(self, inputs: list[str], root: str | None = None) -> list[Partition]:
+        return [Partition(partition_id(self.source, found.relative), self.source, found.path) for found in expand(inputs, root)]
 
     def read(self, partition: Partition) -> Iterator[Record]:
         for item in iter_groups(local_path(partition.path), _is_complete):

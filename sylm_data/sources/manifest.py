@@ -17,8 +17,8 @@ _KNOWN_FIELDS = {"id", "audio", "audio_path", "text", "language", "speaker", "qu
 class ManifestReader(Reader):
     source = "manifest"
 
-    def partitions(self, inputs: list[str]) -> list[Partition]:
-        return [Partition(partition_id(path), self.source, path) for path in expand(inputs)]
+    def partitions(self, inputs: list[str], root: str | None = None) -> list[Partition]:
+        return [Partition(partition_id(self.source, found.relative), self.source, found.path) for found in expand(inputs, root)]
 
     def read(self, partition: Partition) -> Iterator[Record]:
         path = Path(local_path(partition.path))

@@ -15,8 +15,8 @@ TEXT, ID, LANGUAGE = "text", "id", "language"
 class TextReader(Reader):
     source = "text"
 
-    def partitions(self, inputs: list[str]) -> list[Partition]:
-        return [Partition(partition_id(path), self.source, path) for path in expand(inputs)]
+    def partitions(self, inputs: list[str], root: str | None = None) -> list[Partition]:
+        return [Partition(partition_id(self.source, found.relative), self.source, found.path) for found in expand(inputs, root)]
 
     def read(self, partition: Partition) -> Iterator[Record]:
         path = Path(local_path(partition.path))

@@ -47,13 +47,14 @@ def _language(audio_path: str) -> str | None:
 class Yodas2Reader(Reader):
     source = "yodas2"
 
-    def partitions(self, inputs: list[str]) -> list[Partition]:
+    def partitions(self, inputs: list[str], root: str | None = None) -> list[Partition]:
         partitions = []
-        for path in expand(inputs):
+        for found in expand(inputs, root):
+            path = found.path
             if not path.endswith((".tar.gz", ".tar")) or posixpath.basename(posixpath.dirname(path)) != "audio":
                 raise SourceError(f"{path}: a yodas2 input is a data/<subset>/audio/NNNNNNNN.tar.gz archive")
             companions = {"text": _companion(path, "text", ".json")}
-            partitions.append(Partition(partition_id(path), self.source, path, companions))
+            partitions.append(Partition(partition_id(self.source, found.relative), self.source, path, companions))
         return partitions
 
     def read(self, partition: Partition) -> Iterator[Record]:
