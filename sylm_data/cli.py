@@ -21,18 +21,19 @@ def _fail(message: str) -> None:
     raise typer.Exit(2)
 
 
-def _expand_local(patterns: list[str]) -> list[str]:
-    """Expand local globs here so the config records real paths; hf:// patterns stay patterns."""
-    expanded = []
+def _absolute_inputs(patterns: list[str]) -> list[str]:
+    """Local paths and globs made absolute (the run record then says where they were); a glob stays
+    a glob, so the partitions are named relative to its static prefix. hf:// patterns stay as given."""
+    absolute = []
     for pattern in patterns:
-        if pattern.startswith("hf://") or not glob.has_magic(pattern):
-            expanded.append(pattern)
-        else:
-            matches = sorted(glob.glob(os.path.expanduser(pattern), recursive=True))
-            if not matches:
-                _fail(f"no input matches {pattern!r}")
-            expanded.extend(os.path.abspath(match) for match in matches)
-    return [path if path.startswith("hf://") else os.path.abspath(os.path.expanduser(path)) for path in expanded]
+        if pattern.startswith("hf://"):
+            absolute.append(pattern)
+            continue
+        pattern = os.path.abspath(os.path.expanduser(pattern))
+        if not glob.glob(pattern, recursive=True):
+            _fail(f"no input matches {pattern!r}")
+        absolute.append(pattern)
+    return absolute
 
 
 @app.command()
@@ -44,6 +45,7 @@ def run(
     input: Annotated[Optional[list[str]], typer.Option("--input", "-i", help="Input path, glob or hf://OWNER/NAME/PATTERN (repeatable): speech corpora for ingest, a text corpus for synthesize.")] = None,
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override a config key: SECTION.KEY=VALUE (repeatable).")] = None,
     address: Annotated[Optional[str], typer.Option(help="Ray address (auto, ray://HOST:PORT); default: embedded local Ray.")] = None,
+    retry_rejects: Annotated[Optional[list[str]], typer.Option("--retry-rejects", help="Compute the samples rejected for REASON again (e.g. stage_error; repeatable).")] = None,
 ) -> None:
     """Run stages in pipeline order; a stage not in the run reads its input from OUTPUT."""
     from sylm_data.pipeline import runner
@@ -55,8 +57,8 @@ def run(
         cfg = config_module.load(config, overrides)
         if input:  # the inputs of the stage that reads sources: ingest, or synthesize
             first = registry.plan(list(stage or cfg.run.stages))[0]
-            cfg.stages[first.name if first.consumes == SOURCES else "ingest"].inputs = _expand_local(list(input))
-        result = runner.run(cfg, list(stage or []), str(output), address=address)
+            cfg.stages[first.name if first.consumes == SOURCES else "ingest"].inputs = _absolute_inputs(list(input))
+        result = runner.run(cfg, list(stage or []), str(output), address=address, retry_rejects=list(retry_rejects or []))
     except (config_module.ConfigError, registry.PlanError, runner.RunError) as error:
         _fail(str(error))
     _print_summary(result.record, result.record_path)

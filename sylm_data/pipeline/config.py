@@ -47,10 +47,14 @@ class Config:
         }
 
     def stage_hash(self, names: list[str]) -> str:
-        """Fingerprint of what decides the rows of these stages (inputs excluded: partitions record them)."""
-        relevant = {name: self.to_dict()[name] for name in names}
-        for section in relevant.values():
-            section.pop("inputs", None)
+        """Fingerprint of what decides the rows of these stages: inputs and root are left out (the
+        partitions record them) and so is each section's `SPEED_ONLY` (workers, actors, batch sizes),
+        so a resumed run may scale."""
+        relevant = {}
+        for name in names:
+            section = self.stages[name]
+            left_out = {"inputs", "root", *getattr(section, "SPEED_ONLY", ())}
+            relevant[name] = {key: value for key, value in dataclasses.asdict(section).items() if key not in left_out}
         relevant["seed"] = self.run.seed
         return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
 

@@ -13,10 +13,10 @@ wiped and recomputed on the next run, so a run killed at any point resumes witho
 losses; staging per run id keeps a straggling worker of a killed run out of the new run's files.
 """
 
+import hashlib
 import json
 import os
 import shutil
-import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -62,6 +62,11 @@ class OutputLayout:
     def shards_dir(self) -> Path:
         return self.root / "shards"
 
+    @property
+    def ids_dir(self) -> Path:
+        """Each source partition's sample ids, for the duplicate check across partitions (`duplicates`)."""
+        return self.root / "_ids"
+
     def markers(self, stage: str) -> dict[str, dict]:
         return {path.stem: json.loads(path.read_text()) for path in sorted(self.done_dir(stage).glob("*.json"))}
 
@@ -70,6 +75,10 @@ class OutputLayout:
         for folder in self.written_folders(final_stage, stages):
             for leftover in (folder / partition, *folder.glob(f"{TMP}/*/{partition}")):
                 shutil.rmtree(leftover, ignore_errors=True)
+
+    def uncommit(self, partition: str, final_stage: str) -> None:
+        """Take a committed partition back (its marker first: from then on it is not output)."""
+        (self.done_dir(final_stage) / f"{partition}.json").unlink(missing_ok=True)
 
     def written_folders(self, final_stage: str, stages: list[str]) -> list[Path]:
         """The folders a run of `stages` writes: the final stage's rows and every stage's rejects."""
@@ -108,12 +117,20 @@ SUMMARY_SCHEMA = pa.schema(
 )
 
 
-def _write_atomic(table: pa.Table, folder: Path) -> None:
+def staged_name(ids: pa.ChunkedArray) -> str:
+    """A batch's file name, from the ids it holds: a task Ray retries writes the same rows under
+    the same name, replacing its first attempt's file instead of adding a copy."""
+    digest = hashlib.sha1()
+    for sample_id in ids.to_pylist():
+        digest.update(sample_id.encode() + b"\0")
+    return f"{digest.hexdigest()[:20]}.parquet"
+
+
+def _write_atomic(table: pa.Table, folder: Path, name: str) -> None:
     folder.mkdir(parents=True, exist_ok=True)
-    name = uuid.uuid4().hex
-    temporary = folder / f".{name}.parquet.partial"
+    temporary = folder / f".{name}.partial"
     pq.write_table(table, temporary)
-    os.replace(temporary, folder / f"{name}.parquet")
+    os.replace(temporary, folder / name)
 
 
 def write_batch(batch: pa.Table, root: str, run_id: str, final_stage: str, contract: pa.Schema) -> pa.Table:
@@ -122,14 +139,15 @@ def write_batch(batch: pa.Table, root: str, run_id: str, final_stage: str, contr
     summaries = []
     for partition in pc.unique(batch[stream.PARTITION]).to_pylist():
         rows = batch.filter(pc.equal(batch[stream.PARTITION], partition))
+        name = staged_name(rows["id"])
         accepted = stream.accepted(rows, contract)
         rejects = stream.rejects(rows)
         if accepted.num_rows:
-            _write_atomic(accepted, layout.stage_dir(final_stage) / TMP / run_id / partition)
+            _write_atomic(accepted, layout.stage_dir(final_stage) / TMP / run_id / partition, name)
         rejected: Counter = Counter()
         for stage in pc.unique(rejects["stage"]).to_pylist():
             of_stage = rejects.filter(pc.equal(rejects["stage"], stage))
-            _write_atomic(of_stage, layout.rejects_dir(stage) / TMP / run_id / partition)
+            _write_atomic(of_stage, layout.rejects_dir(stage) / TMP / run_id / partition, name)
             rejected.update(f"{stage}/{reason}" for reason in of_stage["reason"].to_pylist())
         audio_ms = pc.sum(accepted["duration_ms"]).as_py() if "duration_ms" in accepted.column_names else 0
         summaries.append(
@@ -145,12 +163,22 @@ def write_batch(batch: pa.Table, root: str, run_id: str, final_stage: str, contr
     return pa.Table.from_pylist(summaries, schema=SUMMARY_SCHEMA)
 
 
+class StagingMismatch(RuntimeError):
+    """A partition's staged files hold other rows than its batches reported: it is not committed."""
+
+
 def commit(layout: OutputLayout, partition: str, final_stage: str, stages: list[str], marker: dict) -> None:
-    """Move a complete partition's staged files into place, then write its marker (the commit point)."""
-    for folder in layout.written_folders(final_stage, stages):
-        staged = folder / TMP / marker["run_id"] / partition
-        if staged.exists():
-            os.replace(staged, folder / partition)
+    """Move a complete partition's staged files into place, then write its marker (the commit point).
+
+    The staged files must hold exactly the rows the partition's batches reported: a file left by an
+    attempt Ray gave up on (another batching of the same rows) would otherwise add copies."""
+    staged = [folder / TMP / marker["run_id"] / partition for folder in layout.written_folders(final_stage, stages)]
+    rows = sum(pq.read_metadata(file).num_rows for folder in staged if folder.exists() for file in folder.glob("*.parquet"))
+    if rows != marker["rows_in"]:
+        raise StagingMismatch(f"partition {partition}: {rows} staged rows for {marker['rows_in']} samples")
+    for folder, source in zip(layout.written_folders(final_stage, stages), staged):
+        if source.exists():
+            os.replace(source, folder / partition)
     done = layout.done_dir(final_stage)
     done.mkdir(parents=True, exist_ok=True)
     temporary = done / f".{partition}.json.partial"

@@ -4,6 +4,7 @@ Whatever goes wrong inside a partition becomes reject rows, never a failed run: 
 could not unpack, a duplicate id, an input holding no sample, or a reader that stopped half way.
 """
 
+import hashlib
 import json
 import traceback
 from collections.abc import Iterator
@@ -14,14 +15,23 @@ import pyarrow.parquet as pq
 
 from sylm_data.schemas import source_record, stream
 from sylm_data.schemas.reject import Reason
-from sylm_data.sources import READERS, Partition, Record, SourceError
+from sylm_data.sources import READERS, Partition, Record, SourceError, fields
 
 SOURCE_SCHEMA = stream.in_flight(source_record.SCHEMA)
 
 
+MAX_ID_CHARS = 80  # a shard member is `<id>.<extension>`: within a plain tar header's 100-character name
+
+
 def record_id(source: str, key: str) -> str:
-    """Stable id from source and key; dots become '_' so the id can be a WebDataset key."""
-    return f"{source}:{key}".replace(".", "_")
+    """Stable, injective id from source and key, usable as a WebDataset key: '%' and '.' are
+    percent-escaped (WebDataset splits member names at the first dot); a longer id keeps its
+    head and ends with a hash of the whole."""
+    whole = f"{source}:{key.replace('%', '%25').replace('.', '%2E')}"
+    if len(whole) <= MAX_ID_CHARS:
+        return whole
+    digest = hashlib.sha1(whole.encode()).hexdigest()[:20]
+    return f"{whole[:MAX_ID_CHARS - len(digest) - 1]}~{digest}"
 
 
 def _row(partition: Partition, record: Record, reader_stage: str) -> dict:
@@ -46,9 +56,11 @@ def _row(partition: Partition, record: Record, reader_stage: str) -> dict:
 
 
 def _records(partition: Partition) -> Iterator[Record]:
-    """The reader's records, then one reject for the partition if the reader broke down."""
+    """The reader's records, each checked (`sources.fields`), then one reject for the partition if
+    the reader broke down."""
     try:
-        yield from READERS[partition.source].read(partition)
+        for record in READERS[partition.source].read(partition):
+            yield fields.checked(record)
     except SourceError as error:
         yield Record(key=f"{partition.id}#unreadable", reject=Reason.UNREADABLE_INPUT, detail=str(error)[:300])
     except Exception as error:  # a reader bug must not stop the run either: record it, show it, go on
@@ -57,17 +69,28 @@ def _records(partition: Partition) -> Iterator[Record]:
         yield Record(key=f"{partition.id}#unreadable", reject=Reason.UNREADABLE_INPUT, detail=detail)
 
 
-def read_source_partition(partition: Partition, reader_stage: str, batch_rows: int) -> Iterator[pa.Table]:
-    """In-flight source_record tables of at most `batch_rows` rows; the last carries the total."""
+def source_ids(partition: Partition) -> list[str]:
+    """The ids of every record the reader gives for `partition` (what `read_source_partition` will emit)."""
+    return [record_id(partition.source, record.key) for record in _records(partition)]
+
+
+def read_source_partition(partition: Partition, reader_stage: str, batch_rows: int,
+                          first_elsewhere: dict[str, str] | None = None) -> Iterator[pa.Table]:
+    """In-flight source_record tables of at most `batch_rows` rows; the last carries the total.
+    An id seen earlier in the partition, or in `first_elsewhere` (id -> the partition holding its
+    first occurrence), is a `duplicate_id` reject."""
+    first_elsewhere = first_elsewhere or {}
     seen: set[str] = set()
     batch: list[dict] = []
     total = 0
     for record in _records(partition):
         row = _row(partition, record, reader_stage)
-        if row[source_record.ID] in seen and row[stream.REJECT_REASON] is None:
+        sample_id = row[source_record.ID]
+        if row[stream.REJECT_REASON] is None and (sample_id in seen or sample_id in first_elsewhere):
+            where = "earlier in this partition" if sample_id in seen else f"in partition {first_elsewhere[sample_id]}"
             row.update({stream.REJECT_STAGE: reader_stage, stream.REJECT_REASON: Reason.DUPLICATE_ID.value,
-                        stream.REJECT_DETAIL: "the id occurs earlier in this partition", source_record.AUDIO: None})
-        seen.add(row[source_record.ID])
+                        stream.REJECT_DETAIL: f"the id occurs {where}", source_record.AUDIO: None})
+        seen.add(sample_id)
         total += 1
         if len(batch) == batch_rows:
             yield pa.Table.from_pylist(batch, schema=SOURCE_SCHEMA)

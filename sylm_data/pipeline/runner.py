@@ -8,12 +8,14 @@ earlier run are skipped.
 """
 
 import dataclasses
+import errno
 import functools
 import json
 import logging
 import os
 import sys
 import time
+import warnings
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +23,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from sylm_data.pipeline import output, partitions, records, registry
+from sylm_data.pipeline import duplicates, lock, output, partitions, records, registry
 from sylm_data.pipeline.config import Config
 from sylm_data.pipeline.output import OutputLayout, PartitionTally
 from sylm_data.pipeline.stage import SOURCES, Stage, StageConfigError
@@ -41,7 +43,8 @@ class RunResult:
 def _read(batch: pa.Table, first: Stage, batch_rows: int, contract: pa.Schema | None):
     partition = Partition(**json.loads(batch["partition"][0].as_py()))
     if first.consumes == SOURCES:
-        yield from partitions.read_source_partition(partition, first.name, batch_rows)
+        first_elsewhere = json.loads(batch["first_elsewhere"][0].as_py())
+        yield from partitions.read_source_partition(partition, first.name, batch_rows, first_elsewhere)
     else:
         yield from partitions.read_stage_partition(partition, contract, batch_rows)
 
@@ -69,7 +72,7 @@ def _input_partitions(first: Stage, config: Config, layout: OutputLayout) -> lis
         if not inputs:
             raise RunError(f"no input: pass --input PATH_OR_GLOB (repeatable) or set {first.name}.inputs")
         try:
-            return READERS[source].partitions(inputs)
+            return READERS[source].partitions(inputs, getattr(config.stages[first.name], "root", None))
         except SourceError as error:
             raise RunError(str(error)) from None
     found = partitions.stage_partitions(layout.stage_dir(first.consumes))
@@ -103,16 +106,38 @@ def _start_ray(address: str | None, config: Config) -> bool:
     return True
 
 
-def run(config: Config, stage_names: list[str], output_dir: str, address: str | None = None, log=print) -> RunResult:
+def run(config: Config, stage_names: list[str], output_dir: str, address: str | None = None, log=print,
+        retry_rejects: list[str] = ()) -> RunResult:
+    """Run the stages over every partition not yet committed in `output_dir`; `retry_rejects`:
+    reasons whose rejected samples are computed again (their partitions are recomputed whole)."""
     stages = registry.plan(stage_names or config.run.stages)
-    names = [stage.name for stage in stages]
     for stage in stages:
         try:
             stage.preflight(config.stages[stage.name])
         except StageConfigError as error:
             raise RunError(f"[{stage.name}] {error}") from None
-    final = stages[-1]
     layout = OutputLayout(output_dir)
+    run_id = records.new_run_id()
+    run_lock = lock.RunLock(layout.root, run_id)
+    try:
+        run_lock.acquire()
+    except lock.LockHeld as error:
+        raise RunError(str(error)) from None
+    try:
+        return _run_locked(config, stages, layout, run_id, run_lock, address, log, list(retry_rejects))
+    except lock.LockLost as error:
+        raise RunError(str(error)) from None
+    except OSError as error:
+        if error.errno == errno.ENOSPC:
+            raise RunError(_disk_full(layout)) from None
+        raise
+    finally:
+        run_lock.release()
+
+
+def _run_locked(config, stages, layout, run_id, run_lock, address, log, retry_rejects) -> RunResult:
+    names = [stage.name for stage in stages]
+    final = stages[-1]
     config_hash = config.stage_hash(names)
     all_partitions = _input_partitions(stages[0], config, layout)
     done = layout.markers(final.name)
@@ -122,14 +147,16 @@ def run(config: Config, stage_names: list[str], output_dir: str, address: str | 
                 f"{layout.stage_dir(final.name)} was written with another config ({marker['config_hash']}, now "
                 f"{config_hash}): use a new --output, or delete that folder to recompute"
             )
+    for partition in _with_rejects(done, retry_rejects):
+        layout.uncommit(partition, final.name)
+        del done[partition]
     pending = [p for p in all_partitions if p.id not in done]
     for partition in pending:
         layout.clean(partition.id, final.name, names)
     log(f"{'+'.join(names)}: {len(all_partitions)} partitions, {len(all_partitions) - len(pending)} already done")
 
-    run_id = records.new_run_id()
     started = time.time()
-    commit = functools.partial(_commit, layout, final.name, names, config_hash, run_id)
+    commit = functools.partial(_commit, layout, final.name, names, config_hash, run_id, run_lock)
     if stages[0].consumes != SOURCES:
         # a previous stage's partition with no rows (all rejected) is complete before it starts
         for partition in [p for p in pending if not _has_rows(p)]:
@@ -139,8 +166,13 @@ def run(config: Config, stage_names: list[str], output_dir: str, address: str | 
     if pending:
         started_ray = _start_ray(address, config)
         try:
-            summaries = _plan(stages, pending, config, layout, run_id).iter_rows()
+            first_elsewhere = _repeats(pending, list(done), layout) if stages[0].consumes == SOURCES else {}
+            summaries = _plan(stages, pending, first_elsewhere, config, layout, run_id).iter_rows()
             _commit_as_complete(summaries, pending, tallies, commit, started, log)
+        except Exception as error:
+            if _is_disk_full(error):
+                raise RunError(_disk_full(layout)) from None
+            raise
         finally:
             if started_ray:
                 import ray
@@ -157,15 +189,52 @@ def run(config: Config, stage_names: list[str], output_dir: str, address: str | 
     return RunResult(record, str(records.write(layout.runs_dir, record)))
 
 
-def _plan(stages: list[Stage], pending: list[Partition], config: Config, layout: OutputLayout, run_id: str):
+def _with_rejects(markers: dict[str, dict], reasons: list[str]) -> list[str]:
+    """The committed partitions holding rejects of any of `reasons`."""
+    return [partition for partition, marker in markers.items()
+            if any(key.split("/", 1)[1] in reasons for key, count in marker["rejected"].items() if count)]
+
+
+def _is_disk_full(error: BaseException | None) -> bool:
+    while error is not None:
+        if getattr(error, "errno", None) == errno.ENOSPC or "No space left on device" in str(error):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
+def _disk_full(layout: OutputLayout) -> str:
+    return f"no space left on the device of {layout.root}: free space, then rerun the same command to resume"
+
+
+def _repeats(pending: list[Partition], committed: list[str], layout: OutputLayout) -> dict[str, str]:
+    """Per pending partition, its ids that occur first in another partition (see `duplicates`)."""
+    import ray
+
+    ids_dir = layout.ids_dir
+    list_ids = ray.remote(num_cpus=1)(_list_ids)
+    ray.get([list_ids.remote(p, str(ids_dir)) for p in pending if not duplicates.ids_file(ids_dir, p.id).exists()])
+    listed = sorted({p.id for p in pending} | {c for c in committed if duplicates.ids_file(ids_dir, c).exists()})
+    in_bucket = ray.remote(num_cpus=1)(duplicates.repeats_in_bucket)
+    arguments = (str(ids_dir), ray.put(listed), ray.put(committed))
+    found = [r for bucket in ray.get([in_bucket.remote(b, *arguments) for b in range(duplicates.BUCKETS)]) for r in bucket]
+    return duplicates.by_partition(found)
+
+
+def _list_ids(partition: Partition, ids_dir: str) -> None:
+    duplicates.write_ids(partitions.source_ids(partition), duplicates.ids_file(Path(ids_dir), partition.id))
+
+
+def _plan(stages: list[Stage], pending: list[Partition], first_elsewhere: dict[str, str], config: Config,
+          layout: OutputLayout, run_id: str):
     """The Ray Data plan: partitions -> read -> each stage's transform -> write; yields batch summaries."""
     import ray
 
     first, final = stages[0], stages[-1]
     contract = registry.STAGES[first.consumes].contract if first.consumes != SOURCES else None
-    dataset = ray.data.from_items(
-        [{"partition": json.dumps(dataclasses.asdict(p))} for p in pending], override_num_blocks=len(pending)
-    )
+    items = [{"partition": json.dumps(dataclasses.asdict(p)), "first_elsewhere": first_elsewhere.get(p.id, "{}")}
+             for p in pending]
+    dataset = ray.data.from_items(items, override_num_blocks=len(pending))
     dataset = dataset.map_batches(
         _read, batch_size=1, batch_format="pyarrow",
         fn_kwargs={"first": first, "batch_rows": config.run.batch_rows, "contract": contract},
@@ -175,10 +244,17 @@ def _plan(stages: list[Stage], pending: list[Partition], config: Config, layout:
         options = stage.map_options(stage_config)
         arguments = {"stage": stage, "stage_config": stage_config}
         if options.actors:
-            dataset = dataset.map_batches(
-                _StageActor, fn_constructor_kwargs=arguments, concurrency=max(options.concurrency, 1),
-                num_cpus=options.num_cpus, num_gpus=options.num_gpus, batch_size=options.batch_size, batch_format="pyarrow",
-            )
+            # max_restarts (Ray Data's own default for pools: a killed actor restarts and its batch is
+            # retried) given explicitly also keeps Ray from fusing the reading into the actors: fused,
+            # each actor call would read `batch_size` whole partitions (decoding on the GPU's process)
+            # and commit them in bursts. Ray < 2.64 takes it; the pin in pyproject says so.
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)
+                dataset = dataset.map_batches(
+                    _StageActor, fn_constructor_kwargs=arguments, concurrency=max(options.concurrency, 1),
+                    num_cpus=options.num_cpus, num_gpus=options.num_gpus, batch_size=options.batch_size,
+                    batch_format="pyarrow", max_restarts=-1,
+                )
         else:
             dataset = dataset.map_batches(_transform, fn_kwargs=arguments, batch_size=options.batch_size, batch_format="pyarrow",
                                           num_cpus=options.num_cpus, concurrency=options.concurrency or None)
@@ -190,22 +266,27 @@ def _plan(stages: list[Stage], pending: list[Partition], config: Config, layout:
 
 def _commit_as_complete(summaries, pending, tallies, commit, started: float, log) -> None:
     by_id = {p.id: p for p in pending}
-    committed, last_report = 0, 0.0
+    committed, last_report, refused = 0, 0.0, []
     for summary in summaries:
         tally = tallies[summary["partition"]]
         tally.add(summary)
         if tally.complete:
-            commit(by_id[summary["partition"]], tally)
+            try:
+                commit(by_id[summary["partition"]], tally)
+            except output.StagingMismatch as error:
+                log(f"  not committed: {error}")
+                refused.append(summary["partition"])
+                continue
             committed += 1
             if time.time() - last_report > 2 or committed == len(pending):
                 last_report = time.time()
                 log(_progress_line(committed, len(pending), tallies, started))
-    unfinished = [p.id for p in pending if not tallies[p.id].complete]
+    unfinished = refused + [p.id for p in pending if not tallies[p.id].complete]
     if unfinished:
         raise RunError(f"partitions did not complete: {', '.join(unfinished[:5])}; rerun the same command to resume")
 
 
-def _commit(layout, final_name, names, config_hash, run_id, partition: Partition, tally: PartitionTally) -> None:
+def _commit(layout, final_name, names, config_hash, run_id, run_lock, partition: Partition, tally: PartitionTally) -> None:
     marker = {
         "partition": dataclasses.asdict(partition),
         "rows_in": tally.total,
@@ -215,6 +296,7 @@ def _commit(layout, final_name, names, config_hash, run_id, partition: Partition
         "config_hash": config_hash,
         "run_id": run_id,
     }
+    run_lock.check()
     output.commit(layout, partition.id, final_name, names, marker)
 
 
