@@ -9,6 +9,7 @@ from collections.abc import Iterator
 
 from sylm_data.schemas.reject import Reason
 from sylm_data.sources.base import Partition, Reader, Record, expand, local_path, partition_id
+from sylm_data.sources.fields import milliseconds
 from sylm_data.sources.tar import Group, Truncation, iter_groups
 
 AUDIO_EXTENSIONS = ("mp3", "flac", "wav", "opus", "ogg", "m4a", "webm")
@@ -49,17 +50,17 @@ class EmiliaReader(Reader):
             fields = json.loads(group.members["json"])
             if not isinstance(fields, dict):
                 raise ValueError("not a JSON object")
-        except ValueError as error:
+        except (ValueError, RecursionError) as error:  # RecursionError: nested too deep to parse
             return Record(key=group.key, reject=Reason.BAD_METADATA, detail=str(error)[:200])
-        duration = fields.get("duration")
+        # values as found: `fields.checked` coerces or rejects them
         return Record(
             key=group.key,
             audio=group.members[extension],
             audio_name=f"{group.key}.{extension}",
-            text=fields.get("text") if isinstance(fields.get("text"), str) else None,
+            text=fields.get("text"),
             language=fields.get("language"),
             speaker=fields.get("speaker"),
-            quality=fields.get("dnsmos") if isinstance(fields.get("dnsmos"), (int, float)) else None,
-            declared_duration_ms=round(duration * 1000) if isinstance(duration, (int, float)) else None,
+            quality=fields.get("dnsmos"),
+            declared_duration_ms=milliseconds(fields.get("duration")),
             meta={name: value for name, value in fields.items() if name not in _KNOWN_FIELDS},
         )

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from sylm_data.schemas.reject import Reason
 from sylm_data.sources.base import Partition, Reader, Record, expand, local_path, partition_id
+from sylm_data.sources.fields import milliseconds
 
 _KNOWN_FIELDS = {"id", "audio", "audio_path", "text", "language", "speaker", "quality", "duration"}
 
@@ -34,27 +35,31 @@ class ManifestReader(Reader):
             fields = json.loads(line)
             if not isinstance(fields, dict):
                 raise ValueError("not a JSON object")
-        except ValueError as error:
+        except (ValueError, RecursionError) as error:  # RecursionError: nested too deep to parse
             return Record(key=fallback_key, reject=Reason.BAD_METADATA, detail=f"line {number}: {error}"[:200])
-        key = str(fields.get("id") or fallback_key)
+        # values as found: `fields.checked` coerces or rejects them (an integer id becomes a string)
+        key = fallback_key if fields.get("id") in (None, "") else fields["id"]
         audio_field = fields.get("audio") or fields.get("audio_path")
-        if not isinstance(audio_field, str):
+        if audio_field is None:
             return Record(key=key, reject=Reason.MISSING_AUDIO, detail=f"line {number}: no audio path")
+        if not isinstance(audio_field, str):
+            detail = f"line {number}: audio path is a {type(audio_field).__name__}, not a string"
+            return Record(key=key, reject=Reason.BAD_METADATA, detail=detail)
         audio_path = path.parent / os.path.expanduser(audio_field)
         try:
             data = audio_path.read_bytes()
         except OSError as error:
-            return Record(key=key, reject=Reason.MISSING_AUDIO, detail=f"{audio_path}: {error.strerror}")
-        duration = fields.get("duration")
-        quality = fields.get("quality")
+            return Record(key=key, reject=Reason.MISSING_AUDIO, detail=f"{audio_path}: {error.strerror or error}")
+        except ValueError as error:  # a path with a NUL in it
+            return Record(key=key, reject=Reason.MISSING_AUDIO, detail=f"line {number}: {audio_field!r:.60}: {error}")
         return Record(
             key=key,
             audio=data,
             audio_name=audio_path.name,
-            text=fields.get("text") if isinstance(fields.get("text"), str) else None,
+            text=fields.get("text"),
             language=fields.get("language"),
-            speaker=str(fields["speaker"]) if fields.get("speaker") is not None else None,
-            quality=quality if isinstance(quality, (int, float)) else None,
-            declared_duration_ms=round(duration * 1000) if isinstance(duration, (int, float)) else None,
+            speaker=fields.get("speaker"),
+            quality=fields.get("quality"),
+            declared_duration_ms=milliseconds(fields.get("duration")),
             meta={name: value for name, value in fields.items() if name not in _KNOWN_FIELDS},
         )

@@ -1,8 +1,11 @@
 """Stream a (possibly gzipped) WebDataset-style tar as groups of members sharing a key.
 
-The key is the member path up to the first dot of its file name. Members of one sample should be
-adjacent, but a group that looks incomplete is held back in case its partner comes later; what is
-still incomplete at the end is returned as such, never dropped.
+The key is the member path up to the first dot of its file name, made relative the way GNU tar
+names members when it writes an archive: no leading `/`, nothing up to a `..` (`/etc/x.json` ->
+`etc/x`, `../x.json` -> `x`). Nothing is extracted here, but keys become ids and shard member names
+downstream, where they must not point outside a folder. Members of one sample should be adjacent,
+but a group that looks incomplete is held back in case its partner comes later; what is still
+incomplete at the end is returned as such, never dropped.
 """
 
 import os
@@ -29,9 +32,12 @@ class Truncation:
 
 
 def split_key(name: str) -> tuple[str, str]:
+    """(key, extension) of a member name: `a/b.tar.gz` -> (`a/b`, `tar.gz`)."""
     folder, base = posixpath.split(name)
     stem, _, extension = base.partition(".")
-    return posixpath.join(folder, stem), extension.lower()
+    parts = posixpath.join(folder, stem).split("/")
+    climbs = max((index for index, part in enumerate(parts) if part == ".."), default=-1)
+    return "/".join(part for part in parts[climbs + 1 :] if part not in ("", ".")), extension.lower()
 
 
 def iter_groups(path: str, is_complete) -> Iterator[Group | Truncation]:
@@ -64,6 +70,9 @@ def iter_groups(path: str, is_complete) -> Iterator[Group | Truncation]:
                     current = pending.pop(key, None) or Group(key)
                 current.members[extension] = data
                 member_name = None
+            if _unread_rest(archive):
+                detail = f"data after byte {archive.offset} is not read as members (damage or a second archive)"
+                truncation = Truncation(None, detail)
     except (tarfile.TarError, EOFError, OSError) as error:
         where = split_key(member_name)[0] if member_name else None
         truncation = Truncation(where, f"{type(error).__name__}: {error}")
@@ -77,6 +86,15 @@ def iter_groups(path: str, is_complete) -> Iterator[Group | Truncation]:
     yield from pending.values()
     if truncation is not None:
         yield truncation
+
+
+def _unread_rest(archive: tarfile.TarFile) -> bool:
+    """Whether more than zero padding follows where iteration stopped: tarfile ends quietly at a
+    header it cannot parse (damage mid-file, a second archive appended), leaving members unread."""
+    while chunk := archive.fileobj.read(1 << 16):
+        if chunk.count(0) != len(chunk):
+            return True
+    return False
 
 
 def _cut_between_blocks(path: str) -> bool:

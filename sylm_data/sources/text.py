@@ -22,14 +22,14 @@ class TextReader(Reader):
         path = Path(local_path(partition.path))
         rows = self._parquet(path) if path.suffix == ".parquet" else self._jsonl(path)
         for number, (fields, problem) in enumerate(rows, start=1):
-            key = str(fields.get(ID) or f"{path.stem}-{number:09d}") if fields else f"{path.stem}-{number:09d}"
+            # values as found: `fields.checked` coerces or rejects them (an integer id becomes a string)
+            key = f"{path.stem}-{number:09d}" if not fields or fields.get(ID) in (None, "") else fields[ID]
             if problem:
                 yield Record(key=key, reject=Reason.BAD_METADATA, detail=problem)
-            elif not isinstance(fields.get(TEXT), str):
+            elif fields.get(TEXT) is None:
                 yield Record(key=key, reject=Reason.EMPTY_TEXT, detail=f"row {number} has no text field")
             else:
-                language = fields.get(LANGUAGE)
-                yield Record(key=key, text=fields[TEXT], language=language if isinstance(language, str) else None)
+                yield Record(key=key, text=fields[TEXT], language=fields.get(LANGUAGE))
 
     @staticmethod
     def _jsonl(path: Path) -> Iterator[tuple[dict | None, str | None]]:
@@ -39,7 +39,7 @@ class TextReader(Reader):
                     continue
                 try:
                     fields = json.loads(line)
-                except ValueError as error:
+                except (ValueError, RecursionError) as error:  # RecursionError: nested too deep to parse
                     yield None, f"line {number}: {error}"[:200]
                     continue
                 yield (fields, None) if isinstance(fields, dict) else (None, f"line {number}: not a JSON object")

@@ -61,7 +61,7 @@ class Yodas2Reader(Reader):
         language = _language(partition.path)
         try:
             transcripts = self._transcripts(local_path(partition.companions["text"]))
-        except (OSError, ValueError) as error:
+        except (OSError, ValueError, RecursionError) as error:  # RecursionError: nested too deep to parse
             raise SourceError(f"text file for {partition.path}: {error}") from None
         seen_audio: set[str] = set()
         for item in iter_groups(local_path(partition.path), lambda group: True):
@@ -85,10 +85,23 @@ class Yodas2Reader(Reader):
                 yield Record(key=utt_id, reject=Reason.MISSING_AUDIO, detail=f"no audio for {audio_id}")
 
     @staticmethod
-    def _transcripts(path: str) -> dict[str, dict[str, str]]:
+    def _transcripts(path: str) -> dict[str, dict]:
+        """Utterance id -> text (as found: `fields.checked` rejects one that is not a string) per recording.
+
+        Raises ValueError when the file is not the layout's list of {audio_id, text} entries.
+        """
         with open(path, encoding="utf-8") as file:
             entries = json.load(file)
-        return {entry["audio_id"]: entry.get("text") or {} for entry in entries}
+        if not isinstance(entries, list):
+            raise ValueError(f"a {type(entries).__name__}, not a list of {{audio_id, text}} entries")
+        transcripts = {}
+        for number, entry in enumerate(entries):
+            if not isinstance(entry, dict) or not isinstance(entry.get("audio_id"), str):
+                raise ValueError(f"entry {number} has no audio_id string")
+            if not isinstance(entry.get("text") or {}, dict):
+                raise ValueError(f"entry {number} ({entry['audio_id']!r:.60}): text is not an object of utterance texts")
+            transcripts[entry["audio_id"]] = entry.get("text") or {}
+        return transcripts
 
     def _cut(self, group: Group, audio_id: str, transcripts: dict, language: str | None) -> Iterator[Record]:
         if audio_id not in transcripts:
@@ -120,9 +133,14 @@ class Yodas2Reader(Reader):
                 )
                 continue
             segment = np.ascontiguousarray(recording.samples[first:last])
+            try:
+                cut = audio.encode_flac(segment, recording.sample_rate)
+            except (RuntimeError, OverflowError) as error:  # a sample rate FLAC cannot hold
+                yield Record(key=utt_id, reject=Reason.DECODE_ERROR, detail=f"recording {audio_id} as FLAC: {error}")
+                continue
             yield Record(
                 key=utt_id,
-                audio=audio.encode_flac(segment, recording.sample_rate),
+                audio=cut,
                 audio_name=f"{utt_id}.flac",
                 text=text,
                 language=language,
