@@ -3,14 +3,17 @@
     DIR/<stage>/<partition>/*.parquet          a stage's rows (contract in schemas/)
     DIR/<stage>/_done/<partition>.json         the partition's marker: it is complete, with counts
     DIR/rejects/<stage>/<partition>/*.parquet  `reject` rows
+    DIR/_ids/<partition>.parquet               a source partition's ids (`duplicates`)
     DIR/runs/<run-id>.json                     run records
     DIR/shards/                                WebDataset shards + index.json
 
 Workers write each batch under `.tmp/<run-id>/<partition>/` (invisible to readers: pyarrow skips
-dot folders). When every input sample of a partition has come out, the driver renames those
-folders into place and then writes the marker, each step atomic. A partition without a marker is
-wiped and recomputed on the next run, so a run killed at any point resumes without duplicates or
-losses; staging per run id keeps a straggling worker of a killed run out of the new run's files.
+dot folders), in a file named by the ids it holds, so a task Ray retries after its worker died
+replaces its first attempt's file instead of adding a copy. When every input sample of a
+partition has come out, the driver checks the staged row count, renames the staged folders into
+place and writes the marker, each step atomic: committed output is what the markers name. A
+partition without a marker is wiped and recomputed on the next run, so a run killed at any point
+resumes without duplicates or losses.
 """
 
 import hashlib

@@ -3,8 +3,9 @@
     partitions ─▶ read (source reader, or the previous stage's Parquet) ─▶ stage transforms ─▶ write
 
 Work is done on Ray workers; the driver only sees one small summary per written batch and commits
-each partition when all of its samples have come out (see `output`). Partitions committed by an
-earlier run are skipped.
+each partition as soon as all of its samples have come out (see `output`). Partitions committed
+by an earlier run are skipped. A run holds the output folder's lock (`lock`) from start to end,
+and a run from sources first lists the partitions' ids to reject repeats (`duplicates`).
 """
 
 import dataclasses
