@@ -168,8 +168,11 @@ def _run_locked(config, stages, layout, run_id, run_lock, address, log, retry_re
         started_ray = _start_ray(address, config)
         try:
             first_elsewhere = _repeats(pending, list(done), layout) if stages[0].consumes == SOURCES else {}
-            summaries = _plan(stages, pending, first_elsewhere, config, layout, run_id).iter_rows()
-            _commit_as_complete(summaries, pending, tallies, commit, started, log)
+            summaries = iter(_plan(stages, pending, first_elsewhere, config, layout, run_id).iter_rows())
+            try:
+                _commit_as_complete(summaries, pending, tallies, commit, started, log)
+            finally:
+                summaries.close()  # stops Ray Data's executor before Ray shuts down, also on an error
         except Exception as error:
             if _is_disk_full(error):
                 raise RunError(_disk_full(layout)) from None
