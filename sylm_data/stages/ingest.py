@@ -9,6 +9,7 @@ import re
 import traceback
 import unicodedata
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import pyarrow as pa
 
@@ -30,8 +31,10 @@ DEFAULT_FILLER_WORDS = {
 
 @dataclass
 class IngestConfig:
+    SPEED_ONLY: ClassVar[tuple[str, ...]] = ("workers", "cpus_per_worker")
     source: str = "emilia"  # emilia | emilia-yodas | yodas2 | manifest
     inputs: list[str] = field(default_factory=list)  # local paths/globs or hf://OWNER/NAME/PATTERN
+    root: str | None = None  # the dataset folder partition ids are relative to; default: each glob's static prefix
     min_duration_ms: int = 300
     max_duration_ms: int = 120_000
     min_quality: float | None = None  # DNSMOS; samples without a score pass

@@ -3,6 +3,7 @@ and tokenize stages so that a codebook is fitted on exactly the segments it will
 
 import math
 from dataclasses import asdict, dataclass, replace
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -16,6 +17,7 @@ from sylm_data.stages.encoders import FRAME_MS, SAMPLE_RATE, HfEncoder, MfccEnco
 
 @dataclass
 class FeatureConfig:
+    SPEED_ONLY: ClassVar[tuple[str, ...]] = ("batch_size", "actors", "gpus_per_actor")
     encoder: str = "sylreg"  # sylreg | hf | mfcc
     model: str = ""  # sylreg: a SylReg checkpoint (default ryota-komatsu/SylReg-Distill); hf: a transformers id or folder
     layer: int | None = None  # hidden-state index; default: sylreg 6, hf 9 (0 = the CNN features' projection)
