@@ -22,7 +22,7 @@ def summarize(path: Path, samples: int = 3) -> str:
     path = Path(path)
     if not path.exists():
         raise InspectError(f"{path} does not exist")
-    if (path / "index.json").exists() or any(path.glob("shard-*.tar")):
+    if (path / "index.json").exists() or any(path.glob("*.tar")):
         return _shards(path, samples)
     if (path / "runs").is_dir():
         return _output_dir(path, samples)
@@ -107,7 +107,7 @@ def _shards(path: Path, samples: int) -> str:
             lines.append(f"  units: {index['unit_vocab']:,} ids of tokenizer {index['tokenizer']}")
         for name, value in sorted(index.get("stats", {}).items()):
             lines.append(f"  {name}: {value}")
-    shard_paths = sorted(path.glob("shard-*.tar"))
+    shard_paths = sorted(path.glob("*.tar"))
     if shard_paths:
         from sylm_data.schemas.sample import render as render_sample
 

@@ -48,3 +48,18 @@ def wav_bytes(samples, rate: int) -> bytes:
     buffer = io.BytesIO()
     soundfile.write(buffer, samples, rate, format="WAV")
     return buffer.getvalue()
+
+
+def serial(function, items: list) -> list:
+    """A finalize's `parallel` in-process, for tests that call a finalize directly."""
+    return [function(item) for item in items]
+
+
+def commit_rows(folder: Path, partition: str, table: pa.Table, run_id: str = "test-run") -> None:
+    """`table` as a committed partition of the stage folder `folder` (its file and its marker)."""
+    import pyarrow.parquet as pq
+
+    (folder / partition).mkdir(parents=True, exist_ok=True)
+    pq.write_table(table, folder / partition / "rows.parquet")
+    (folder / "_done").mkdir(exist_ok=True)
+    (folder / "_done" / f"{partition}.json").write_text(json.dumps({"run_id": run_id, "rows_out": table.num_rows}))

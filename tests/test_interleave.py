@@ -14,6 +14,7 @@ from sylm_data.pipeline import runner
 from sylm_data.sample import MANIFEST
 from sylm_data.schemas import sample, stream, tokenized
 from sylm_data.stages import interleave, spans
+from tests.conftest import commit_rows, serial
 
 
 @st.composite
@@ -294,7 +295,7 @@ def test_the_batch_transform_rejects_per_row_and_passes_upstream_rejects_through
 
 
 @pytest.mark.usefixtures("ray_session")
-def test_shards_are_byte_identical_however_the_input_is_partitioned(tmp_path):
+def test_shards_are_byte_identical_for_the_same_input_and_hold_the_same_samples_however_it_is_partitioned(tmp_path):
     lines = MANIFEST.read_text().splitlines()
     split = tmp_path / "split"
     split.mkdir()
@@ -315,14 +316,21 @@ def test_shards_are_byte_identical_however_the_input_is_partitioned(tmp_path):
             runner.run(cfg, ["codebook"], str(out), **quiet)
         return runner.run(cfg, ["tokenize", "interleave"], str(out), **quiet).record
 
+    def samples(folder):
+        shards = [str(folder / entry["name"]) for entry in json.loads((folder / "index.json").read_text())["shards"]]
+        return sorted((item["__key__"], item["json"]) for item in wds.WebDataset(shards, shardshuffle=False))
+
     codebook = tmp_path / "one" / "codebook"
     one = pipeline(tmp_path / "one", [MANIFEST], codebook)
+    again = pipeline(tmp_path / "again", [MANIFEST], codebook)
     three = pipeline(tmp_path / "three", sorted(split.glob("*.jsonl")), codebook)
     assert one["partitions"]["processed"] == 1 and three["partitions"]["processed"] == 3
-    shards = sorted((tmp_path / "one" / "shards").glob("shard-*.tar"))
+    shards = sorted((tmp_path / "one" / "shards").glob("*.tar"))
     assert len(shards) > 1
     for shard in shards:
-        assert shard.read_bytes() == (tmp_path / "three" / "shards" / shard.name).read_bytes()
+        assert shard.read_bytes() == (tmp_path / "again" / "shards" / shard.name).read_bytes()
+    assert len(list((tmp_path / "three" / "shards").glob("*.tar"))) >= 3
+    assert samples(tmp_path / "one" / "shards") == samples(tmp_path / "three" / "shards")
     index = json.loads((tmp_path / "one" / "shards" / "index.json").read_text())
     read = list(wds.WebDataset([str(s) for s in shards], shardshuffle=False))
     assert len(read) == index["total_samples"] == one["this_run"][-1]["out"]
@@ -339,11 +347,8 @@ def test_a_tokenizer_id_names_its_unit_vocabulary():
 
 
 def test_shards_refuse_samples_of_two_tokenizers(tmp_path):
-    import pyarrow.parquet as pq
-
     rows = [row(WORDS, UNITS, id=f"manifest:{n}") | {"tokenizer": f"mfcc:0:k16:u16:{n}"} for n in ("a", "b")]
     out = interleave.transform(tokenized_rows(rows), interleave.InterleaveConfig())
-    (tmp_path / "interleave" / "p").mkdir(parents=True)
-    pq.write_table(stream.accepted(out, sample.ROW_SCHEMA), tmp_path / "interleave" / "p" / "00000.parquet")
+    commit_rows(tmp_path / "interleave", "p", stream.accepted(out, sample.ROW_SCHEMA))
     with pytest.raises(ValueError, match="2 tokenizers"):
-        interleave.write_shards(interleave.InterleaveConfig(), tmp_path / "interleave")
+        interleave.write_shards(interleave.InterleaveConfig(), tmp_path / "interleave", serial)

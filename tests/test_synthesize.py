@@ -17,6 +17,7 @@ from sylm_data.schemas import sample
 from sylm_data.stages import interleave, pairs, synthesize
 from sylm_data.train import config as train_config
 from sylm_data.train import data, loop, t2t
+from tests.conftest import commit_rows, serial
 from tests.test_interleave import UNITS, WORDS, row
 
 VOCABULARY = "the river ran past old mill before it reached sea and a boy saw fish swim under bridge".split()
@@ -167,23 +168,21 @@ def test_the_text_reader_reads_parquet_and_refuses_a_file_without_text(tmp_path)
 
 
 def test_the_pairs_stage_splits_held_out_utterances_and_bounds_units_per_word(tmp_path):
-    import pyarrow.parquet as pq
-
     from sylm_data.schemas import stream
 
     batch = [row(WORDS, UNITS, id=f"manifest:{n}") for n in range(200)]
     out = interleave.transform(pa.Table.from_pylist(batch), pairs.PairsConfig(), plan=pairs.plan_pairs)
-    (tmp_path / "pairs" / "p").mkdir(parents=True)
-    pq.write_table(stream.accepted(out, sample.ROW_SCHEMA), tmp_path / "pairs" / "p" / "00000.parquet")
-    summary = pairs.write_shards(pairs.PairsConfig(heldout_share=0.1), tmp_path / "pairs")
+    commit_rows(tmp_path / "pairs", "p", stream.accepted(out, sample.ROW_SCHEMA))
+    summary = pairs.write_shards(pairs.PairsConfig(heldout_share=0.1), tmp_path / "pairs", serial)
     assert summary["pairs-shards"] + summary["pairs-heldout"] == 200 and 5 <= summary["pairs-heldout"] <= 40
     trained, heldout = data.open_folder(tmp_path / "pairs-shards"), data.open_folder(tmp_path / "pairs-heldout")
     assert trained.max_units_per_word == heldout.max_units_per_word == 1.0  # one unit per word in these rows
     assert trained.unit_vocab == 16
     held_ids = {json.loads(d)["source_id"] for d in data.documents_in_order(heldout)}
     assert held_ids == {f"manifest:{n}" for n in range(200) if pairs.heldout(f"manifest:{n}", pairs.PairsConfig(heldout_share=0.1))}
-    pairs.write_shards(pairs.PairsConfig(heldout_share=0.0), tmp_path / "pairs")
-    assert not (tmp_path / "pairs-heldout").exists()  # no stale held-out pairs from the earlier run
+    pairs.write_shards(pairs.PairsConfig(heldout_share=0.0), tmp_path / "pairs", serial)
+    assert json.loads((tmp_path / "pairs-heldout" / "index.json").read_text())["total_samples"] == 0
+    assert not list((tmp_path / "pairs-heldout").glob("*.tar"))  # no stale held-out pairs from the earlier run
 
 
 def test_spans_too_long_for_the_model_stay_text(tmp_path):

@@ -13,7 +13,7 @@ from sylm_data.stages import tokenize
 from sylm_data.stages.encoders import MfccEncoder
 from sylm_data.pipeline.stage import StageConfigError
 from sylm_data.stages.syllables import FeatureConfig, Segmenter, check_encoder
-from tests.conftest import read_parquet
+from tests.conftest import read_parquet, serial
 
 pytestmark = pytest.mark.usefixtures("ray_session")
 
@@ -110,7 +110,7 @@ def test_an_agglomerated_codebook_names_fewer_units(tokenized_run, tmp_path):
     folder = tmp_path / "codebook"
     shutil.copytree(out / "codebook", folder, ignore=shutil.ignore_patterns("*.safetensors", "manifest.json"))
     cfg = make_config(tmp_path, "codebook.agglomerate_to=12")
-    summary = codebook_stage.fit(cfg.stages["codebook"], folder)
+    summary = codebook_stage.fit(cfg.stages["codebook"], folder, serial)
     manifest = CodebookManifest.load(folder)
     assert (manifest.clusters, manifest.units) == (48, 12) and summary["codebook"] == manifest.id
     tokenizer = tokenize.Tokenizer(cfg.stages["tokenize"])

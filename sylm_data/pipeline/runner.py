@@ -164,33 +164,60 @@ def _run_locked(config, stages, layout, run_id, run_lock, address, log, retry_re
             commit(partition, PartitionTally())
             pending.remove(partition)
     tallies: dict[str, PartitionTally] = defaultdict(PartitionTally)
-    if pending:
-        started_ray = _start_ray(address, config)
-        try:
-            first_elsewhere = _repeats(pending, list(done), layout) if stages[0].consumes == SOURCES else {}
+    workers = Workers(address, config)
+    try:
+        if pending:
+            workers.start()
+            first_elsewhere = _repeats(pending, list(done), layout, workers) if stages[0].consumes == SOURCES else {}
             summaries = iter(_plan(stages, pending, first_elsewhere, config, layout, run_id).iter_rows())
             try:
                 _commit_as_complete(summaries, pending, tallies, commit, started, log)
             finally:
                 summaries.close()  # stops Ray Data's executor before Ray shuts down, also on an error
-        except Exception as error:
-            if _is_disk_full(error):
-                raise RunError(_disk_full(layout)) from None
-            raise
-        finally:
-            if started_ray:
-                import ray
-
-                ray.shutdown()
-    layout.drop_staging(run_id, final.name, names)
-    record = _record(run_id, config, names, layout, final.name, tallies, len(all_partitions), len(done), started)
-    if final.finalize is not None:
-        log(f"{final.name}: finalizing")
-        try:
-            record["finalized"] = final.finalize(config.stages[final.name], layout.stage_dir(final.name))
-        except ValueError as error:
-            raise RunError(f"[{final.name}] {error}") from None
+        layout.drop_staging(run_id, final.name, names)
+        record = _record(run_id, config, names, layout, final.name, tallies, len(all_partitions), len(done), started)
+        if final.finalize is not None:
+            log(f"{final.name}: finalizing")
+            run_lock.check()
+            try:
+                record["finalized"] = final.finalize(config.stages[final.name], layout.stage_dir(final.name), workers.map)
+            except ValueError as error:
+                raise RunError(f"[{final.name}] {error}") from None
+    except Exception as error:
+        if _is_disk_full(error):
+            raise RunError(_disk_full(layout)) from None
+        raise
+    finally:
+        workers.close()
     return RunResult(record, str(records.write(layout.runs_dir, record)))
+
+
+class Workers:
+    """Ray for this run: started (or attached to) on first use, shut down at the end if this run started it."""
+
+    def __init__(self, address: str | None, config: Config) -> None:
+        self.address, self.config, self.started = address, config, None
+
+    def start(self) -> None:
+        if self.started is None:
+            self.started = _start_ray(self.address, self.config)
+
+    def map(self, function, items: list) -> list:
+        """`function(item)` for each item, as Ray tasks of one CPU each; the results in order."""
+        if not items:
+            return []
+        self.start()
+        import ray
+
+        remote = ray.remote(num_cpus=1)(_apply)
+        shared = ray.put(function)
+        return ray.get([remote.remote(shared, item) for item in items])
+
+    def close(self) -> None:
+        if self.started:
+            import ray
+
+            ray.shutdown()
 
 
 def _with_rejects(markers: dict[str, dict], reasons: list[str]) -> list[str]:
@@ -211,18 +238,18 @@ def _disk_full(layout: OutputLayout) -> str:
     return f"no space left on the device of {layout.root}: free space, then rerun the same command to resume"
 
 
-def _repeats(pending: list[Partition], committed: list[str], layout: OutputLayout) -> dict[str, str]:
-    """Per pending partition, its ids that occur first in another partition (see `duplicates`)."""
-    import ray
+def _apply(function, item):
+    return function(item)
 
+
+def _repeats(pending: list[Partition], committed: list[str], layout: OutputLayout, workers: Workers) -> dict[str, str]:
+    """Per pending partition, its ids that occur first in another partition (see `duplicates`)."""
     ids_dir = layout.ids_dir
-    list_ids = ray.remote(num_cpus=1)(_list_ids)
-    ray.get([list_ids.remote(p, str(ids_dir)) for p in pending if not duplicates.ids_file(ids_dir, p.id).exists()])
+    unlisted = [p for p in pending if not duplicates.ids_file(ids_dir, p.id).exists()]
+    workers.map(functools.partial(_list_ids, ids_dir=str(ids_dir)), unlisted)
     listed = sorted({p.id for p in pending} | {c for c in committed if duplicates.ids_file(ids_dir, c).exists()})
-    in_bucket = ray.remote(num_cpus=1)(duplicates.repeats_in_bucket)
-    arguments = (str(ids_dir), ray.put(listed), ray.put(committed))
-    found = [r for bucket in ray.get([in_bucket.remote(b, *arguments) for b in range(duplicates.BUCKETS)]) for r in bucket]
-    return duplicates.by_partition(found)
+    in_bucket = functools.partial(duplicates.repeats_in_bucket, ids_dir=str(ids_dir), partitions=listed, committed=committed)
+    return duplicates.by_partition([r for found in workers.map(in_bucket, list(range(duplicates.BUCKETS))) for r in found])
 
 
 def _list_ids(partition: Partition, ids_dir: str) -> None:

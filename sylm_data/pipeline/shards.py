@@ -1,8 +1,15 @@
-"""The one WebDataset shard writer: `shard-NNNNNN.tar` files of a target size, plus `index.json`.
+"""The one WebDataset shard writer: `<prefix>-NNNNNN.tar` files of a target size, plus `index.json`.
 
 Deterministic: the same samples in the same order give byte-identical shards (fixed member order,
 times and owners). Atomic: a shard and the index appear under their final names only when
 complete. A sample key must not contain a dot (WebDataset splits names at the first dot).
+
+A stage's shard folder is published per partition (`publish`): workers write each committed
+partition's shards, `<partition>-NNNNNN.tar`, and a small manifest `_manifests/<partition>.json`
+naming them; the driver merges the manifests into `index.json` and swaps it in atomically. A
+partition whose manifest carries the same stamp (its marker's run and the config) is left
+untouched, byte for byte; shards of partitions no longer in the output go once the new index is
+in place, so a reader always finds a complete index and the shards it lists.
 """
 
 import io
@@ -18,10 +25,12 @@ class ShardWriter:
     """Write samples in order; `close()` finishes the last shard and writes the index."""
 
     def __init__(self, folder: str | Path, target_bytes: int = 256 * 2**20, extra_index: dict | None = None,
-                 derive=None) -> None:
+                 derive=None, prefix: str = "shard", write_index: bool = True) -> None:
         """`derive(stats) -> dict` adds figures computed from summed stats (a ratio, say) to each
-        shard's entry and to the totals in index.json."""
+        shard's entry and to the totals in index.json; without `write_index`, `close` only
+        finishes the shards (a partition's part of a published folder)."""
         self.folder = Path(folder)
+        self.prefix, self.write_index = prefix, write_index
         self.folder.mkdir(parents=True, exist_ok=True)
         self.target_bytes = target_bytes
         self.extra_index = extra_index or {}
@@ -56,7 +65,7 @@ class ShardWriter:
             totals[name] = totals.get(name, 0) + value
 
     def _open_shard(self) -> None:
-        name = f"shard-{len(self.shards):06d}.tar"
+        name = f"{self.prefix}-{len(self.shards):06d}.tar"
         self._current = {"name": name, "samples": 0, "bytes": 0, "stats": {}}
         self._archive = tarfile.open(self.folder / f".{name}.partial", "w", format=tarfile.USTAR_FORMAT)
 
@@ -73,20 +82,9 @@ class ShardWriter:
     def close(self) -> dict:
         if self._current is not None:
             self._finish_shard()
-        totals = {name: sum(shard["stats"].get(name, 0) for shard in self.shards) for name in sorted(self._summed)}
-        index = {
-            "format": "sylm-data shards",
-            "version": 1,
-            "shards": self.shards,
-            "total_samples": sum(shard["samples"] for shard in self.shards),
-            "total_bytes": sum(shard["bytes"] for shard in self.shards),
-            "stats": dict(totals) | self.derive(dict(totals)),
-            **self.extra_index,
-        }
-        temporary = self.folder / f".{INDEX}.partial"
-        temporary.write_text(json.dumps(index, indent=1, sort_keys=True))
-        os.replace(temporary, self.folder / INDEX)
-        return index
+        if not self.write_index:
+            return {"shards": self.shards, "summed": sorted(self._summed)}
+        return write_index(self.folder, self.shards, sorted(self._summed), self.extra_index, self.derive)
 
     def __enter__(self) -> "ShardWriter":
         return self
@@ -97,3 +95,90 @@ class ShardWriter:
         elif self._archive is not None:
             self._archive.close()
             (self.folder / f".{self._current['name']}.partial").unlink(missing_ok=True)
+
+
+def write_index(folder: Path, shards: list[dict], summed: list[str], extra_index: dict, derive) -> dict:
+    """index.json for `shards` (in their order), swapped in atomically."""
+    totals = {name: sum(shard["stats"].get(name, 0) for shard in shards) for name in summed}
+    index = {
+        "format": "sylm-data shards",
+        "version": 1,
+        "shards": shards,
+        "total_samples": sum(shard["samples"] for shard in shards),
+        "total_bytes": sum(shard["bytes"] for shard in shards),
+        "stats": dict(totals) | derive(dict(totals)),
+        **extra_index,
+    }
+    temporary = folder / f".{INDEX}.partial"
+    temporary.write_text(json.dumps(index, indent=1, sort_keys=True))
+    os.replace(temporary, folder / INDEX)
+    return index
+
+
+MANIFESTS = "_manifests"
+
+
+def manifest_path(folder: Path, partition: str) -> Path:
+    return folder / MANIFESTS / f"{partition}.json"
+
+
+def read_manifest(folder: Path, partition: str) -> dict | None:
+    try:
+        return json.loads(manifest_path(folder, partition).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def write_partition(folder: Path, partition: str, samples, target_bytes: int, stamp: dict, described: dict,
+                    derive=None) -> dict:
+    """One partition's shards from `samples` ((key, members, stats) in order), then its manifest
+    (last, atomically: a manifest names only finished shards). `described`: figures the index
+    merges across partitions (e.g. the unit tokenizer); they must agree."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with ShardWriter(folder, target_bytes, derive=derive, prefix=partition, write_index=False) as writer:
+        for key, members, stats in samples:
+            writer.write(key, members, stats)
+    written = writer.close()
+    manifest = {"partition": partition, "stamp": stamp, "described": described} | written
+    path = manifest_path(folder, partition)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.partial")
+    temporary.write_text(json.dumps(manifest, indent=1, sort_keys=True))
+    os.replace(temporary, path)
+    return manifest
+
+
+def publish(folder: Path, stamps: dict[str, dict], write, parallel, extra_index: dict, derive=None,
+            largest: tuple[str, ...] = ()) -> dict:
+    """Bring `folder` up to date with the committed partitions (`stamps`: partition -> stamp).
+
+    `write((partition, stamp))` writes one partition's shards and manifest, on a worker through
+    `parallel(function, items)`; only partitions whose manifest lacks their stamp are written. The
+    partitions' `described` figures must agree (ValueError), except those in `largest`: the
+    index keeps their largest value."""
+    stale = [(p, stamps[p]) for p in sorted(stamps) if (read_manifest(folder, p) or {}).get("stamp") != stamps[p]]
+    parallel(write, stale)
+    manifests = [m for m in (read_manifest(folder, p) for p in sorted(stamps)) if m is not None and m["shards"]]
+    agreed = {json.dumps({k: v for k, v in m["described"].items() if k not in largest}, sort_keys=True) for m in manifests}
+    if len(agreed) > 1:
+        first, second = sorted(agreed)[:2]
+        raise ValueError(f"the partitions' samples disagree ({first} vs {second}): "
+                         "their unit ids mean different things; tokenize all partitions with one codebook")
+    described = json.loads(next(iter(agreed), "{}"))
+    described |= {key: max(m["described"][key] for m in manifests) for key in largest if manifests}
+    shards = [shard for m in manifests for shard in m["shards"]]
+    summed = sorted({name for m in manifests for name in m["summed"]})
+    folder.mkdir(parents=True, exist_ok=True)
+    index = write_index(folder, shards, summed, extra_index | described, derive or (lambda stats: {}))
+    _drop_unlisted(folder, {shard["name"] for shard in shards}, set(stamps))
+    return index
+
+
+def _drop_unlisted(folder: Path, listed: set[str], partitions: set[str]) -> None:
+    """Shards and manifests the index no longer names (a partition gone, or one rewritten shorter)."""
+    for shard in folder.glob("*.tar"):
+        if shard.name not in listed:
+            shard.unlink(missing_ok=True)
+    for manifest in (folder / MANIFESTS).glob("*.json"):
+        if manifest.stem not in partitions:
+            manifest.unlink(missing_ok=True)

@@ -72,8 +72,9 @@ class SegmentSampler:
         return pa.Table.from_pylist(rows, schema=OUTPUT_SCHEMA)
 
 
-def fit(config: CodebookConfig, folder) -> dict:
-    """Fit the codebook on the sampled segment features under `folder`; returns the manifest as a dict."""
+def fit(config: CodebookConfig, folder, parallel) -> dict:
+    """Fit the codebook on the sampled segment features under `folder` (on the driver: the sample is
+    small; `parallel` is not needed); returns the manifest as a dict."""
     table = read_rows(folder)
     if not table.num_rows:
         raise ValueError(f"{folder} holds no segment features: nothing to fit")

@@ -5,15 +5,14 @@ granularity), or only at sentence ends too (sentence granularity). A sample's ki
 (interleaved / speech / text, `kinds` proportions); in an interleaved sample Poisson-sized spans
 of chunks become speech until speech holds `speech_ratio` of the words. The random stream of a
 sample comes from the seed and the sample's id only, so the output does not depend on workers or
-partitions. Rows land in `DIR/interleave/`; once every partition is in, the driver writes
-`DIR/shards/` in key order (byte-identical for the same input and config) with `index.json`.
+partitions. Rows land in `DIR/interleave/`; workers then write each partition's samples, in key
+order, into `DIR/shards/` (byte-identical for the same input and config), and `index.json` lists
+them all (`pipeline.shards.publish`).
 """
 
 import functools
 import hashlib
 import json
-import os
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
@@ -23,8 +22,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from sylm_data import languages
-from sylm_data.pipeline.output import read_rows
-from sylm_data.pipeline.shards import ShardWriter
+from sylm_data.pipeline import shards
+from sylm_data.pipeline.output import OutputLayout, read_rows
 from sylm_data.pipeline.stage import Stage, StageConfigError
 from sylm_data.schemas import aligned, sample, stream, tokenized, utterance
 from sylm_data.schemas.reject import Reason
@@ -270,46 +269,65 @@ def _ratio(stats: dict) -> dict:
     return {"speech_text_ratio": round(stats.get("interleaved_speech_words", 0) / words, 4) if words else None}
 
 
-def committed_samples(folder: Path) -> tuple[pa.Table, dict]:
-    """A sample-row stage's committed rows in key order, and the unit vocabulary they share."""
-    table = read_rows(folder)
-    if not table.num_rows:
-        raise ValueError(f"{folder} holds no samples: nothing to shard")
-    tokenizers = pc.unique(table[sample.ROW_TOKENIZER]).to_pylist()
-    if len(tokenizers) != 1:
-        raise ValueError(f"{folder} holds samples of {len(tokenizers)} tokenizers ({', '.join(sorted(tokenizers)[:3])}): "
-                         "their unit ids mean different things; tokenize all partitions with one codebook")
-    vocabulary = {sample.INDEX_TOKENIZER: tokenizers[0], sample.INDEX_UNIT_VOCAB: tokenized.unit_vocabulary(tokenizers[0])}
-    return table.sort_by(sample.ROW_KEY), vocabulary
-
-
 def config_digest(config) -> str:
     return hashlib.sha256(repr(sorted(vars(config).items())).encode()).hexdigest()[:16]
 
 
-def shard_samples(table: pa.Table, target: Path, shard_bytes: int, described: dict) -> dict:
-    """Sample rows (in their order) into the shard folder `target`, replaced whole; its index.json."""
-    staging = target.parent / f".{target.name}.partial"
-    shutil.rmtree(staging, ignore_errors=True)
-    with ShardWriter(staging, shard_bytes, extra_index=described, derive=_ratio) as writer:
-        columns = [table[name].to_pylist() for name in (sample.ROW_KEY, sample.ROW_JSON, sample.ROW_KIND,
-                                                         sample.ROW_WORDS, sample.ROW_SPEECH_WORDS, sample.ROW_UNITS)]
-        for key, document, kind, words, speech_words, units in zip(*columns):
-            stats = {f"{kind}_samples": 1, "words": words, "units": units}
-            if kind == "interleaved":
-                stats |= {"interleaved_words": words, "interleaved_speech_words": speech_words}
-            writer.write(key, {"json": document.encode()}, stats)
-    shutil.rmtree(target, ignore_errors=True)
-    os.replace(staging, target)
-    return json.loads((target / "index.json").read_text())
+def partition_samples(folder: Path, partition: str) -> pa.Table:
+    """One committed partition's sample rows, in key order."""
+    table = read_rows(folder / partition) if (folder / partition).exists() else pa.table({})
+    return table.sort_by(sample.ROW_KEY) if table.num_rows else table
 
 
-def write_shards(config: InterleaveConfig, folder: Path) -> dict:
-    """All committed sample rows, in key order, into DIR/shards (replaced whole, then index.json)."""
-    table, vocabulary = committed_samples(folder)
-    index = shard_samples(table, folder.parent / "shards", config.shard_bytes, {"config_hash": config_digest(config)} | vocabulary)
+def sample_vocabulary(table: pa.Table) -> dict:
+    """The unit tokenizer the rows name, and its vocabulary size; rows of two tokenizers are refused."""
+    if not table.num_rows:
+        return {}
+    tokenizers = pc.unique(table[sample.ROW_TOKENIZER]).to_pylist()
+    if len(tokenizers) != 1:
+        raise ValueError(f"samples of {len(tokenizers)} tokenizers ({', '.join(sorted(tokenizers)[:3])}): "
+                         "their unit ids mean different things; tokenize all partitions with one codebook")
+    return {sample.INDEX_TOKENIZER: tokenizers[0], sample.INDEX_UNIT_VOCAB: tokenized.unit_vocabulary(tokenizers[0])}
+
+
+def shard_members(table: pa.Table):
+    """(key, members, stats) per sample row, in the table's order."""
+    columns = [table[name].to_pylist() for name in (sample.ROW_KEY, sample.ROW_JSON, sample.ROW_KIND,
+                                                     sample.ROW_WORDS, sample.ROW_SPEECH_WORDS, sample.ROW_UNITS)]
+    for key, document, kind, words, speech_words, units in zip(*columns):
+        stats = {f"{kind}_samples": 1, "words": words, "units": units}
+        if kind == "interleaved":
+            stats |= {"interleaved_words": words, "interleaved_speech_words": speech_words}
+        yield key, {"json": document.encode()}, stats
+
+
+def write_partition_shards(folder: Path, target: Path, shard_bytes: int, item: tuple[str, dict], keep=None,
+                           describe=sample_vocabulary) -> dict:
+    """On a worker: one partition's sample rows (those `keep(table)` selects) into `target`."""
+    partition, stamp = item
+    table = partition_samples(folder, partition)
+    if keep is not None and table.num_rows:
+        table = table.filter(keep(table))
+    return shards.write_partition(target, partition, shard_members(table), shard_bytes, stamp, describe(table), _ratio)
+
+
+def publish_samples(folder: Path, target: Path, shard_bytes: int, extra_index: dict, parallel, keep=None,
+                    describe=sample_vocabulary, largest: tuple[str, ...] = ()) -> dict:
+    """The committed partitions of a sample-row stage into the shard folder `target` (see
+    `pipeline.shards.publish`): only partitions committed since the last publish are written."""
+    markers = OutputLayout(folder.parent).markers(folder.name)
+    stamps = {partition: {"run": marker["run_id"], "config": extra_index["config_hash"]} for partition, marker in markers.items()}
+    if not any(marker["rows_out"] for marker in markers.values()):
+        raise ValueError(f"{folder} holds no samples: nothing to shard")
+    write = functools.partial(write_partition_shards, folder, target, shard_bytes, keep=keep, describe=describe)
+    return shards.publish(target, stamps, write, parallel, extra_index, derive=_ratio, largest=largest)
+
+
+def write_shards(config: InterleaveConfig, folder: Path, parallel) -> dict:
+    """The committed sample rows into DIR/shards, partition by partition (see `publish_samples`)."""
+    index = publish_samples(folder, folder.parent / "shards", config.shard_bytes, {"config_hash": config_digest(config)}, parallel)
     return {"shards": len(index["shards"]), "samples": index["total_samples"],
-            "speech_text_ratio": index["stats"]["speech_text_ratio"]}
+            "speech_text_ratio": index["stats"].get("speech_text_ratio")}
 
 
 STAGE = Stage(

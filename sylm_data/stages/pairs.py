@@ -9,7 +9,6 @@ a text segment followed by the speech segment that says it: one `pairs` sample p
 
 import functools
 import hashlib
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,19 +57,25 @@ def heldout(sample_id: str, config: PairsConfig) -> bool:
     return int.from_bytes(digest, "little") / 2**64 < config.heldout_share
 
 
-def write_shards(config: PairsConfig, folder: Path) -> dict:
-    """DIR/pairs-shards/ and DIR/pairs-heldout/, each with the bound on units per word."""
-    table, vocabulary = interleave.committed_samples(folder)
+def describe_pairs(table: pa.Table) -> dict:
+    """The unit tokenizer, and the most units per word among the pairs: text-to-token generation keeps that bound."""
+    if not table.num_rows:
+        return {}
     ratio = pc.divide(pc.cast(table[sample.ROW_UNITS], pa.float64()), pc.cast(table[sample.ROW_WORDS], pa.float64()))
-    described = vocabulary | {"config_hash": interleave.config_digest(config),
-                              sample.INDEX_MAX_UNITS_PER_WORD: round(pc.max(ratio).as_py(), 3)}
-    held = pa.array([heldout(key, config) for key in table[sample.ROW_KEY].to_pylist()], pa.bool_())
+    return interleave.sample_vocabulary(table) | {sample.INDEX_MAX_UNITS_PER_WORD: round(pc.max(ratio).as_py(), 3)}
+
+
+def write_shards(config: PairsConfig, folder: Path, parallel) -> dict:
+    """DIR/pairs-shards/ and DIR/pairs-heldout/, partition by partition, each with the bound on units per word."""
+    def held(table: pa.Table) -> pa.Array:
+        return pa.array([heldout(key, config) for key in table[sample.ROW_KEY].to_pylist()], pa.bool_())
+
     summary = {}
-    for name, rows in (("pairs-shards", table.filter(pc.invert(held))), ("pairs-heldout", table.filter(held))):
-        if rows.num_rows:
-            summary[name] = interleave.shard_samples(rows, folder.parent / name, config.shard_bytes, described)["total_samples"]
-        else:  # none this time: an older run's folder must not stay behind
-            shutil.rmtree(folder.parent / name, ignore_errors=True)
+    for name, keep in (("pairs-shards", lambda table: pc.invert(held(table))), ("pairs-heldout", held)):
+        index = interleave.publish_samples(folder, folder.parent / name, config.shard_bytes,
+                                           {"config_hash": interleave.config_digest(config)}, parallel, keep=keep,
+                                           describe=describe_pairs, largest=(sample.INDEX_MAX_UNITS_PER_WORD,))
+        summary[name] = index["total_samples"]
     return summary
 
 

@@ -17,6 +17,7 @@ import math
 import re
 import traceback
 from dataclasses import dataclass, field
+from typing import ClassVar
 from pathlib import Path
 
 import numpy as np
@@ -35,8 +36,10 @@ NAME = "synthesize"
 
 @dataclass
 class SynthesizeConfig:
+    SPEED_ONLY: ClassVar[tuple[str, ...]] = ("batch_size", "actors", "gpus_per_actor")
     source: str = "text"  # JSONL or Parquet with a `text` column (sources/text.py)
     inputs: list[str] = field(default_factory=list)  # local paths/globs or hf://OWNER/NAME/PATTERN
+    root: str | None = None  # the folder partition ids are relative to; default: each glob's static prefix
     model: str = ""  # a text-to-token model: OUTPUT/final of `sylm-data train --task t2t`, or a hub id
     language: str = "en"  # for documents that name none
     languages: list[str] = field(default_factory=list)  # ISO 639-1 codes to keep; empty keeps all
@@ -222,14 +225,20 @@ def map_options(config: SynthesizeConfig) -> MapOptions:
     return model_actors(resolve_device(config.device) == "cuda", config.actors, config.gpus_per_actor, config.batch_size)
 
 
-def write_shards(config: SynthesizeConfig, folder: Path) -> dict:
-    """All committed samples, in key order, into DIR/shards-synthetic (replaced whole)."""
-    table, vocabulary = interleave.committed_samples(folder)
+def describe_synthetic(table: pa.Table) -> dict:
+    """The unit tokenizer and the model that generated the units."""
+    if not table.num_rows:
+        return {}
     model_id = json.loads(table[sample.ROW_JSON][0].as_py())[sample.SYNTHETIC]  # one run, one model: the config hash sees to it
-    described = vocabulary | {"config_hash": interleave.config_digest(config), sample.SYNTHETIC: model_id}
-    index = interleave.shard_samples(table, folder.parent / "shards-synthetic", config.shard_bytes, described)
+    return interleave.sample_vocabulary(table) | {sample.SYNTHETIC: model_id}
+
+
+def write_shards(config: SynthesizeConfig, folder: Path, parallel) -> dict:
+    """The committed samples into DIR/shards-synthetic, partition by partition."""
+    index = interleave.publish_samples(folder, folder.parent / "shards-synthetic", config.shard_bytes,
+                                       {"config_hash": interleave.config_digest(config)}, parallel, describe=describe_synthetic)
     return {"shards": len(index["shards"]), "samples": index["total_samples"],
-            "speech_text_ratio": index["stats"]["speech_text_ratio"]}
+            "speech_text_ratio": index["stats"].get("speech_text_ratio")}
 
 
 STAGE = Stage(
