@@ -270,8 +270,9 @@ def _plan(stages: list[Stage], pending: list[Partition], first_elsewhere: dict[s
         _read, batch_size=1, batch_format="pyarrow",
         fn_kwargs={"first": first, "batch_rows": config.run.batch_rows, "contract": contract},
     )
+    input_rows = sum(m["rows_out"] for m in layout.markers(first.consumes).values()) if first.consumes != SOURCES else 0
     for stage in stages:
-        stage_config = config.stages[stage.name]
+        stage_config = stage.prepare(config.stages[stage.name], input_rows)
         options = stage.map_options(stage_config)
         arguments = {"stage": stage, "stage_config": stage_config}
         if options.actors:

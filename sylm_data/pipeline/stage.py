@@ -62,6 +62,10 @@ class Stage:
     map_options: Callable[[object], MapOptions] = lambda config: MapOptions()
     # runs on the driver before any work starts; raises StageConfigError
     preflight: Callable[[object], None] = lambda config: None
-    # runs on the driver once every partition is committed, given the stage's output folder
-    # (e.g. fits a model on what the rows gathered); returns a summary for the run record
-    finalize: Callable[[object, Path], dict] | None = None
+    # runs on the driver once every partition is committed, given the stage's output folder and
+    # `parallel(function, items) -> results` (Ray tasks); e.g. fits a model on what the rows
+    # gathered, or has workers write shards; returns a summary for the run record
+    finalize: Callable[[object, Path, Callable], dict] | None = None
+    # runs on the driver before the plan, given how many rows the run's input holds (0: not known
+    # before reading, e.g. sources); returns the config the workers get (e.g. a sampling share)
+    prepare: Callable[[object, int], object] = lambda config, input_rows: config

@@ -1,19 +1,23 @@
 """codebook: fit the k-means codebook that tokenize names segments with.
 
-Each utterance's audio goes through the same encoder and segmentation as tokenize; up to
-`segments_per_utterance` pooled segment features per utterance are kept (`DIR/codebook/<partition>/`,
-a deterministic choice per id). When every partition is in, the driver fits k-means (k-means++
-then Lloyd, in torch, on the GPU when present) on at most `max_segments` of them and writes
+The sample is chosen before anything is encoded: an utterance is encoded only when a hash of its
+id falls within a share set from the input's row count, so that about `oversample` × `max_segments`
+segments come out; the others pass with no segments. A chosen utterance goes through the same
+encoder and segmentation as tokenize, and up to `segments_per_utterance` of its pooled segment
+features are kept (`DIR/codebook/<partition>/`, a deterministic choice per id). When every
+partition is in, the driver fits k-means (k-means++ then Lloyd, in torch, on the GPU when
+present) on at most `max_segments` of them (reading only the sample) and writes
 `DIR/codebook/codebook.safetensors` with a manifest naming encoder, layer, K, sample count and inertia;
 with `agglomerate_to`, also a map from the K centroids to fewer units by Ward linkage.
 """
 
 import hashlib
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import torch
 from safetensors.torch import save_file
 
@@ -39,6 +43,22 @@ class CodebookConfig(FeatureConfig):
     iterations: int = 50
     seed: int = 0
     agglomerate_to: int = 0  # reduce the clusters to this many units by Ward linkage; 0 keeps them all
+    oversample: float = 2.0  # utterances chosen for about this many times max_segments segments
+    utterance_share: float = 0.0  # the share of utterances encoded; 0: set from the input's size (`choose_share`)
+
+
+def choose_share(config: CodebookConfig, input_rows: int) -> CodebookConfig:
+    """Unless set, the share of utterances to encode for about `oversample` × `max_segments`
+    segments, assuming each gives `segments_per_utterance` (short ones give fewer: `oversample`)."""
+    if config.utterance_share:
+        return config
+    wanted = config.oversample * config.max_segments / max(config.segments_per_utterance, 1)
+    return replace(config, utterance_share=min(1.0, wanted / input_rows) if input_rows else 1.0)
+
+
+def id_fraction(sample_id: str) -> float:
+    """A sample id's place in [0, 1): the same on every worker and run."""
+    return int(hashlib.sha1(sample_id.encode()).hexdigest()[:13], 16) / 16**13
 
 
 _PAYLOAD = [codebook.SEGMENTS, codebook.DIMS, codebook.FEATURES]
@@ -54,33 +74,45 @@ class SegmentSampler:
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         envelope = [utterance.ID, utterance.SOURCE, *stream.ENVELOPE_NAMES]
-        rows = [{name: row[name] for name in envelope} | dict.fromkeys(_PAYLOAD) for row in batch.to_pylist()]
+        rows = [{name: row[name] for name in envelope} | dict.fromkeys(_PAYLOAD) for row in batch.select(envelope).to_pylist()]
+        features = [np.zeros(0, np.float32)] * len(rows)
         todo, waves = [], []
-        for row, audio_bytes in zip(rows, batch[utterance.AUDIO].to_pylist()):
-            if row[stream.REJECT_REASON] is None:
-                try:
-                    waves.append(decode_16k(audio_bytes))
-                    todo.append(row)
-                except Rejected as rejected:
-                    stream.mark_rejected(row, _PAYLOAD, NAME, rejected.reason, rejected.detail)
-        for row, (features, ends) in zip(todo, self.segmenter(waves)):
-            pooled = units.pool(features, ends).numpy()
-            rng = np.random.default_rng(int(hashlib.sha1(row[utterance.ID].encode()).hexdigest()[:8], 16))
+        for index, row in enumerate(rows):
+            if row[stream.REJECT_REASON] is not None:
+                continue
+            row.update({codebook.SEGMENTS: 0, codebook.DIMS: 0})
+            if id_fraction(row[utterance.ID]) >= self.config.utterance_share:
+                continue  # not in the sample: never decoded nor encoded
+            try:
+                waves.append(decode_16k(batch[utterance.AUDIO][index].as_py()))
+                todo.append(index)
+            except Rejected as rejected:
+                stream.mark_rejected(row, _PAYLOAD, NAME, rejected.reason, rejected.detail)
+        for index, (segment_features, ends) in zip(todo, self.segmenter(waves)):
+            pooled = units.pool(segment_features, ends).numpy()
+            rng = np.random.default_rng(int(hashlib.sha1(rows[index][utterance.ID].encode()).hexdigest()[:8], 16))
             keep = np.sort(rng.permutation(len(pooled))[: self.config.segments_per_utterance])
-            row.update({codebook.SEGMENTS: len(keep), codebook.DIMS: pooled.shape[1],
-                        codebook.FEATURES: pooled[keep].astype(np.float32).ravel().tolist()})
-        return pa.Table.from_pylist(rows, schema=OUTPUT_SCHEMA)
+            rows[index].update({codebook.SEGMENTS: len(keep), codebook.DIMS: pooled.shape[1]})
+            features[index] = pooled[keep].astype(np.float32).ravel()
+        offsets = np.cumsum([0] + [len(f) for f in features], dtype=np.int64)
+        listed = pa.LargeListArray.from_arrays(pa.array(offsets), pa.array(np.concatenate(features), pa.float32()),
+                                               mask=pa.array([row[codebook.SEGMENTS] is None for row in rows]))
+        without = pa.schema([field for field in OUTPUT_SCHEMA if field.name != codebook.FEATURES])
+        table = pa.Table.from_pylist(rows, schema=without).append_column(OUTPUT_SCHEMA.field(codebook.FEATURES), listed)
+        return table.select(OUTPUT_SCHEMA.names)
 
 
 def fit(config: CodebookConfig, folder, parallel) -> dict:
     """Fit the codebook on the sampled segment features under `folder` (on the driver: the sample is
     small; `parallel` is not needed); returns the manifest as a dict."""
-    table = read_rows(folder)
+    table = read_rows(folder, columns=[codebook.ID, codebook.SEGMENTS, codebook.DIMS, codebook.FEATURES])
     if not table.num_rows:
         raise ValueError(f"{folder} holds no segment features: nothing to fit")
-    table = table.sort_by(codebook.ID)
+    table = table.filter(pc.greater(table[codebook.SEGMENTS], 0)).sort_by(codebook.ID)
+    if not table.num_rows:
+        raise ValueError(f"{folder} holds no segment features: nothing to fit")
     dims = table[codebook.DIMS][0].as_py()
-    points = np.concatenate([np.asarray(f, np.float32).reshape(-1, dims) for f in table[codebook.FEATURES].to_pylist()])
+    points = np.array(pc.list_flatten(table[codebook.FEATURES]), np.float32).reshape(-1, dims)
     rng = np.random.default_rng(config.seed)
     if len(points) > config.max_segments:
         points = points[np.sort(rng.choice(len(points), config.max_segments, replace=False))]
@@ -114,4 +146,5 @@ STAGE = Stage(
     map_options=actor_pool,
     preflight=check_encoder,
     finalize=fit,
+    prepare=choose_share,
 )
