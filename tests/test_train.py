@@ -238,8 +238,81 @@ def test_damaged_samples_are_skipped_and_counted(tmp_path, caplog):
     assert 0 < len(lost) < 10 and "unreadable" in caplog.text
     assert len(sources) == len(set(sources)) == 30 - 2 - len(lost)
     assert set(sources) == set(range(30)) - {1, 2} - lost
-    slots = data.read_slots(data.epoch_pieces(stream.folder, 0, 0, 0, 1, 0), 0, 30)
+    slots = list(data.slot_documents(data.epoch_pieces(stream.folder, 0, 0, 0, 1, 0)))
     assert sum(data.parse(slot, UNITS) is None for slot in slots) == 2 + len(lost)
+
+
+class CountedShard:
+    """A shard opened for reading that adds the bytes read from it to its tally."""
+
+    def __init__(self, file, tally: list[int]) -> None:
+        self._file, self._tally = file, tally
+
+    def read(self, *size) -> bytes:
+        chunk = self._file.read(*size)
+        self._tally[-1] += len(chunk)
+        return chunk
+
+    def __getattr__(self, name):
+        return getattr(self._file, name)
+
+    def __enter__(self) -> "CountedShard":
+        return self
+
+    def __exit__(self, *exception) -> None:
+        self._file.close()
+
+
+def count_shard_reads(monkeypatch) -> dict[str, list[int]]:
+    """Shard path -> bytes read per opening, for every `.tar` this process opens from now on."""
+    import builtins
+
+    reads: dict[str, list[int]] = {}
+    real_open = builtins.open
+
+    def counting_open(file, mode="r", *args, **kwargs):
+        opened = real_open(file, mode, *args, **kwargs)
+        if str(file).endswith(".tar") and "r" in mode:
+            reads.setdefault(str(file), []).append(0)
+            return CountedShard(opened, reads[str(file)])
+        return opened
+
+    monkeypatch.setattr(builtins, "open", counting_open)
+    return reads
+
+
+@pytest.mark.parametrize("per_shard, readers", [(50, 2), (200, 4)])  # whole shards per reader; every 4th sample
+def test_a_reader_reads_each_of_its_shards_once_an_epoch(tmp_path, monkeypatch, per_shard, readers):
+    folder = data.open_folder(write_shards(tmp_path / "shards", 400, per_shard))
+    size = {path: Path(path).stat().st_size for path, _ in folder.shards}
+    reads = count_shard_reads(monkeypatch)
+    for epoch in range(2):
+        sources = []
+        for reader in range(readers):
+            reads.clear()
+            pieces = data.epoch_pieces(folder, 0, epoch, reader, readers, seed=0)
+            stream = data.FolderStream(folder, 0, reader, readers, seed=0, block=16, unit_vocab=UNITS, position=(epoch, 0, 0))
+            sources += [stream.next()["source_id"] for _ in range(sum(piece.count for piece in pieces))]
+            assert {path: len(opened) for path, opened in reads.items()} == {piece.shard: 1 for piece in pieces}
+            # each to its last sample: a tar ends in up to a 10 KiB record of zeros, which need not be read
+            assert all(size[path] - 10240 < opened[0] <= size[path] for path, opened in reads.items())
+        assert sorted(sources) == sorted(f"toy:0:{i}" for i in range(400))
+
+    reads.clear()
+    pieces = data.epoch_pieces(folder, 0, 0, 0, readers, seed=0)
+    through = data.FolderStream(folder, 0, 0, readers, seed=0, block=16, unit_vocab=UNITS)
+    expected = [through.next()["source_id"] for _ in range(sum(piece.count for piece in pieces))]
+    resumed_at = 70  # block 4 (samples 64..79 of the epoch) is the fifth one, six samples of it taken
+    stopped = data.FolderStream(folder, 0, 0, readers, seed=0, block=16, unit_vocab=UNITS)
+    for _ in range(resumed_at):
+        stopped.next()
+    assert stopped.position == (0, 4, 6)
+    reads.clear()
+    resumed = data.FolderStream(folder, 0, 0, readers, seed=0, block=16, unit_vocab=UNITS, position=stopped.position)
+    assert [resumed.next()["source_id"] for _ in expected[resumed_at:]] == expected[resumed_at:]
+    first_slots = [sum(piece.count for piece in pieces[:i]) for i in range(len(pieces))]
+    needed = [piece.shard for piece, first in zip(pieces, first_slots) if first + piece.count > 64]
+    assert {path: len(opened) for path, opened in reads.items()} == dict.fromkeys(needed, 1)
 
 
 def test_shard_folders_are_checked(tmp_path, shards):

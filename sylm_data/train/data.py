@@ -3,8 +3,12 @@
 Readers: every rank runs `workers` dataloader processes; reader r of R = ranks × workers reads
 its own part of each shard folder: whole shards when a folder has at least R of them (in an order
 reshuffled every epoch), else every R-th sample. Each folder is an endless stream of epochs, cut
-into blocks of `shuffle_block` samples shuffled in place; a reader's position in a folder is
-(epoch, block, samples taken from the block), so resuming re-reads one block, never an epoch.
+into blocks of `shuffle_block` samples shuffled in place. A reader streams its shards in order,
+each opened and read once per epoch, and takes the next block from that stream; only one block
+is held. Its position in a folder is (epoch, block, samples taken from the block): the index's
+sample counts say where the block starts, so a resumed reader opens no shard that ends before
+it and re-reads only that block (and its first shard's earlier samples, tar having no index to
+seek by), never an epoch.
 
 Documents: the folders are mixed by weight, one draw per document; a document becomes token ids
 (text through the LLM tokenizer, units as unit tokens, a marker at each modality switch, then
@@ -19,12 +23,13 @@ import json
 import logging
 import tarfile
 from dataclasses import dataclass
+from itertools import islice, repeat
 from pathlib import Path
 from typing import Callable, Iterator, NamedTuple
 
 import numpy as np
 import torch
-from webdataset.tariterators import tarfile_samples
+from webdataset.tariterators import group_by_keys, tar_file_expander
 
 from sylm_data.schemas import sample
 from sylm_data.train.vocab import SpeechVocabulary
@@ -116,8 +121,9 @@ def _shard_documents(path: str) -> Iterator[bytes | None]:
     """The `.json` member of each sample of a shard, in order (None for a sample without one);
     stops at the first unreadable byte: a truncated shard simply ends early."""
     try:
-        for item in tarfile_samples(iter([{"url": path}])):
-            yield item.get("json")
+        with open(path, "rb") as stream:  # closed as soon as the reader leaves the shard, not when collected
+            for item in group_by_keys(tar_file_expander(iter([{"url": path, "stream": stream}]))):
+                yield item.get("json")
     except (tarfile.TarError, OSError, ValueError) as error:
         log.warning("shard %s is unreadable after some samples (%s); its remaining samples are skipped", path, error)
 
@@ -128,28 +134,28 @@ def documents_in_order(folder: ShardFolder) -> Iterator[bytes | None]:
         yield from _shard_documents(path)
 
 
-def read_slots(pieces: list[Piece], start: int, stop: int) -> list[bytes | None]:
-    """The documents of a reader's slots start..stop-1 (None where a sample is missing or has no json)."""
-    found: list[bytes | None] = []
-    ordinal = 0
+def _piece_documents(piece: Piece, skip: int = 0) -> Iterator[bytes | None]:
+    """The documents of a piece's slots from `skip` on, one pass over its shard (None where a
+    sample is missing or has no json: a damaged shard still fills every slot)."""
+    wanted = range(piece.first + piece.step * skip, piece.first + piece.step * piece.count, piece.step)
+    found = 0
+    if wanted:
+        for index, document in enumerate(_shard_documents(piece.shard)):
+            if index in wanted:
+                yield document
+                found += 1
+                if found == len(wanted):
+                    return
+    yield from repeat(None, len(wanted) - found)
+
+
+def slot_documents(pieces: list[Piece], start: int = 0) -> Iterator[bytes | None]:
+    """The documents of a reader's slots from `start` to the end of its epoch: each shard opened
+    once, none that holds only earlier slots."""
     for piece in pieces:
-        if ordinal + piece.count <= start:
-            ordinal += piece.count
-            continue
-        if ordinal >= stop:
-            break
-        wanted = range(piece.first + piece.step * max(start - ordinal, 0),
-                       piece.first + piece.step * min(stop - ordinal, piece.count), piece.step)
-        taken = []
-        if wanted:
-            for index, document in enumerate(_shard_documents(piece.shard)):
-                if index >= wanted.stop:
-                    break
-                if index in wanted:
-                    taken.append(document)
-        found += taken + [None] * (len(wanted) - len(taken))
-        ordinal += piece.count
-    return found
+        if start < piece.count:
+            yield from _piece_documents(piece, start)
+        start = max(start - piece.count, 0)
 
 
 def parse(document: bytes | None, unit_vocab: int) -> dict | None:
@@ -182,6 +188,7 @@ class FolderStream:
         self._pieces: list[Piece] = []
         self._pieces_epoch = -1
         self._block: list[dict | None] | None = None
+        self._slots: Iterator[bytes | None] | None = None  # this epoch's documents after the loaded block
         self._usable_this_epoch = 0
         self._whole_epoch = self.block == self.taken == 0  # seen from its start here: an empty one is an error
 
@@ -198,7 +205,9 @@ class FolderStream:
     def _load_block(self) -> None:
         start = self.block * self.block_size
         stop = min(start + self.block_size, self._epoch_slots())
-        documents = [parse(document, self.unit_vocab) for document in read_slots(self._pieces, start, stop)]
+        if self._slots is None:
+            self._slots = slot_documents(self._pieces, start)
+        documents = [parse(document, self.unit_vocab) for document in islice(self._slots, stop - start)]
         order = np.random.default_rng([self.seed, self.folder_number, self.epoch, self.reader, self.block]).permutation(len(documents))
         self._block = [documents[i] for i in order]
 
@@ -219,6 +228,7 @@ class FolderStream:
                 if self._whole_epoch and not self._usable_this_epoch:
                     raise DataError(f"{self.folder.path}: reader {self.reader} found no usable sample in a whole epoch")
                 self.epoch, self.block, self._usable_this_epoch, self._whole_epoch = self.epoch + 1, 0, 0, True
+                self._slots = None
 
 
 def render(document: dict, tokenizer, vocab: SpeechVocabulary) -> list[tuple[list[int], list[int]]]:
