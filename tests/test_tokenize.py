@@ -116,9 +116,26 @@ def test_an_agglomerated_codebook_names_fewer_units(tokenized_run, tmp_path):
     tokenizer = tokenize.Tokenizer(cfg.stages["tokenize"])
     assert tokenizer.mapping.shape == (48,) and set(tokenizer.mapping.tolist()) == set(range(12))
     rows = read_parquet(out / "align").slice(0, 4)
+    ingested = read_parquet(out / "ingest")  # the audio is stored once, in ingest's rows
+    audio_of = dict(zip(ingested["id"].to_pylist(), ingested["audio"].to_pylist()))
+    rows = rows.append_column("audio", pa.array([audio_of[i] for i in rows["id"].to_pylist()], pa.large_binary()))
     envelope = {"partition": ["p"] * 4, "partition_total": [0] * 4, "reject_stage": [None] * 4,
                 "reject_reason": [None] * 4, "reject_detail": [None] * 4}
     for name, values in envelope.items():
         rows = rows.append_column(name, pa.array(values, type=pa.int64() if name == "partition_total" else pa.string()))
     named = tokenizer(rows)["units"].to_pylist()
     assert all(0 <= unit < 12 for units in named for unit in units)
+
+
+def test_align_and_tokenize_store_no_audio_and_tokenize_joins_it_from_ingest(tokenized_run, tmp_path):
+    import shutil
+
+    out, _, record = tokenized_run
+    for stage in ("align", "tokenize"):
+        assert "audio" not in read_parquet(out / stage).column_names
+    assert record["this_run"][-1]["out"] > 0  # tokenize decoded the audio it joined by id
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy, ignore=shutil.ignore_patterns("tokenize", "runs", ".lock"))
+    shutil.rmtree(copy / "ingest")
+    with pytest.raises(runner.RunError, match=r"ingest lacks the committed rows of .* hold their audio"):
+        runner.run(make_config(copy), ["tokenize"], str(copy), log=lambda line: None)

@@ -73,22 +73,27 @@ class OutputLayout:
     def markers(self, stage: str) -> dict[str, dict]:
         return {path.stem: json.loads(path.read_text()) for path in sorted(self.done_dir(stage).glob("*.json"))}
 
-    def clean(self, partition: str, final_stage: str, stages: list[str]) -> None:
-        """Remove whatever an interrupted run left of an uncommitted partition."""
-        for folder in self.written_folders(final_stage, stages):
+    def clean(self, partition: str, final_stage: str, stages: list[str], store: str | None = None) -> None:
+        """Remove whatever an interrupted run left of an uncommitted partition (and of the stage it
+        stores on the way, `store`, which is committed again with it)."""
+        if store:
+            self.uncommit(partition, store)
+        for folder in self.written_folders(final_stage, stages, store):
             for leftover in (folder / partition, *folder.glob(f"{TMP}/*/{partition}")):
                 shutil.rmtree(leftover, ignore_errors=True)
 
-    def uncommit(self, partition: str, final_stage: str) -> None:
+    def uncommit(self, partition: str, stage: str) -> None:
         """Take a committed partition back (its marker first: from then on it is not output)."""
-        (self.done_dir(final_stage) / f"{partition}.json").unlink(missing_ok=True)
+        (self.done_dir(stage) / f"{partition}.json").unlink(missing_ok=True)
 
-    def written_folders(self, final_stage: str, stages: list[str]) -> list[Path]:
-        """The folders a run of `stages` writes: the final stage's rows and every stage's rejects."""
-        return [self.stage_dir(final_stage)] + [self.rejects_dir(stage) for stage in stages]
+    def written_folders(self, final_stage: str, stages: list[str], store: str | None = None) -> list[Path]:
+        """The folders a run of `stages` writes: the final stage's rows, every stage's rejects, and
+        the rows of a stage stored on the way."""
+        stored = [self.stage_dir(store)] if store else []
+        return [self.stage_dir(final_stage)] + [self.rejects_dir(stage) for stage in stages] + stored
 
-    def drop_staging(self, run_id: str, final_stage: str, stages: list[str]) -> None:
-        for folder in self.written_folders(final_stage, stages):
+    def drop_staging(self, run_id: str, final_stage: str, stages: list[str], store: str | None = None) -> None:
+        for folder in self.written_folders(final_stage, stages, store):
             shutil.rmtree(folder / TMP / run_id, ignore_errors=True)
 
 
@@ -170,19 +175,47 @@ class StagingMismatch(RuntimeError):
     """A partition's staged files hold other rows than its batches reported: it is not committed."""
 
 
-def commit(layout: OutputLayout, partition: str, final_stage: str, stages: list[str], marker: dict) -> None:
-    """Move a complete partition's staged files into place, then write its marker (the commit point).
+def store_batch(batch: pa.Table, root: str, run_id: str, stage: str, contract: pa.Schema) -> pa.Table:
+    """Stage the rows of `stage` (its contract) that no stage has rejected so far, and pass the
+    batch on: a fused run keeps the ingest rows (the audio) while later stages run."""
+    folder = OutputLayout(root).stage_dir(stage) / TMP / run_id
+    for partition in pc.unique(batch[stream.PARTITION]).to_pylist():
+        rows = batch.filter(pc.equal(batch[stream.PARTITION], partition))
+        accepted = stream.accepted(rows, contract)
+        if accepted.num_rows:
+            _write_atomic(accepted, folder / partition, staged_name(rows["id"]))
+    return batch
+
+
+def _staged_rows(folders: list[Path]) -> int:
+    return sum(pq.read_metadata(file).num_rows for folder in folders if folder.exists() for file in folder.glob("*.parquet"))
+
+
+def commit(layout: OutputLayout, partition: str, final_stage: str, stages: list[str], marker: dict,
+           store: str | None = None, store_marker: dict | None = None) -> None:
+    """Move a complete partition's staged files into place, then write its marker (the commit
+    point); with `store`, that stage's rows and marker first.
 
     The staged files must hold exactly the rows the partition's batches reported: a file left by an
     attempt Ray gave up on (another batching of the same rows) would otherwise add copies."""
-    staged = [folder / TMP / marker["run_id"] / partition for folder in layout.written_folders(final_stage, stages)]
-    rows = sum(pq.read_metadata(file).num_rows for folder in staged if folder.exists() for file in folder.glob("*.parquet"))
+    folders = layout.written_folders(final_stage, stages)
+    staged = [folder / TMP / marker["run_id"] / partition for folder in folders]
+    rows = _staged_rows(staged)
     if rows != marker["rows_in"]:
         raise StagingMismatch(f"partition {partition}: {rows} staged rows for {marker['rows_in']} samples")
-    for folder, source in zip(layout.written_folders(final_stage, stages), staged):
+    if store:
+        stored = layout.stage_dir(store) / TMP / marker["run_id"] / partition
+        if _staged_rows([stored]) != store_marker["rows_out"]:
+            raise StagingMismatch(f"partition {partition}: {_staged_rows([stored])} staged {store} rows for {store_marker['rows_out']}")
+        _place(layout, store, partition, [(stored, layout.stage_dir(store))], store_marker)
+    _place(layout, final_stage, partition, list(zip(staged, folders)), marker)
+
+
+def _place(layout: OutputLayout, stage: str, partition: str, moves: list[tuple[Path, Path]], marker: dict) -> None:
+    for source, folder in moves:
         if source.exists():
             os.replace(source, folder / partition)
-    done = layout.done_dir(final_stage)
+    done = layout.done_dir(stage)
     done.mkdir(parents=True, exist_ok=True)
     temporary = done / f".{partition}.json.partial"
     temporary.write_text(json.dumps(marker, indent=1, sort_keys=True))

@@ -113,23 +113,50 @@ def stage_partitions(stage_dir: Path) -> list[Partition]:
     ]
 
 
-def read_stage_partition(partition: Partition, contract: pa.Schema, batch_rows: int) -> Iterator[pa.Table]:
-    """A committed partition of an earlier stage's output as in-flight batches of its contract."""
+def read_stage_partition(partition: Partition, contract: pa.Schema, batch_rows: int,
+                         audio_from: str | None = None) -> Iterator[pa.Table]:
+    """A committed partition of an earlier stage's output as in-flight batches of its contract;
+    with `audio_from` (the ingest output folder), each row gets its audio back, by id, from the
+    same partition there."""
     files = sorted(Path(partition.path).glob("*.parquet"))
     schema = stream.in_flight(contract)
+    tables = (_joined(files, Path(audio_from) / partition.id, contract, batch_rows) if audio_from
+              else _batches(files, contract, batch_rows))
     total = sum(pq.read_metadata(file).num_rows for file in files)
     emitted = 0
+    for table in tables:
+        emitted += table.num_rows
+        envelope = {
+            stream.PARTITION: pa.array([partition.id] * table.num_rows, pa.string()),
+            stream.PARTITION_TOTAL: pa.array([0] * (table.num_rows - 1) + [total if emitted == total else 0], pa.int64()),
+            stream.REJECT_STAGE: pa.nulls(table.num_rows, pa.string()),
+            stream.REJECT_REASON: pa.nulls(table.num_rows, pa.string()),
+            stream.REJECT_DETAIL: pa.nulls(table.num_rows, pa.string()),
+        }
+        if stream.AUDIO.name in schema.names and stream.AUDIO.name not in table.column_names:
+            envelope[stream.AUDIO.name] = pa.nulls(table.num_rows, stream.AUDIO.type)  # not needed by this run
+        for name, column in envelope.items():
+            table = table.append_column(name, column)
+        yield table.select(schema.names).cast(schema)
+    if emitted != total:
+        raise ValueError(f"{audio_from}/{partition.id} lacks the audio of {total - emitted} of {partition.path}'s rows: "
+                         "the ingest output was changed after this stage ran; run ingest and this stage again")
+
+
+def _batches(files: list[Path], contract: pa.Schema, batch_rows: int) -> Iterator[pa.Table]:
     for file in files:
         for record_batch in pq.ParquetFile(file).iter_batches(batch_size=batch_rows):
-            table = pa.Table.from_batches([record_batch]).cast(contract)
-            emitted += table.num_rows
-            envelope = {
-                stream.PARTITION: pa.array([partition.id] * table.num_rows, pa.string()),
-                stream.PARTITION_TOTAL: pa.array([0] * (table.num_rows - 1) + [total if emitted == total else 0], pa.int64()),
-                stream.REJECT_STAGE: pa.nulls(table.num_rows, pa.string()),
-                stream.REJECT_REASON: pa.nulls(table.num_rows, pa.string()),
-                stream.REJECT_DETAIL: pa.nulls(table.num_rows, pa.string()),
-            }
-            for name, column in envelope.items():
-                table = table.append_column(name, column)
-            yield table.cast(schema)
+            yield pa.Table.from_batches([record_batch]).cast(contract)
+
+
+def _joined(files: list[Path], audio_folder: Path, contract: pa.Schema, batch_rows: int) -> Iterator[pa.Table]:
+    """The rows (small: no audio) in the order of the ingest partition's files, which are streamed
+    a batch at a time with their audio, so memory holds one batch of audio."""
+    rows = pa.concat_tables([pq.read_table(file).cast(contract) for file in files]) if files else contract.empty_table()
+    place = {sample_id: index for index, sample_id in enumerate(rows["id"].to_pylist())}
+    for file in sorted(audio_folder.glob("*.parquet")):
+        for record_batch in pq.ParquetFile(file).iter_batches(batch_size=batch_rows, columns=["id", stream.AUDIO.name]):
+            found = [(place[i], n) for n, i in enumerate(record_batch.column(0).to_pylist()) if i in place]
+            if found:
+                audio = record_batch.column(1).take(pa.array([n for _, n in found]))
+                yield rows.take(pa.array([p for p, _ in found])).append_column(stream.AUDIO, audio.cast(stream.AUDIO.type))

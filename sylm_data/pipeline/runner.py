@@ -28,6 +28,7 @@ from sylm_data.pipeline import duplicates, lock, output, partitions, records, re
 from sylm_data.pipeline.config import Config
 from sylm_data.pipeline.output import OutputLayout, PartitionTally
 from sylm_data.pipeline.stage import SOURCES, Stage, StageConfigError
+from sylm_data.schemas import stream
 from sylm_data.sources import READERS, Partition, SourceError
 
 
@@ -41,13 +42,16 @@ class RunResult:
     record_path: str
 
 
-def _read(batch: pa.Table, first: Stage, batch_rows: int, contract: pa.Schema | None):
+STORED = "ingest"  # the audio lives in its rows: a fused run that starts with it stores them too
+
+
+def _read(batch: pa.Table, first: Stage, batch_rows: int, contract: pa.Schema | None, audio_from: str | None):
     partition = Partition(**json.loads(batch["partition"][0].as_py()))
     if first.consumes == SOURCES:
         first_elsewhere = json.loads(batch["first_elsewhere"][0].as_py())
         yield from partitions.read_source_partition(partition, first.name, batch_rows, first_elsewhere)
     else:
-        yield from partitions.read_stage_partition(partition, contract, batch_rows)
+        yield from partitions.read_stage_partition(partition, contract, batch_rows, audio_from)
 
 
 def _transform(batch: pa.Table, stage: Stage, stage_config) -> pa.Table:
@@ -139,6 +143,7 @@ def run(config: Config, stage_names: list[str], output_dir: str, address: str | 
 def _run_locked(config, stages, layout, run_id, run_lock, address, log, retry_rejects) -> RunResult:
     names = [stage.name for stage in stages]
     final = stages[-1]
+    store = STORED if names[0] == STORED and final.name != STORED else None
     config_hash = config.stage_hash(names)
     all_partitions = _input_partitions(stages[0], config, layout)
     done = layout.markers(final.name)
@@ -153,11 +158,13 @@ def _run_locked(config, stages, layout, run_id, run_lock, address, log, retry_re
         del done[partition]
     pending = [p for p in all_partitions if p.id not in done]
     for partition in pending:
-        layout.clean(partition.id, final.name, names)
+        layout.clean(partition.id, final.name, names, store)
+    audio_from = _audio_source(stages[0], pending, layout)
     log(f"{'+'.join(names)}: {len(all_partitions)} partitions, {len(all_partitions) - len(pending)} already done")
 
     started = time.time()
-    commit = functools.partial(_commit, layout, final.name, names, config_hash, run_id, run_lock)
+    commit = functools.partial(_commit, layout, final.name, names, config_hash, run_id, run_lock,
+                               store, config.stage_hash([store]) if store else None)
     if stages[0].consumes != SOURCES:
         # a previous stage's partition with no rows (all rejected) is complete before it starts
         for partition in [p for p in pending if not _has_rows(p)]:
@@ -169,12 +176,12 @@ def _run_locked(config, stages, layout, run_id, run_lock, address, log, retry_re
         if pending:
             workers.start()
             first_elsewhere = _repeats(pending, list(done), layout, workers) if stages[0].consumes == SOURCES else {}
-            summaries = iter(_plan(stages, pending, first_elsewhere, config, layout, run_id).iter_rows())
+            summaries = iter(_plan(stages, pending, first_elsewhere, config, layout, run_id, store, audio_from).iter_rows())
             try:
                 _commit_as_complete(summaries, pending, tallies, commit, started, log)
             finally:
                 summaries.close()  # stops Ray Data's executor before Ray shuts down, also on an error
-        layout.drop_staging(run_id, final.name, names)
+        layout.drop_staging(run_id, final.name, names, store)
         record = _record(run_id, config, names, layout, final.name, tallies, len(all_partitions), len(done), started)
         if final.finalize is not None:
             log(f"{final.name}: finalizing")
@@ -220,6 +227,18 @@ class Workers:
             ray.shutdown()
 
 
+def _audio_source(first: Stage, pending: list[Partition], layout: OutputLayout) -> str | None:
+    """The ingest output, when the first stage decodes audio its input rows leave there."""
+    if not first.needs_audio or not stream.carries_audio(registry.STAGES[first.consumes].contract):
+        return None
+    stored = layout.markers(STORED)
+    missing = [p.id for p in pending if p.id not in stored]
+    if missing:
+        raise RunError(f"{layout.stage_dir(STORED)} lacks the committed rows of {len(missing)} partition(s) "
+                       f"(e.g. {missing[0]}), which hold their audio: run ingest (and {first.consumes}) again for them")
+    return str(layout.stage_dir(STORED))
+
+
 def _with_rejects(markers: dict[str, dict], reasons: list[str]) -> list[str]:
     """The committed partitions holding rejects of any of `reasons`."""
     return [partition for partition, marker in markers.items()
@@ -257,7 +276,7 @@ def _list_ids(partition: Partition, ids_dir: str) -> None:
 
 
 def _plan(stages: list[Stage], pending: list[Partition], first_elsewhere: dict[str, str], config: Config,
-          layout: OutputLayout, run_id: str):
+          layout: OutputLayout, run_id: str, store: str | None, audio_from: str | None):
     """The Ray Data plan: partitions -> read -> each stage's transform -> write; yields batch summaries."""
     import ray
 
@@ -268,7 +287,7 @@ def _plan(stages: list[Stage], pending: list[Partition], first_elsewhere: dict[s
     dataset = ray.data.from_items(items, override_num_blocks=len(pending))
     dataset = dataset.map_batches(
         _read, batch_size=1, batch_format="pyarrow",
-        fn_kwargs={"first": first, "batch_rows": config.run.batch_rows, "contract": contract},
+        fn_kwargs={"first": first, "batch_rows": config.run.batch_rows, "contract": contract, "audio_from": audio_from},
     )
     input_rows = sum(m["rows_out"] for m in layout.markers(first.consumes).values()) if first.consumes != SOURCES else 0
     for stage in stages:
@@ -290,6 +309,9 @@ def _plan(stages: list[Stage], pending: list[Partition], first_elsewhere: dict[s
         else:
             dataset = dataset.map_batches(_transform, fn_kwargs=arguments, batch_size=options.batch_size, batch_format="pyarrow",
                                           num_cpus=options.num_cpus, concurrency=options.concurrency or None)
+        if stage.name == store:
+            dataset = dataset.map_batches(output.store_batch, batch_size=None, batch_format="pyarrow", fn_kwargs={
+                "root": str(layout.root), "run_id": run_id, "stage": store, "contract": stage.contract})
     return dataset.map_batches(
         output.write_batch, batch_size=None, batch_format="pyarrow",
         fn_kwargs={"root": str(layout.root), "run_id": run_id, "final_stage": final.name, "contract": final.contract},
@@ -318,7 +340,8 @@ def _commit_as_complete(summaries, pending, tallies, commit, started: float, log
         raise RunError(f"partitions did not complete: {', '.join(unfinished[:5])}; rerun the same command to resume")
 
 
-def _commit(layout, final_name, names, config_hash, run_id, run_lock, partition: Partition, tally: PartitionTally) -> None:
+def _commit(layout, final_name, names, config_hash, run_id, run_lock, store, store_hash, partition: Partition,
+            tally: PartitionTally) -> None:
     marker = {
         "partition": dataclasses.asdict(partition),
         "rows_in": tally.total,
@@ -328,8 +351,13 @@ def _commit(layout, final_name, names, config_hash, run_id, run_lock, partition:
         "config_hash": config_hash,
         "run_id": run_id,
     }
+    store_marker = None
+    if store:
+        rejected = {key: n for key, n in tally.rejected.items() if key.split("/", 1)[0] == store}
+        store_marker = marker | {"rows_out": tally.total - sum(rejected.values()), "rejected": rejected,
+                                 "config_hash": store_hash, "audio_ms": None}
     run_lock.check()
-    output.commit(layout, partition.id, final_name, names, marker)
+    output.commit(layout, partition.id, final_name, names, marker, store, store_marker)
 
 
 def _has_rows(partition: Partition) -> bool:

@@ -69,3 +69,6 @@ class Stage:
     # runs on the driver before the plan, given how many rows the run's input holds (0: not known
     # before reading, e.g. sources); returns the config the workers get (e.g. a sampling share)
     prepare: Callable[[object, int], object] = lambda config, input_rows: config
+    # decodes the audio of rows whose contract leaves it in the ingest output: a run starting here
+    # joins it back by id
+    needs_audio: bool = False

@@ -28,16 +28,29 @@ ENVELOPE = [
 ]
 ENVELOPE_NAMES = [field.name for field in ENVELOPE]
 
+# contract metadata: its rows leave the audio in the ingest output, but carry it in flight for the
+# stages after them (a fused align + tokenize); `accepted` never stores it
+CARRIES_AUDIO = "sylm.carries_audio"
+AUDIO = pa.field("audio", pa.large_binary())
+
+
+def carries_audio(contract: pa.Schema) -> bool:
+    return (contract.metadata or {}).get(CARRIES_AUDIO.encode()) == b"yes"
+
 
 def in_flight(contract: pa.Schema) -> pa.Schema:
-    """The contract's columns, all nullable (rejected rows clear them), plus the envelope."""
+    """The contract's columns, all nullable (rejected rows clear them), the audio when the contract
+    carries it, plus the envelope."""
     fields = [field.with_nullable(True) for field in contract if field.name not in ENVELOPE_NAMES]
-    return pa.schema(fields + ENVELOPE, metadata=contract.metadata)
+    carried = [AUDIO] if carries_audio(contract) and AUDIO.name not in contract.names else []
+    return pa.schema(fields + carried + ENVELOPE, metadata=contract.metadata)
 
 
 def mark_rejected(row: dict, payload: list[str], stage: str, reason: str, detail: str) -> None:
     """Mark an in-flight row (a dict) rejected by `stage` and clear its payload columns."""
     row.update(dict.fromkeys(payload))
+    if AUDIO.name in row:
+        row[AUDIO.name] = None  # carried in flight, and no stage after this one needs it
     row.update({REJECT_STAGE: stage, REJECT_REASON: str(reason), REJECT_DETAIL: detail})
 
 

@@ -2,10 +2,10 @@
 
 import pyarrow as pa
 
-from sylm_data.schemas import aligned
+from sylm_data.schemas import aligned, stream
 
 NAME = "tokenized"
-VERSION = 1
+VERSION = 2  # 2: no audio column (joined from the ingest output by id)
 
 UNITS = "units"
 UNIT_START_MS = "unit_start_ms"
@@ -20,7 +20,7 @@ SCHEMA = pa.schema(
         pa.field(UNIT_END_MS, pa.list_(pa.int64()), nullable=False),
         pa.field(TOKENIZER, pa.string(), nullable=False),
     ],
-    metadata={"sylm.contract": NAME, "sylm.version": str(VERSION)},
+    metadata={"sylm.contract": NAME, "sylm.version": str(VERSION), stream.CARRIES_AUDIO: "yes"},
 )
 
 

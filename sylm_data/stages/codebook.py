@@ -145,6 +145,7 @@ STAGE = Stage(
     make_transform=SegmentSampler,
     map_options=actor_pool,
     preflight=check_encoder,
+    needs_audio=True,
     finalize=fit,
     prepare=choose_share,
 )

@@ -107,4 +107,5 @@ STAGE = Stage(
     make_transform=Tokenizer,
     map_options=actor_pool,
     preflight=preflight,
+    needs_audio=True,
 )
