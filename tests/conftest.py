@@ -20,7 +20,7 @@ def ray_session():
     """One embedded Ray for the in-process pipeline tests (the runner reuses a running Ray)."""
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    ray.init(num_cpus=4, include_dashboard=False, logging_level="WARNING")  # logical: room for 2 actors and their tasks
     yield
     ray.shutdown()
 

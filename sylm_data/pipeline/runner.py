@@ -174,9 +174,13 @@ def _run_locked(config, stages, layout, run_id, run_lock, address, log, retry_re
     workers = Workers(address, config)
     try:
         if pending:
+            if not workers.attached(address):  # refused before an embedded Ray starts: one line, no Ray noise
+                _check_room(stages, config, config.run.num_cpus or os.cpu_count())
             workers.start()
             first_elsewhere = _repeats(pending, list(done), layout, workers) if stages[0].consumes == SOURCES else {}
-            summaries = iter(_plan(stages, pending, first_elsewhere, config, layout, run_id, store, audio_from).iter_rows())
+            _check_room(stages, config, workers.cpus())
+            plan = _plan(stages, pending, first_elsewhere, config, layout, run_id, store, audio_from)
+            summaries = _summaries(plan)
             try:
                 _commit_as_complete(summaries, pending, tallies, commit, started, log)
             finally:
@@ -208,6 +212,19 @@ class Workers:
     def start(self) -> None:
         if self.started is None:
             self.started = _start_ray(self.address, self.config)
+
+    @staticmethod
+    def attached(address: str | None) -> bool:
+        """Whether this run uses a Ray that is already there (a cluster, or one this process started)."""
+        import ray
+
+        return bool(address or os.environ.get("RAY_ADDRESS")) or ray.is_initialized()
+
+    @staticmethod
+    def cpus() -> float:
+        import ray
+
+        return ray.cluster_resources().get("CPU", 0)
 
     def map(self, function, items: list) -> list:
         """`function(item)` for each item, as Ray tasks of one CPU each; the results in order."""
@@ -316,6 +333,23 @@ def _plan(stages: list[Stage], pending: list[Partition], first_elsewhere: dict[s
         output.write_batch, batch_size=None, batch_format="pyarrow",
         fn_kwargs={"root": str(layout.root), "run_id": run_id, "final_stage": final.name, "contract": final.contract},
     )
+
+
+def _summaries(plan):
+    """The write step's summaries as they come: without prefetching, which would hold each block
+    back until the next one exists (behind a model stage, until the end of the run)."""
+    for batch in plan.iter_batches(batch_size=None, prefetch_batches=0, batch_format="pyarrow"):
+        yield from batch.to_pylist()
+
+
+def _check_room(stages: list[Stage], config: Config, cpus: float) -> None:
+    """Refuse actor pools that would hold every CPU: the reading and writing tasks would never run."""
+    pools = [(stage.name, stage.map_options(config.stages[stage.name])) for stage in stages]
+    held = sum(max(options.concurrency, 1) * options.num_cpus for _, options in pools if options.actors)
+    if held and held >= cpus:
+        named = ", ".join(f"{name}.actors={max(options.concurrency, 1)}" for name, options in pools if options.actors)
+        raise RunError(f"{named} would hold all {cpus:g} CPUs Ray has, leaving none to read and write: "
+                       "use fewer actors, or more CPUs (run.num_cpus, or a bigger cluster)")
 
 
 def _commit_as_complete(summaries, pending, tallies, commit, started: float, log) -> None:

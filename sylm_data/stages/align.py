@@ -9,6 +9,7 @@ checked (see `align_words.check_and_repair`) before it is written; what fails is
 
 import traceback
 from dataclasses import dataclass
+from typing import ClassVar
 
 import pyarrow as pa
 
@@ -24,6 +25,7 @@ NAME = "align"
 
 @dataclass
 class AlignConfig:
+    SPEED_ONLY: ClassVar[tuple[str, ...]] = ("batch_size", "actors", "gpus_per_actor")
     backend: str = "qwen3"  # qwen3 | pocketsphinx
     model: str = "Qwen/Qwen3-ForcedAligner-0.6B-hf"  # hub id or local folder (qwen3)
     device: str = "auto"  # auto: cuda when available, else cpu
