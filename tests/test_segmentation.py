@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from sylm_data.stages.segmentation import min_cut, segment_costs
+from sylm_data.stages.segmentation import min_cut, segment_costs, syllable_counts
 
 
 def reference_min_cut(features: np.ndarray, count: int, min_frames: int, max_frames: int,
@@ -68,6 +68,46 @@ def test_min_cut_handles_short_items_and_asks_for_feasible_counts():
     short, long = min_cut(costs, lengths, torch.tensor([1, 1]), min_frames=3, max_frames=35)
     assert short == [2]  # shorter than a segment: one segment
     assert long[-1] == 40 and len(long) == 2  # one segment cannot hold 40 frames: the fewest that can
+
+
+@pytest.mark.parametrize("affinity", ["cosine", "shifted_dot"])
+def test_a_batch_shorter_than_the_longest_segment_is_segmented(affinity):
+    rng = np.random.default_rng(7)
+    for frames in (1, 2, 3, 8, 20, 34):
+        item = rng.normal(size=(frames, 6))
+        count = int(syllable_counts(torch.tensor([frames]), 20, 0.15)[0])
+        costs = segment_costs(torch.tensor(item[None]), torch.tensor([frames]), max_frames=35, affinity=affinity)
+        [ends] = min_cut(costs, torch.tensor([frames]), torch.tensor([count]), min_frames=3, max_frames=35)
+        feasible = min(count, max(frames // 3, 1))
+        assert ends == ([frames] if frames < 3 else reference_min_cut(item, feasible, 3, 35, affinity))
+
+
+def test_segment_counts_are_rounded_as_float32_computes_them():
+    frames = np.arange(0, 50_000)
+    in_float32 = np.ceil(frames.astype(np.float32) * np.float32(0.02) / np.float32(0.15)).astype(np.int64)
+    assert np.array_equal(syllable_counts(torch.from_numpy(frames), 20, 0.15).numpy(), in_float32)
+    in_float64 = np.array([math.ceil(n * 0.02 / 0.15) for n in (105, 135, 210, 270)])
+    assert (in_float64 - syllable_counts(torch.tensor([105, 135, 210, 270]), 20, 0.15).numpy()).tolist() == [1] * 4
+
+
+def test_the_dp_runs_in_the_configured_precision(monkeypatch):
+    from sylm_data.pipeline.stage import StageConfigError
+    from sylm_data.stages import segmentation
+    from sylm_data.stages.syllables import FeatureConfig, Segmenter
+
+    seen = []
+    original = segmentation.segment_costs
+    monkeypatch.setattr(segmentation, "segment_costs", lambda features, *args: seen.append(features.dtype) or
+                        original(features, *args))
+    wave = np.random.default_rng(0).normal(size=24_000).astype(np.float32)
+    ends = {}
+    for dp_dtype in ("float64", "float32"):
+        ends[dp_dtype] = Segmenter(FeatureConfig(encoder="mfcc", device="cpu", dp_dtype=dp_dtype))([wave])[0][1]
+    assert seen == [torch.float64, torch.float32]
+    assert ends["float64"] == ends["float32"]  # a short clip: float32's drift does not reach the cut
+    assert FeatureConfig().dp_dtype == "float64"
+    with pytest.raises(StageConfigError, match="dp_dtype"):
+        FeatureConfig(dp_dtype="float16").resolved()
 
 
 def test_memory_for_a_ten_minute_utterance_stays_banded():

@@ -1,5 +1,6 @@
-"""The SylReg encoder: checkpoints in the release's layouts, batch-invariant features, the released
-codebook through the tokenize stage, and clear errors for checkpoints that do not fit."""
+"""The SylReg encoder: checkpoints in the release's layouts, batch-invariant features and units, the
+release's unit path (windowed-sinc resampling, the checkpoint's dtype, standardized segment means),
+the released codebook through the tokenize stage, and clear errors for checkpoints that do not fit."""
 
 import json
 import math
@@ -13,7 +14,8 @@ from sylm_data.pipeline import config as config_module
 from sylm_data.pipeline import runner
 from sylm_data.pipeline.stage import StageConfigError
 from sylm_data.sample import MANIFEST
-from sylm_data.stages import sylreg
+from sylm_data.stages import sylreg, units
+from sylm_data.stages.resample import resample
 from sylm_data.stages.syllables import FeatureConfig, Segmenter, check_encoder
 from tests.conftest import read_parquet
 
@@ -36,6 +38,102 @@ def test_features_are_50_hz_and_a_batch_gives_what_single_items_give(checkpoint)
     for together, alone in zip(batch, (encoder.encode([wave])[0] for wave in inputs)):
         assert torch.allclose(together, alone, atol=1e-4)
     assert encoder.codebook_id.startswith(f"sylreg/{checkpoint}:6:k64:")
+
+
+def test_the_checkpoint_is_written_as_the_release_is(checkpoint):
+    state = load_file(str(checkpoint / "model.safetensors"))
+    assert state["quantizer1"].dtype == torch.float32 and state["quantizer1"].shape == (64, 32)
+    assert state["quantizer2"].dtype == torch.int32 and state["quantizer2"].shape == (64,)
+    assert all(name.startswith("model.") for name in state if not name.startswith("quantizer"))
+    config = json.loads((checkpoint / "config.json").read_text())
+    assert config["torch_dtype"] == "float32" and config["architectures"] == ["SylRegForSyllableDiscovery"]
+
+
+def sylreg_units(segmenter, waves):
+    """(units, end frames) per wave, as the tokenize stage names them."""
+    out = []
+    for features, ends in segmenter(waves):
+        names = units.assign(segmenter.pool(features, ends), segmenter.encoder.centroids, segmenter.encoder.mapping)
+        out.append(units.deduplicate(names, ends, 1)[::2])
+    return out
+
+
+def test_a_batch_gives_the_units_of_one_utterance_at_a_time(checkpoint):
+    inputs = waves(33_680, 16_000, 43_280, 86_480, 7_000, seed=3)  # 105, 49, 135, 270 and 21 frames
+    together = sylreg_units(Segmenter(FeatureConfig(model=str(checkpoint), device="cpu")), inputs)
+    alone = sylreg_units(Segmenter(FeatureConfig(model=str(checkpoint), device="cpu", batch_size=1)), inputs)
+    assert together == alone
+    assert all(len(names) >= 1 for names, _ in together)
+
+
+def test_segment_means_are_standardized_before_the_nearest_centroid(checkpoint):
+    segmenter = Segmenter(FeatureConfig(model=str(checkpoint), device="cpu"))
+    [(features, ends)] = segmenter(waves(40_000, seed=5))
+    means = np.stack([features[start:end].numpy().astype(np.float64).mean(0)
+                      for start, end in zip([0, *ends[:-1]], ends)])
+    expected = (means - means.mean(1, keepdims=True)) / means.std(1, ddof=1, keepdims=True)
+    pooled = segmenter.pool(features, ends)
+    assert np.allclose(pooled.numpy(), expected, atol=1e-5)
+    centroids = segmenter.encoder.centroids.numpy().astype(np.float64)
+    nearest = ((expected[:, None, :] - centroids[None]) ** 2).sum(-1).argmin(1)
+    assert units.assign(pooled, segmenter.encoder.centroids, segmenter.encoder.mapping) == \
+        segmenter.encoder.mapping[torch.from_numpy(nearest)].tolist()
+    plain = Segmenter(FeatureConfig(encoder="mfcc", device="cpu"))
+    [(mfcc, mfcc_ends)] = plain(waves(40_000, seed=5))
+    assert torch.equal(plain.pool(mfcc, mfcc_ends), units.pool(mfcc, mfcc_ends))  # other encoders: plain means
+
+
+def windowed_sinc(x: np.ndarray, source: int, target: int, j: int) -> float:
+    """Output sample j straight from the formula, summed over every input sample (float64)."""
+    cutoff = 0.99 * min(source, target)
+    t = cutoff * (np.arange(len(x)) / source - j / target)
+    window = np.where(np.abs(t) <= 6, np.cos(np.pi * t / 12) ** 2, 0.0)
+    return float((x * np.sinc(t) * window).sum() * cutoff / source)
+
+
+@pytest.mark.parametrize("source", [44_100, 22_050, 48_000, 24_000, 8_000, 11_025])
+def test_resampling_is_the_windowed_sinc_interpolation(source):
+    x = waves(2_001, seed=source)[0]
+    y = resample(x, source, 16_000)
+    assert y.dtype == np.float32 and len(y) == math.ceil(2_001 * 16_000 / source)
+    for j in (0, 1, 7, len(y) // 2, len(y) - 2, len(y) - 1):
+        assert y[j] == pytest.approx(windowed_sinc(x.astype(np.float64), source, 16_000, j), abs=1e-6)
+    assert resample(x, 16_000, 16_000) is x
+
+
+def test_the_encoder_runs_in_the_checkpoint_dtype_unless_bfloat16_is_asked_for(checkpoint, tmp_path):
+    wave = waves(16_000, seed=7)[0]
+    config = json.loads((checkpoint / "config.json").read_text())
+    state = {name.removeprefix("model."): tensor for name, tensor in load_file(str(checkpoint / "model.safetensors")).items()
+             if name.startswith("model.")}
+
+    def plain_forward(dtype):
+        network = sylreg.Data2VecAudio(config)
+        network.load_state_dict(state)
+        network = network.to(dtype).eval()
+        with torch.no_grad():
+            hidden, _ = network(torch.from_numpy(wave)[None].to(dtype), torch.tensor([len(wave)]), 6)
+        return hidden[0].float()
+
+    default = sylreg.SylRegEncoder(str(checkpoint), 6)
+    assert default.dtype == torch.float32
+    assert torch.allclose(default.encode([wave])[0], plain_forward(torch.float32), atol=1e-6)
+    opted = sylreg.SylRegEncoder(str(checkpoint), 6, dtype="bfloat16")
+    assert {parameter.dtype for parameter in opted.network.parameters()} == {torch.bfloat16}
+    assert torch.equal(opted.encode([wave])[0], plain_forward(torch.bfloat16))
+
+    saved_in_bf16 = tmp_path / "bf16"
+    saved_in_bf16.mkdir()
+    (saved_in_bf16 / "config.json").write_text(json.dumps({k: v for k, v in config.items() if k != "torch_dtype"}))
+    weights = load_file(str(checkpoint / "model.safetensors"))
+    save_file({name: tensor.bfloat16() if name.startswith("model.") else tensor for name, tensor in weights.items()},
+              str(saved_in_bf16 / "model.safetensors"))
+    assert sylreg.SylRegEncoder(str(saved_in_bf16), 6).dtype == torch.bfloat16  # no torch_dtype: the weights'
+    assert sylreg.SylRegEncoder(str(saved_in_bf16), 6, dtype="float32").dtype == torch.float32
+    with pytest.raises(StageConfigError, match="other encoders take auto"):
+        FeatureConfig(encoder="mfcc", dtype="bfloat16").resolved()
+    with pytest.raises(StageConfigError, match="float16"):
+        FeatureConfig(dtype="float16").resolved()
 
 
 def test_attention_in_row_blocks_equals_plain_softmax_attention():

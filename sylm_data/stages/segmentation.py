@@ -26,6 +26,13 @@ COSINE, SHIFTED_DOT = "cosine", "shifted_dot"
 AFFINITIES = (COSINE, SHIFTED_DOT)
 
 
+def syllable_counts(frames: torch.Tensor, frame_ms: int, sec_per_syllable: float) -> torch.Tensor:
+    """Segments asked of each item: ceil(frames · frame seconds / sec_per_syllable), computed in float32
+    as SylReg's release computes it (float64 gives one more at some lengths, e.g. 105, 135, 210 and
+    270 frames of 20 ms at 0.15 s)."""
+    return torch.ceil(frames.to(torch.float32) * (frame_ms / 1000) / sec_per_syllable).long()
+
+
 def _affine_form(features: torch.Tensor, lengths: torch.Tensor, affinity: str) -> tuple[torch.Tensor, float, torch.Tensor]:
     """(vectors v, scale a, per-item offset b) such that S[t, s] = a · v_t · v_s + b."""
     if affinity == COSINE:
@@ -77,7 +84,8 @@ def segment_costs(features: torch.Tensor, lengths: torch.Tensor, max_frames: int
     column = band.new_zeros(batch, frames, max_frames)
     for m in range(1, max_frames):
         shifted = band.new_zeros(batch, frames)
-        shifted[:, m:] = band[:, : frames - m, m]
+        if m < frames:  # a batch shorter than max_frames has no frame m before any other
+            shifted[:, m:] = band[:, : frames - m, m]
         column[:, :, m] = column[:, :, m - 1] + shifted
 
     costs = band.new_full((batch, frames, max_frames + 1), INFINITY)
@@ -112,7 +120,7 @@ def min_cut(costs: torch.Tensor, lengths: torch.Tensor, num_segments: torch.Tens
     most = max(counts)
     # ending[b, t, l] = cost of the segment of length l that ends at frame t
     ending = costs.new_full((batch, frames + 1, max_frames + 1), INFINITY)
-    for length in range(min_frames, max_frames + 1):
+    for length in range(min_frames, min(max_frames, frames) + 1):
         ending[:, length:, length] = costs[:, : frames + 1 - length, length]
     best = costs.new_full((batch, frames + 1), INFINITY)
     best[:, 0] = 0
@@ -120,6 +128,8 @@ def min_cut(costs: torch.Tensor, lengths: torch.Tensor, num_segments: torch.Tens
     for k in range(1, most + 1):
         # k segments end between frame k * min_frames and k * max_frames: compute only that window
         low, high = k * min_frames, min(k * max_frames, frames)
+        if high < low:  # every item is shorter than min_frames: each is one segment
+            break
         candidates = costs.new_full((batch, high + 1 - low, max_frames + 1), INFINITY)
         for length in range(min_frames, max_frames + 1):
             first = max(low, length)

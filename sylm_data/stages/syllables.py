@@ -1,7 +1,7 @@
-"""Audio -> frame features -> min-cut segments -> merged segments, batched; shared by the codebook
-and tokenize stages so that a codebook is fitted on exactly the segments it will later name."""
+"""Audio -> frame features -> min-cut segments -> merged segments -> the vectors a codebook names,
+batched; shared by the codebook and tokenize stages so that a codebook is fitted on exactly the
+vectors it will later name."""
 
-import math
 from dataclasses import asdict, dataclass, replace
 from typing import ClassVar
 
@@ -13,6 +13,7 @@ from sylm_data.pipeline.stage import MapOptions, Rejected, StageConfigError, mod
 from sylm_data.schemas.reject import Reason
 from sylm_data.stages import segmentation, sylreg, units
 from sylm_data.stages.encoders import FRAME_MS, SAMPLE_RATE, HfEncoder, MfccEncoder
+from sylm_data.stages.resample import resample
 
 
 @dataclass
@@ -26,6 +27,8 @@ class FeatureConfig:
     min_frames: int = 3
     max_frames: int = 35
     merge_threshold: float | None = None  # merge neighbours at least this cosine-similar; default: sylreg 0.95, else 0.3
+    dtype: str = "auto"  # sylreg encoder: auto = the checkpoint's (float32, as its units were made); bfloat16 changes units
+    dp_dtype: str = "float64"  # segmentation costs: float64 finds the exact minimum cut; float32 drifts on clips >= 10 s
     batch_size: int = 16  # utterances per encoder / DP batch
     actors: int = 1  # encoder processes; one per GPU on a GPU cluster
     gpus_per_actor: float = 1.0  # used when the device resolves to cuda
@@ -37,25 +40,35 @@ class FeatureConfig:
         defaults = ENCODER_DEFAULTS[self.encoder]
         if self.encoder == "hf" and not self.model:
             raise StageConfigError("encoder hf needs a model: a transformers HuBERT / wav2vec2 / data2vec-audio id or folder")
+        if self.dtype not in sylreg.DTYPES or (self.dtype != "auto" and self.encoder != "sylreg"):
+            raise StageConfigError(f"dtype {self.dtype!r}: the sylreg encoder takes {', '.join(sylreg.DTYPES)}; "
+                                   "other encoders take auto")
+        if self.dp_dtype not in DP_DTYPES:
+            raise StageConfigError(f"unknown dp_dtype {self.dp_dtype!r}: use {' or '.join(DP_DTYPES)}")
         return replace(self, model=self.model or defaults["model"],
                        layer=defaults["layer"] if self.layer is None or self.encoder == "mfcc" else self.layer,
                        merge_threshold=defaults["merge_threshold"] if self.merge_threshold is None else self.merge_threshold)
 
     def segmentation(self) -> dict:
-        """What decides the segments besides the encoder: a codebook is only valid for the same."""
+        """What decides the segments and the vectors named besides the encoder: a codebook is only valid for the same."""
         resolved = self.resolved()
+        defaults = ENCODER_DEFAULTS[self.encoder]
         keys = ("sec_per_syllable", "min_frames", "max_frames", "merge_threshold")
+        # `standardize` only where set, so that codebooks fitted on plain means before it existed still match
         return {key: value for key, value in asdict(resolved).items() if key in keys} | {
-            "affinity": ENCODER_DEFAULTS[self.encoder]["affinity"], "keep": ENCODER_DEFAULTS[self.encoder]["keep"]}
+            "affinity": defaults["affinity"], "keep": defaults["keep"]} | (
+            {"standardize": True} if defaults["standardize"] else {})
 
 
 # SylReg's settings are the release's (sylreg.py); the others are this project's, tuned on the espeak-ng sample
 ENCODER_DEFAULTS = {
     "sylreg": {"model": sylreg.HUB_ID, "layer": sylreg.LAYER, "merge_threshold": sylreg.MERGE_THRESHOLD,
-               "affinity": segmentation.SHIFTED_DOT, "keep": sylreg.KEEP_SEGMENTS},
-    "hf": {"model": "", "layer": 9, "merge_threshold": 0.3, "affinity": segmentation.COSINE, "keep": 1},
-    "mfcc": {"model": "", "layer": 0, "merge_threshold": 0.3, "affinity": segmentation.COSINE, "keep": 1},
+               "affinity": segmentation.SHIFTED_DOT, "keep": sylreg.KEEP_SEGMENTS, "standardize": True},
+    "hf": {"model": "", "layer": 9, "merge_threshold": 0.3, "affinity": segmentation.COSINE, "keep": 1, "standardize": False},
+    "mfcc": {"model": "", "layer": 0, "merge_threshold": 0.3, "affinity": segmentation.COSINE, "keep": 1,
+             "standardize": False},
 }
+DP_DTYPES = {"float64": torch.float64, "float32": torch.float32}
 
 
 def encoder_identity(config: FeatureConfig) -> tuple[str, int]:
@@ -65,11 +78,13 @@ def encoder_identity(config: FeatureConfig) -> tuple[str, int]:
 
 
 def decode_16k(audio_bytes: bytes) -> np.ndarray:
-    """A row's audio as 16 kHz float32; an undecodable one is rejected."""
+    """A row's audio as 16 kHz float32, resampled by windowed sinc as SylReg's release was fed; an
+    undecodable one is rejected."""
     try:
-        return audio.decode(audio_bytes, SAMPLE_RATE).samples
+        decoded = audio.decode(audio_bytes)
     except audio.AudioDecodeError as error:
         raise Rejected(Reason.DECODE_ERROR, str(error)) from None
+    return resample(decoded.samples, decoded.sample_rate, SAMPLE_RATE)
 
 
 def actor_pool(config: FeatureConfig) -> MapOptions:
@@ -85,7 +100,7 @@ def make_encoder(config: FeatureConfig):
         return MfccEncoder(device)
     if config.encoder == "hf":
         return HfEncoder(config.model, config.layer, device)
-    return sylreg.SylRegEncoder(config.model, config.layer, device)
+    return sylreg.SylRegEncoder(config.model, config.layer, device, config.dtype)
 
 
 def check_encoder(config: FeatureConfig) -> None:
@@ -115,8 +130,8 @@ class Segmenter:
     def __init__(self, config: FeatureConfig) -> None:
         self.config = config.resolved()
         self.encoder = make_encoder(self.config)
-        self.affinity = ENCODER_DEFAULTS[self.config.encoder]["affinity"]
-        self.keep = ENCODER_DEFAULTS[self.config.encoder]["keep"]
+        defaults = ENCODER_DEFAULTS[self.config.encoder]
+        self.affinity, self.keep, self.standardize = defaults["affinity"], defaults["keep"], defaults["standardize"]
 
     def __call__(self, waves: list[np.ndarray]) -> list[tuple[torch.Tensor, list[int]]]:
         """(features (frames, dims), segment end frames) per wave; waves are 16 kHz float32.
@@ -130,11 +145,17 @@ class Segmenter:
                 out[index] = result
         return out
 
+    def pool(self, features: torch.Tensor, ends: list[int]) -> torch.Tensor:
+        """The vectors a codebook names (segments, dims): each segment's mean feature, standardized over
+        its dims for SylReg (its released codebook was fitted on such vectors)."""
+        pooled = units.pool(features, ends)
+        return units.standardize(pooled) if self.standardize else pooled
+
     def _batch(self, waves: list[np.ndarray]) -> list[tuple[torch.Tensor, list[int]]]:
         features = self.encoder.encode(waves)
         lengths = torch.tensor([len(f) for f in features])
-        padded = torch.nn.utils.rnn.pad_sequence(features, batch_first=True)
-        counts = torch.tensor([math.ceil(n * FRAME_MS / 1000 / self.config.sec_per_syllable) for n in lengths.tolist()])
+        padded = torch.nn.utils.rnn.pad_sequence(features, batch_first=True).to(DP_DTYPES[self.config.dp_dtype])
+        counts = segmentation.syllable_counts(lengths, FRAME_MS, self.config.sec_per_syllable)
         costs = segmentation.segment_costs(padded, lengths.to(padded.device), self.config.max_frames, self.affinity)
         ends = segmentation.min_cut(costs, lengths.to(padded.device), counts, self.config.min_frames, self.config.max_frames)
         return [

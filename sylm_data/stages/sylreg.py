@@ -13,8 +13,10 @@ into 8,192 units). Two encoder layouts are read:
 
 Released settings: layer 6, 0.15 s per syllable, segments of 3–35 frames, neighbours merged while
 their cosine similarity is ≥ 0.95 (never below two segments), the shifted dot-product affinity,
-nearest centroid on the mean-pooled features, then the map. Batches give the same features as one
-utterance at a time: padded frames are zeroed before every positional convolution and masked as keys.
+nearest centroid (L2) to each segment's mean feature standardized over its dims, then the map. The
+encoder runs in the checkpoint's dtype (float32) unless bfloat16 is asked for. Batches give the same
+features as one utterance at a time: padded frames are zeroed before every positional convolution
+and masked as keys.
 """
 
 import ast
@@ -287,17 +289,33 @@ class Data2VecAudio(nn.Module):
         return x, lengths
 
 
+DTYPES = {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+def checkpoint_dtype(config: dict, state: dict[str, torch.Tensor]) -> torch.dtype:
+    """The dtype a checkpoint was saved in: its config's `torch_dtype` (`dtype` in newer transformers),
+    else that of its first floating-point encoder weight."""
+    name = config.get("torch_dtype") or config.get("dtype")
+    if isinstance(name, str) and isinstance(getattr(torch, name, None), torch.dtype):
+        return getattr(torch, name)
+    return next(tensor.dtype for key, tensor in state.items() if key.startswith(PREFIX) and tensor.is_floating_point())
+
+
 class SylRegEncoder:
     """Frame features of the release's segmentation layer plus its codebook, as the encoders of
     `encoders.py`: `encode(waves)` takes 16 kHz float32 audio and returns (frames, dims) per item."""
 
-    def __init__(self, model: str, layer: int, device: str = "cpu") -> None:
+    def __init__(self, model: str, layer: int, device: str = "cpu", dtype: str = "auto") -> None:
+        """`dtype`: "auto" runs the encoder in the checkpoint's own dtype (float32 for the release), the
+        one its units were made in; "bfloat16" is faster on GPUs but changes some units."""
         config = read_config(model)
         if not 0 <= layer < layer_count(config):
             raise CheckpointError(f"{model} has layers 0..{layer_count(config) - 1}, not {layer}")
+        if dtype not in DTYPES:
+            raise CheckpointError(f"unknown dtype {dtype!r}: use one of {', '.join(DTYPES)}")
         self.device = torch.device(device)
-        self.dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
         state = read_state_dict(model)
+        self.dtype = checkpoint_dtype(config, state) if dtype == "auto" else DTYPES[dtype]
         missing = [name for name in (CENTROIDS, MAPPING) if name not in state]
         if missing:
             raise CheckpointError(f"{model} lacks the codebook ({', '.join(missing)})")
@@ -358,9 +376,9 @@ def save_random_sylreg(folder: str | Path, size: dict = TINY, seed: int = 0) -> 
     torch.manual_seed(seed)
     channels = size["conv_dims"]
     config = {
-        "architectures": ["SylRegForSyllableDiscovery"], "_name": "data2vec_multi", "depth": size["depth"],
-        "num_heads": size["num_heads"], "embed_dim": size["embed_dim"], "mlp_ratio": 4.0, "norm_eps": 1e-5,
-        "norm_affine": True,
+        "architectures": ["SylRegForSyllableDiscovery"], "_name": "data2vec_multi", "torch_dtype": "float32",
+        "depth": size["depth"], "num_heads": size["num_heads"], "embed_dim": size["embed_dim"], "mlp_ratio": 4.0,
+        "norm_eps": 1e-5, "norm_affine": True,
         "modalities": {"audio": {
             "prenet_depth": size["prenet_depth"], "use_alibi_encoder": True, "num_alibi_heads": size["num_heads"],
             "extractor_mode": "layer_norm", "conv_pos_width": 95, "conv_pos_groups": 16, "conv_pos_depth": 5,

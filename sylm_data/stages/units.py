@@ -1,4 +1,5 @@
-"""From segments to units: merge similar neighbours, mean-pool, name the nearest centroid, deduplicate.
+"""From segments to units: merge similar neighbours, mean-pool (and standardize, for SylReg), name the
+nearest centroid, deduplicate.
 
 Pure functions over one utterance's features (frames, dims) and segment end frames.
 """
@@ -31,6 +32,12 @@ def pool(features: torch.Tensor, ends: list[int]) -> torch.Tensor:
     """Mean feature of each segment: (segments, dims)."""
     starts = [0, *ends[:-1]]
     return torch.stack([features[start:end].mean(0) for start, end in zip(starts, ends)])
+
+
+def standardize(pooled: torch.Tensor) -> torch.Tensor:
+    """Each row (segments, dims) shifted to zero mean and scaled to unit standard deviation (unbiased,
+    n - 1) over its own dims: the space SylReg's released codebook was fitted in."""
+    return (pooled - pooled.mean(1, keepdim=True)) / pooled.std(1, keepdim=True)
 
 
 def assign(pooled: torch.Tensor, centroids: torch.Tensor, mapping: torch.Tensor | None = None) -> list[int]:
