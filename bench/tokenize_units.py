@@ -14,7 +14,6 @@ slow by design). `--long-minutes` also times one long utterance and reports peak
 """
 
 import argparse
-import math
 import sys
 import tempfile
 import time
@@ -64,7 +63,7 @@ def main() -> None:
         synchronize(args.device)
         start = time.perf_counter()
         segmented = segmenter(waves)
-        pooled = [units.pool(features, ends) for features, ends in segmented]
+        pooled = [segmenter.pool(features, ends) for features, ends in segmented]
         points = torch.cat(pooled).to(args.device)
         if args.encoder == "sylreg-base":  # the release's own codebook: 24,576 centroids -> 8,192 units
             centroids, mapping = segmenter.encoder.centroids, segmenter.encoder.mapping
@@ -77,7 +76,7 @@ def main() -> None:
 
         features = [segmenter.encoder.encode([wave])[0].cpu().double() for wave in waves[: args.reference_items]]
         lengths = torch.tensor([len(f) for f in features])
-        counts = torch.tensor([math.ceil(n * FRAME_MS / 1000 / 0.15) for n in lengths.tolist()])
+        counts = segmentation.syllable_counts(lengths, FRAME_MS, 0.15)
         padded = torch.nn.utils.rnn.pad_sequence(features, batch_first=True).to(args.device)
         start = time.perf_counter()
         costs = segmentation.segment_costs(padded, lengths.to(args.device), 35, segmenter.affinity)
@@ -105,7 +104,7 @@ def main() -> None:
         costs = segmentation.segment_costs(long_features, torch.tensor([frames], device=args.device), 35,
                                            segmenter.affinity)
         segmentation.min_cut(costs, torch.tensor([frames], device=args.device),
-                             torch.tensor([math.ceil(frames * FRAME_MS / 1000 / 0.15)]), 3, 35)
+                             segmentation.syllable_counts(torch.tensor([frames]), FRAME_MS, 0.15), 3, 35)
         synchronize(args.device)
         peak = torch.cuda.max_memory_allocated() / 2**20 if args.device.startswith("cuda") else float("nan")
         print(f"{args.long_minutes:g}-minute utterance: segmentation {time.perf_counter() - start:.2f} s, peak GPU memory {peak:.0f} MiB")

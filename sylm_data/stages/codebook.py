@@ -25,7 +25,6 @@ from sylm_data.pipeline.output import read_rows
 from sylm_data.pipeline.stage import Rejected, Stage, resolve_device
 from sylm_data.schemas import codebook, stream, utterance
 from sylm_data.schemas.codebook import CodebookManifest
-from sylm_data.stages import units
 from sylm_data.stages.agglomerate import ward_map
 from sylm_data.stages.kmeans import kmeans, nearest
 from sylm_data.stages.syllables import (
@@ -89,7 +88,7 @@ class SegmentSampler:
             except Rejected as rejected:
                 stream.mark_rejected(row, _PAYLOAD, NAME, rejected.reason, rejected.detail)
         for index, (segment_features, ends) in zip(todo, self.segmenter(waves)):
-            pooled = units.pool(segment_features, ends).numpy()
+            pooled = self.segmenter.pool(segment_features, ends).numpy()
             rng = np.random.default_rng(int(hashlib.sha1(rows[index][utterance.ID].encode()).hexdigest()[:8], 16))
             keep = np.sort(rng.permutation(len(pooled))[: self.config.segments_per_utterance])
             rows[index].update({codebook.SEGMENTS: len(keep), codebook.DIMS: pooled.shape[1]})

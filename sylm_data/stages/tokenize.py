@@ -88,7 +88,7 @@ class Tokenizer:
                 except Rejected as rejected:
                     stream.mark_rejected(row, _PAYLOAD, NAME, rejected.reason, rejected.detail)
         for row, (features, ends) in zip(todo, self.segmenter(waves)):
-            pooled = units.pool(features, ends)
+            pooled = self.segmenter.pool(features, ends)
             names = units.assign(pooled.to(self.centroids.device), self.centroids, self.mapping)
             unit_ids, starts, stops = units.deduplicate(names, ends, FRAME_MS)
             duration = row[utterance.DURATION_MS]
