@@ -322,7 +322,7 @@ def test_shards_are_byte_identical_for_the_same_input_and_hold_the_same_samples_
 
     codebook = tmp_path / "one" / "codebook"
     one = pipeline(tmp_path / "one", [MANIFEST], codebook)
-    again = pipeline(tmp_path / "again", [MANIFEST], codebook)
+    pipeline(tmp_path / "again", [MANIFEST], codebook)
     three = pipeline(tmp_path / "three", sorted(split.glob("*.jsonl")), codebook)
     assert one["partitions"]["processed"] == 1 and three["partitions"]["processed"] == 3
     shards = sorted((tmp_path / "one" / "shards").glob("*.tar"))

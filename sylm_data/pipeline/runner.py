@@ -27,7 +27,7 @@ import pyarrow.parquet as pq
 from sylm_data.pipeline import duplicates, lock, output, partitions, records, registry
 from sylm_data.pipeline.config import Config
 from sylm_data.pipeline.output import OutputLayout, PartitionTally
-from sylm_data.pipeline.stage import SOURCES, Stage, StageConfigError
+from sylm_data.pipeline.stage import SOURCES, Stage, StageConfigError, isolate
 from sylm_data.schemas import stream
 from sylm_data.sources import READERS, Partition, SourceError
 
@@ -54,15 +54,20 @@ def _read(batch: pa.Table, first: Stage, batch_rows: int, contract: pa.Schema | 
         yield from partitions.read_stage_partition(partition, contract, batch_rows, audio_from)
 
 
+def _built(stage: Stage, stage_config):
+    transform = stage.make_transform(stage_config)
+    return isolate(transform, stage.name, stage.contract) if stage.isolated else transform
+
+
 def _transform(batch: pa.Table, stage: Stage, stage_config) -> pa.Table:
-    return stage.make_transform(stage_config)(batch)
+    return _built(stage, stage_config)(batch)
 
 
 class _StageActor:
     """One member of an actor pool: builds the stage's transform (its model) once, then maps batches."""
 
     def __init__(self, stage: Stage, stage_config) -> None:
-        self.transform = stage.make_transform(stage_config)
+        self.transform = _built(stage, stage_config)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         return self.transform(batch)

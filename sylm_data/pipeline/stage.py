@@ -1,11 +1,15 @@
 """What a stage is: a pure transform over in-flight Arrow batches, plus how the runner maps it."""
 
-from collections.abc import Callable
+import functools
+import sys
+import traceback
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
 
+from sylm_data.schemas import reject, stream
 from sylm_data.schemas.reject import Reason
 
 SOURCES = "sources"  # what ingest consumes: the source readers, not a stage output
@@ -32,6 +36,84 @@ class Rejected(Exception):
     def __init__(self, reason: Reason, detail: str) -> None:
         super().__init__(detail)
         self.reason, self.detail = reason, detail[:300]
+
+
+def error_detail(error: BaseException) -> str:
+    """What a `stage_error` reject says about the exception: its type and message."""
+    return f"{type(error).__name__}: {error}"[:300]
+
+
+def isolate(transform: Transform, stage_name: str, contract: pa.Schema) -> Transform:
+    """`transform` made to cost a failing sample its own row, never its batch or the run.
+
+    A batch that raises is run again row by row (out of memory: in halves first, down to one row);
+    a row that still raises alone is rejected by `stage_name` as `stage_error` with
+    `error_detail` (a `Rejected` keeps its reason and detail), its traceback printed. Rows rejected
+    upstream are not retried: they come out as they went in. The result holds the batch's rows in
+    their order, in `stream.in_flight(contract)`, the schema `transform` returns.
+    """
+    return functools.partial(_isolated, transform=transform, stage_name=stage_name, schema=stream.in_flight(contract))
+
+
+def _isolated(batch: pa.Table, transform: Transform, stage_name: str, schema: pa.Schema) -> pa.Table:
+    pieces = list(_outputs(batch, transform, stage_name, schema))
+    return pa.concat_tables(pieces) if pieces else schema.empty_table()
+
+
+@dataclass(frozen=True)
+class _Failure:
+    reason: Reason
+    detail: str
+    out_of_memory: bool
+    trace: str
+
+
+def _call(transform: Transform, batch: pa.Table) -> pa.Table | _Failure:
+    # the exception is let go of here: its frames may hold the memory a retry needs
+    try:
+        return transform(batch)
+    except Rejected as rejected:
+        return _Failure(rejected.reason, rejected.detail, False, "")
+    except Exception as error:
+        return _Failure(Reason.STAGE_ERROR, error_detail(error), _out_of_memory(error), traceback.format_exc())
+
+
+def _out_of_memory(error: Exception) -> bool:
+    torch = sys.modules.get("torch")  # torch's error comes only from torch: never load it here
+    return isinstance(error, MemoryError) or (torch is not None and isinstance(error, torch.cuda.OutOfMemoryError))
+
+
+def _outputs(batch: pa.Table, transform: Transform, stage_name: str, schema: pa.Schema) -> Iterator[pa.Table]:
+    """The transform's output for `batch`, in pieces, in row order."""
+    outcome = _call(transform, batch)
+    if isinstance(outcome, pa.Table):
+        yield outcome
+    elif batch.num_rows == 1:
+        print(outcome.trace, end="", file=sys.stderr)
+        yield _rejected(batch, schema, stage_name, outcome)
+    else:
+        size = max((batch.num_rows + 1) // 2, 1) if outcome.out_of_memory else 1
+        print(f"{stage_name}: a batch of {batch.num_rows} rows raised {outcome.detail}; retrying {size} at a time",
+              file=sys.stderr)
+        for start in range(0, batch.num_rows, size):
+            part = batch.slice(start, size)
+            if part.num_rows == 1 and part[stream.REJECT_REASON][0].is_valid:
+                yield _rejected(part, schema)
+            else:
+                yield from _outputs(part, transform, stage_name, schema)
+
+
+# what a rejected row keeps: which sample it is, and the partition it counts toward
+_KEPT = [reject.ID, reject.SOURCE, stream.PARTITION, stream.PARTITION_TOTAL]
+_REJECT = [stream.REJECT_STAGE, stream.REJECT_REASON, stream.REJECT_DETAIL]
+
+
+def _rejected(row: pa.Table, schema: pa.Schema, stage_name: str = "", failure: _Failure | None = None) -> pa.Table:
+    """One in-flight row as a reject in `schema`: as upstream rejected it, else by `stage_name` for `failure`."""
+    (record,) = row.select(_KEPT + _REJECT).to_pylist()
+    if record[stream.REJECT_REASON] is None:
+        stream.mark_rejected(record, [], stage_name, failure.reason, failure.detail)
+    return pa.Table.from_pylist([record], schema=schema)
 
 
 @dataclass(frozen=True)
@@ -72,3 +154,5 @@ class Stage:
     # decodes the audio of rows whose contract leaves it in the ingest output: a run starting here
     # joins it back by id
     needs_audio: bool = False
+    # the runner wraps the transform in `isolate`; off only for a stage whose rows depend on their batch
+    isolated: bool = True

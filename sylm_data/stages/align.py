@@ -5,9 +5,9 @@ Backends: `qwen3` (Qwen3-ForcedAligner through transformers; batched, GPU when p
 points and each piece aligned with its share of the transcript. Whatever a backend returns is
 checked (see `align_words.check_and_repair`) before it is written; what fails is rejected with
 `align_failed`, a language the backend lacks with `language_unsupported`.
+A backend that raises costs only the rows that raise on their own (`pipeline.stage.isolate`).
 """
 
-import traceback
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -69,14 +69,7 @@ class Aligner:
                     prepared[index] = self._pieces(row)
                 except Rejected as rejected:
                     stream.mark_rejected(row, _PASSED, NAME, rejected.reason, rejected.detail)
-        pieces = [piece for index in prepared for piece in prepared[index]]
-        try:
-            results = iter(self.backend.align(pieces))
-        except Exception as error:  # a backend failure costs this batch's rows, never the run
-            traceback.print_exc()
-            for index in prepared:
-                stream.mark_rejected(rows[index], _PASSED, NAME, Reason.STAGE_ERROR, f"{type(error).__name__}: {error}"[:300])
-            prepared = {}
+        results = iter(self.backend.align([piece for index in prepared for piece in prepared[index]]))
         for index, row_pieces in prepared.items():
             self._finish(rows[index], row_pieces, [next(results) for _ in row_pieces])
         return pa.Table.from_pylist(rows, schema=OUTPUT_SCHEMA)

@@ -25,7 +25,7 @@ import pyarrow as pa
 import torch
 
 from sylm_data import languages
-from sylm_data.pipeline.stage import SOURCES, MapOptions, Rejected, Stage, StageConfigError, model_actors, resolve_device
+from sylm_data.pipeline.stage import SOURCES, MapOptions, Rejected, Stage, StageConfigError, error_detail, model_actors, resolve_device
 from sylm_data.schemas import sample, source_record, stream
 from sylm_data.schemas.reject import Reason
 from sylm_data.stages import interleave, spans
@@ -169,7 +169,7 @@ class Synthesizer:
                 continue
             except Exception as error:  # one bad document must not take the run down: record it, show it
                 traceback.print_exc()
-                stream.mark_rejected(row, _PAYLOAD, NAME, Reason.STAGE_ERROR, f"{type(error).__name__}: {error}"[:300])
+                stream.mark_rejected(row, _PAYLOAD, NAME, Reason.STAGE_ERROR, error_detail(error))
                 continue
             plans.append((row, language, words, runs, pieces))
             for number, ((first, end, is_speech), piece) in enumerate(zip(runs, pieces)):
