@@ -19,10 +19,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from sylm_data.pipeline import partitions
 from sylm_data.pipeline.partitions import record_id
-from sylm_data.schemas import source_record
 from sylm_data.schemas.reject import Reason
-from sylm_data.sources import READERS, Record, SourceError
+from sylm_data.sources import READERS, Partition, Record, SourceError
 from sylm_data.sources.fields import EMPTY_KEY, MAX_DURATION_MS, checked, milliseconds
 from sylm_data.sources.tar import split_key
 from tests.conftest import emilia_members, read_parquet, write_tar
@@ -32,21 +32,9 @@ GOOD = Record(key="K", audio=b"\xff\xfb", audio_name="K.mp3", text="hi", languag
 
 
 def stored(record: Record) -> pa.Table:
-    """The record as a source_record row, the way the pipeline stores it (raises if it cannot be)."""
-    row = {
-        source_record.ID: record.key,
-        source_record.SOURCE: "test",
-        source_record.AUDIO: record.audio,
-        source_record.AUDIO_NAME: record.audio_name,
-        source_record.TEXT: record.text,
-        source_record.LANGUAGE: record.language,
-        source_record.SPEAKER: record.speaker,
-        source_record.QUALITY: record.quality,
-        source_record.DECLARED_DURATION_MS: record.declared_duration_ms,
-        source_record.META: json.dumps(record.meta, ensure_ascii=False, sort_keys=True) if record.meta else None,
-        "detail": record.detail,
-    }
-    return pa.Table.from_pylist([row], schema=source_record.SCHEMA.append(pa.field("detail", pa.string())))
+    """The record as the pipeline stores it: its in-flight source_record row (raises if it cannot be)."""
+    row = partitions.source_row(Partition("p", "test", "p.tar"), record, "ingest")
+    return pa.Table.from_pylist([row], schema=partitions.SOURCE_SCHEMA)
 
 
 def with_field(name: str, value) -> Record:

@@ -34,7 +34,8 @@ def record_id(source: str, key: str) -> str:
     return f"{whole[:MAX_ID_CHARS - len(digest) - 1]}~{digest}"
 
 
-def _row(partition: Partition, record: Record, reader_stage: str) -> dict:
+def source_row(partition: Partition, record: Record, reader_stage: str) -> dict:
+    """A reader's record as an in-flight `source_record` row (SOURCE_SCHEMA)."""
     rejected = record.reject is not None
     return {
         source_record.ID: record_id(partition.source, record.key),
@@ -84,7 +85,7 @@ def read_source_partition(partition: Partition, reader_stage: str, batch_rows: i
     batch: list[dict] = []
     total = 0
     for record in _records(partition):
-        row = _row(partition, record, reader_stage)
+        row = source_row(partition, record, reader_stage)
         sample_id = row[source_record.ID]
         if row[stream.REJECT_REASON] is None and (sample_id in seen or sample_id in first_elsewhere):
             where = "earlier in this partition" if sample_id in seen else f"in partition {first_elsewhere[sample_id]}"
@@ -98,7 +99,7 @@ def read_source_partition(partition: Partition, reader_stage: str, batch_rows: i
         batch.append(row)
     if total == 0:
         empty = Record(key=f"{partition.id}#empty", reject=Reason.EMPTY_INPUT, detail=f"{partition.path} holds no sample")
-        batch.append(_row(partition, empty, reader_stage))
+        batch.append(source_row(partition, empty, reader_stage))
         total = 1
     batch[-1][stream.PARTITION_TOTAL] = total
     yield pa.Table.from_pylist(batch, schema=SOURCE_SCHEMA)
