@@ -9,16 +9,19 @@ are noise, so its rows end as rejects; throughput counts the audio the model ran
 """
 
 import argparse
+import sys
 import tempfile
 import time
+from pathlib import Path
 
 import pyarrow as pa
 
-from sylm_data.pipeline.partitions import read_source_partition
-from sylm_data.sample import MANIFEST
-from sylm_data.sources import READERS
-from sylm_data.stages import align, ingest
-from sylm_data.stages.align_qwen3 import SIZE_0_6B, TINY, save_random_aligner
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from sylm_data.pipeline.partitions import read_source_partition  # noqa: E402
+from sylm_data.sample import MANIFEST  # noqa: E402
+from sylm_data.sources import READERS  # noqa: E402
+from sylm_data.stages import align, ingest  # noqa: E402
+from tests.random_models import ALIGNER_0_6B, ALIGNER_TINY, save_random_aligner  # noqa: E402
 
 
 def utterances(copies: int) -> pa.Table:
@@ -54,7 +57,7 @@ def main() -> None:
         seconds, aligned = timed(align.Aligner(align.AlignConfig(backend="pocketsphinx")), table)
         rows.append(("pocketsphinx, 1 CPU process", seconds, aligned))
     with tempfile.TemporaryDirectory() as folder:
-        save_random_aligner(folder, SIZE_0_6B if args.qwen3_size == "0.6b" else TINY)
+        save_random_aligner(folder, ALIGNER_0_6B if args.qwen3_size == "0.6b" else ALIGNER_TINY)
         for batch_size in map(int, args.batch_sizes.split(",")):
             config = align.AlignConfig(backend="qwen3", model=folder, device=args.device, batch_size=batch_size)
             seconds, aligned = timed(align.Aligner(config), table)

@@ -24,10 +24,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from sylm_data import audio  # noqa: E402
 from sylm_data.sample import layouts  # noqa: E402
-from sylm_data.stages import segmentation, sylreg, units  # noqa: E402
-from sylm_data.stages.encoders import FRAME_MS, SAMPLE_RATE  # noqa: E402
-from sylm_data.stages.kmeans import kmeans  # noqa: E402
-from sylm_data.stages.syllables import FeatureConfig, Segmenter  # noqa: E402
+from sylm_data.units import assign, segmentation  # noqa: E402
+from sylm_data.units.encoders import FRAME_MS, SAMPLE_RATE  # noqa: E402
+from sylm_data.units.kmeans import kmeans  # noqa: E402
+from sylm_data.units.syllables import FeatureConfig, Segmenter  # noqa: E402
+from tests.random_models import SYLREG_BASE, save_random_sylreg  # noqa: E402
 from tests.test_segmentation import reference_min_cut  # noqa: E402
 
 
@@ -50,7 +51,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         config = FeatureConfig(encoder="mfcc", device=args.device, batch_size=32)
         if args.encoder == "sylreg-base":
-            sylreg.save_random_sylreg(folder, sylreg.BASE)
+            save_random_sylreg(folder, SYLREG_BASE)
             config = FeatureConfig(encoder="sylreg", model=folder, device=args.device, batch_size=32)
         if args.encoder == "hubert-base":
             from transformers import HubertConfig, HubertModel, Wav2Vec2FeatureExtractor
@@ -70,7 +71,7 @@ def main() -> None:
         else:
             (centroids, _), mapping = kmeans(points, min(64, len(points)), iterations=5), None
         for segment_features in pooled:
-            units.assign(segment_features.to(args.device), centroids, mapping)
+            assign.assign(segment_features.to(args.device), centroids, mapping)
         synchronize(args.device)
         stage_s = time.perf_counter() - start
 

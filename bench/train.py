@@ -13,18 +13,20 @@ The model is randomly initialised from the named dimensions (Qwen2.5-0.5B's conf
 import argparse
 import json
 import random
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-from sylm_data.pipeline.shards import ShardWriter
-from sylm_data.train import config as train_config
-from sylm_data.train import loop, metrics
-from sylm_data.train.random_model import QWEN2_5_0_5B, TINY, save_random_lm
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from sylm_data.pipeline.shards import ShardWriter  # noqa: E402
+from sylm_data.train import config as train_config  # noqa: E402
+from sylm_data.train import loop, metrics  # noqa: E402
+from tests.random_models import LM_TINY, QWEN2_5_0_5B, save_random_lm  # noqa: E402
 
-SIZES = {"tiny": TINY, "small": TINY | dict(hidden_size=256, intermediate_size=1024, num_hidden_layers=4,
+SIZES = {"tiny": LM_TINY, "small": LM_TINY | dict(hidden_size=256, intermediate_size=1024, num_hidden_layers=4,
                                              num_attention_heads=4, num_key_value_heads=2, vocab_size=4096),
          "qwen2.5-0.5b": QWEN2_5_0_5B}
 WORDS = "the river ran past the old mill before it reached the sea while a boy watched the fish".split()

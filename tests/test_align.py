@@ -12,6 +12,7 @@ import soundfile
 import torch
 
 from sylm_data import audio, evaluate
+from sylm_data.align.pocketsphinx import spell_out
 from sylm_data.pipeline import config as config_module
 from sylm_data.pipeline import runner
 from sylm_data.pipeline.partitions import read_source_partition
@@ -19,9 +20,8 @@ from sylm_data.sample import MANIFEST, REFERENCE
 from sylm_data.schemas import stream
 from sylm_data.sources import READERS
 from sylm_data.stages import align, ingest
-from sylm_data.stages.align_pocketsphinx import spell_out
-from sylm_data.stages.align_qwen3 import save_random_aligner
 from tests.conftest import read_parquet
+from tests.random_models import save_random_aligner
 
 
 @pytest.fixture(scope="module")

@@ -5,8 +5,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sylm_data.stages.align_words import (
-    SAMPLE_RATE, AlignmentRejected, check_and_repair, clause_ends, cut_points, share_words, speech_amounts,
+from sylm_data.align.words import (
+    SAMPLE_RATE,
+    AlignmentRejected,
+    check_and_repair,
+    clause_ends,
+    cut_points,
+    share_words,
+    speech_amounts,
     transcript_words,
 )
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from sylm_data.stages.segmentation import min_cut, segment_costs, syllable_counts
+from sylm_data.units.segmentation import min_cut, segment_costs, syllable_counts
 
 
 def reference_min_cut(features: np.ndarray, count: int, min_frames: int, max_frames: int,
@@ -92,8 +92,8 @@ def test_segment_counts_are_rounded_as_float32_computes_them():
 
 def test_the_dp_runs_in_the_configured_precision(monkeypatch):
     from sylm_data.pipeline.stage import StageConfigError
-    from sylm_data.stages import segmentation
-    from sylm_data.stages.syllables import FeatureConfig, Segmenter
+    from sylm_data.units import segmentation
+    from sylm_data.units.syllables import FeatureConfig, Segmenter
 
     seen = []
     original = segmentation.segment_costs
@@ -117,21 +117,21 @@ def test_memory_for_a_ten_minute_utterance_stays_banded():
 
 
 def test_merge_pool_assign_and_deduplicate():
-    from sylm_data.stages import units
+    from sylm_data.units import assign
 
     features = torch.tensor([[1.0, 0], [1, 0.1], [1, 0], [0, 1], [0, 1], [-1, 0]])
-    assert units.merge_similar(features, [1, 3, 5, 6], threshold=0.9) == [3, 5, 6]
-    assert units.merge_similar(features, [1, 3, 5, 6], threshold=1.1) == [1, 3, 5, 6]
-    pooled = units.pool(features, [3, 5, 6])
+    assert assign.merge_similar(features, [1, 3, 5, 6], threshold=0.9) == [3, 5, 6]
+    assert assign.merge_similar(features, [1, 3, 5, 6], threshold=1.1) == [1, 3, 5, 6]
+    pooled = assign.pool(features, [3, 5, 6])
     assert torch.allclose(pooled[1], torch.tensor([0.0, 1]))
     centroids = torch.tensor([[1.0, 0], [0, 1], [-1, 0], [0, -1]])
-    assert units.assign(pooled, centroids) == [0, 1, 2]
-    assert units.assign(pooled, centroids, mapping=torch.tensor([7, 7, 9, 9])) == [7, 7, 9]
-    assert units.deduplicate([7, 7, 9], [3, 5, 6], frame_ms=20) == ([7, 9], [0, 100], [100, 120])
+    assert assign.assign(pooled, centroids) == [0, 1, 2]
+    assert assign.assign(pooled, centroids, mapping=torch.tensor([7, 7, 9, 9])) == [7, 7, 9]
+    assert assign.deduplicate([7, 7, 9], [3, 5, 6], frame_ms=20) == ([7, 9], [0, 100], [100, 120])
 
 
 def test_kmeans_finds_separated_clusters():
-    from sylm_data.stages.kmeans import kmeans, nearest
+    from sylm_data.units.kmeans import kmeans, nearest
 
     generator = torch.Generator().manual_seed(0)
     centres = torch.tensor([[0.0, 0], [10, 0], [0, 10]])
@@ -161,7 +161,7 @@ def naive_ward(centroids: np.ndarray, sizes: np.ndarray, target: int) -> list[se
 
 @pytest.mark.parametrize("seed", range(4))
 def test_ward_map_equals_greedy_ward(seed):
-    from sylm_data.stages.agglomerate import ward_map
+    from sylm_data.units.agglomerate import ward_map
 
     rng = np.random.default_rng(seed)
     centroids, sizes = rng.normal(size=(30, 3)), rng.integers(1, 20, size=30)

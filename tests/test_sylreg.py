@@ -14,15 +14,16 @@ from sylm_data.pipeline import config as config_module
 from sylm_data.pipeline import runner
 from sylm_data.pipeline.stage import StageConfigError
 from sylm_data.sample import MANIFEST
-from sylm_data.stages import sylreg, units
-from sylm_data.stages.resample import resample
-from sylm_data.stages.syllables import FeatureConfig, Segmenter, check_encoder
+from sylm_data.units import assign, sylreg
+from sylm_data.units.resample import resample
+from sylm_data.units.syllables import FeatureConfig, Segmenter, check_encoder
 from tests.conftest import read_parquet
+from tests.random_models import save_random_sylreg
 
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    return sylreg.save_random_sylreg(tmp_path_factory.mktemp("sylreg"))
+    return save_random_sylreg(tmp_path_factory.mktemp("sylreg"))
 
 
 def waves(*lengths, seed=0):
@@ -53,8 +54,8 @@ def sylreg_units(segmenter, waves):
     """(units, end frames) per wave, as the tokenize stage names them."""
     out = []
     for features, ends in segmenter(waves):
-        names = units.assign(segmenter.pool(features, ends), segmenter.encoder.centroids, segmenter.encoder.mapping)
-        out.append(units.deduplicate(names, ends, 1)[::2])
+        names = assign.assign(segmenter.pool(features, ends), segmenter.encoder.centroids, segmenter.encoder.mapping)
+        out.append(assign.deduplicate(names, ends, 1)[::2])
     return out
 
 
@@ -76,11 +77,11 @@ def test_segment_means_are_standardized_before_the_nearest_centroid(checkpoint):
     assert np.allclose(pooled.numpy(), expected, atol=1e-5)
     centroids = segmenter.encoder.centroids.numpy().astype(np.float64)
     nearest = ((expected[:, None, :] - centroids[None]) ** 2).sum(-1).argmin(1)
-    assert units.assign(pooled, segmenter.encoder.centroids, segmenter.encoder.mapping) == \
+    assert assign.assign(pooled, segmenter.encoder.centroids, segmenter.encoder.mapping) == \
         segmenter.encoder.mapping[torch.from_numpy(nearest)].tolist()
     plain = Segmenter(FeatureConfig(encoder="mfcc", device="cpu"))
     [(mfcc, mfcc_ends)] = plain(waves(40_000, seed=5))
-    assert torch.equal(plain.pool(mfcc, mfcc_ends), units.pool(mfcc, mfcc_ends))  # other encoders: plain means
+    assert torch.equal(plain.pool(mfcc, mfcc_ends), assign.pool(mfcc, mfcc_ends))  # other encoders: plain means
 
 
 def windowed_sinc(x: np.ndarray, source: int, target: int, j: int) -> float:

@@ -7,12 +7,12 @@ import torch
 
 from sylm_data.pipeline import config as config_module
 from sylm_data.pipeline import runner
+from sylm_data.pipeline.stage import StageConfigError
 from sylm_data.sample import MANIFEST
 from sylm_data.schemas.codebook import CodebookManifest
 from sylm_data.stages import tokenize
-from sylm_data.stages.encoders import MfccEncoder
-from sylm_data.pipeline.stage import StageConfigError
-from sylm_data.stages.syllables import FeatureConfig, Segmenter, check_encoder
+from sylm_data.units.encoders import MfccEncoder
+from sylm_data.units.syllables import FeatureConfig, Segmenter, check_encoder
 from tests.conftest import read_parquet, serial
 
 pytestmark = pytest.mark.usefixtures("ray_session")

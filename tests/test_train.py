@@ -18,7 +18,7 @@ from sylm_data.pipeline.config import ConfigError
 from sylm_data.pipeline.shards import ShardWriter
 from sylm_data.train import config as train_config
 from sylm_data.train import data, loop, metrics, schedule, vocab
-from sylm_data.train.random_model import TINY, save_random_lm
+from tests.random_models import LM_TINY, save_random_lm
 
 WORDS = "the river ran past old mill before it reached sea and a boy saw fish swim under bridge".split()
 UNITS = 32
@@ -58,7 +58,7 @@ def write_shards(folder: Path, count: int, per_shard: int, seed: int = 0, descri
 @pytest.fixture(scope="module")
 def lm(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("lm")
-    save_random_lm(folder, TINY, corpus=[" ".join(WORDS)] * 5)
+    save_random_lm(folder, LM_TINY, corpus=[" ".join(WORDS)] * 5)
     return folder
 
 
@@ -78,7 +78,7 @@ def test_the_vocabulary_gets_units_and_markers_and_every_unused_row_the_mean(lm)
 
     tokenizer, model = tokenizer_of(lm), AutoModelForCausalLM.from_pretrained(lm)
     used = len(tokenizer)
-    assert model.get_input_embeddings().weight.shape[0] == TINY["vocab_size"] > used  # a padded table
+    assert model.get_input_embeddings().weight.shape[0] == LM_TINY["vocab_size"] > used  # a padded table
     before_in = model.get_input_embeddings().weight[:used].clone()
     before_out = model.get_output_embeddings().weight[:used].clone()
     speech = vocab.extend(model, tokenizer, 100, pad_to=64)
@@ -99,7 +99,7 @@ def test_the_vocabulary_gets_units_and_markers_and_every_unused_row_the_mean(lm)
 def test_a_tied_table_is_extended_once(tmp_path):
     from transformers import AutoModelForCausalLM
 
-    save_random_lm(tmp_path, TINY | {"tie_word_embeddings": True}, corpus=[" ".join(WORDS)] * 5)
+    save_random_lm(tmp_path, LM_TINY | {"tie_word_embeddings": True}, corpus=[" ".join(WORDS)] * 5)
     tokenizer, model = tokenizer_of(tmp_path), AutoModelForCausalLM.from_pretrained(tmp_path)
     used = len(tokenizer)
     mean = model.get_input_embeddings().weight[:used].mean(dim=0)

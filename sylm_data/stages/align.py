@@ -14,11 +14,11 @@ from typing import ClassVar
 import pyarrow as pa
 
 from sylm_data import audio
+from sylm_data.align import words as align_words
+from sylm_data.align.words import SAMPLE_RATE, AlignmentRejected, Piece
 from sylm_data.pipeline.stage import MapOptions, Rejected, Stage, StageConfigError, model_actors, resolve_device
 from sylm_data.schemas import aligned, stream, utterance
 from sylm_data.schemas.reject import Reason
-from sylm_data.stages import align_words
-from sylm_data.stages.align_words import SAMPLE_RATE, AlignmentRejected, Piece
 
 NAME = "align"
 
@@ -38,11 +38,11 @@ class AlignConfig:
 
 def load_backend(config: AlignConfig):
     if config.backend == "pocketsphinx":
-        from sylm_data.stages.align_pocketsphinx import PocketsphinxAligner
+        from sylm_data.align.pocketsphinx import PocketsphinxAligner
 
         return PocketsphinxAligner()
     if config.backend == "qwen3":
-        from sylm_data.stages.align_qwen3 import Qwen3Aligner
+        from sylm_data.align.qwen3 import Qwen3Aligner
 
         return Qwen3Aligner(config.model, config.device, config.batch_size)
     raise ValueError(f"unknown align backend {config.backend!r}: use qwen3 or pocketsphinx")

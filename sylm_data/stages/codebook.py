@@ -25,11 +25,9 @@ from sylm_data.pipeline.output import read_rows
 from sylm_data.pipeline.stage import Rejected, Stage, resolve_device
 from sylm_data.schemas import codebook, stream, utterance
 from sylm_data.schemas.codebook import CodebookManifest
-from sylm_data.stages.agglomerate import ward_map
-from sylm_data.stages.kmeans import kmeans, nearest
-from sylm_data.stages.syllables import (
-    FeatureConfig, Segmenter, actor_pool, check_encoder, decode_16k, encoder_identity,
-)
+from sylm_data.units.agglomerate import ward_map
+from sylm_data.units.kmeans import kmeans, nearest
+from sylm_data.units.syllables import FeatureConfig, Segmenter, actor_pool, check_encoder, decode_16k, encoder_identity
 
 NAME = "codebook"
 

@@ -18,9 +18,9 @@ from safetensors.torch import load_file
 from sylm_data.pipeline.stage import Rejected, Stage, StageConfigError
 from sylm_data.schemas import codebook, stream, tokenized, utterance
 from sylm_data.schemas.codebook import CodebookManifest
-from sylm_data.stages import units
-from sylm_data.stages.encoders import FRAME_MS
-from sylm_data.stages.syllables import FeatureConfig, Segmenter, actor_pool, check_encoder, decode_16k, encoder_identity
+from sylm_data.units import assign
+from sylm_data.units.encoders import FRAME_MS
+from sylm_data.units.syllables import FeatureConfig, Segmenter, actor_pool, check_encoder, decode_16k, encoder_identity
 
 NAME = "tokenize"
 
@@ -89,8 +89,8 @@ class Tokenizer:
                     stream.mark_rejected(row, _PAYLOAD, NAME, rejected.reason, rejected.detail)
         for row, (features, ends) in zip(todo, self.segmenter(waves)):
             pooled = self.segmenter.pool(features, ends)
-            names = units.assign(pooled.to(self.centroids.device), self.centroids, self.mapping)
-            unit_ids, starts, stops = units.deduplicate(names, ends, FRAME_MS)
+            names = assign.assign(pooled.to(self.centroids.device), self.centroids, self.mapping)
+            unit_ids, starts, stops = assign.deduplicate(names, ends, FRAME_MS)
             duration = row[utterance.DURATION_MS]
             row.update({tokenized.UNITS: unit_ids, tokenized.UNIT_START_MS: [min(s, duration) for s in starts],
                         tokenized.UNIT_END_MS: [min(e, duration) for e in stops], tokenized.TOKENIZER: self.id})

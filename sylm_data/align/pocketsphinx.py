@@ -15,7 +15,7 @@ import re
 
 import numpy as np
 
-from sylm_data.stages.align_words import AlignedPiece, Piece, transcript_words
+from sylm_data.align.words import AlignedPiece, Piece, transcript_words
 
 FRAME_RATES = (100, 200)
 ATTEMPTS = ((100, 0), (200, 0), (200, 300))  # (frames per second, padding ms on each side)

@@ -6,7 +6,7 @@ Pure functions over one utterance's features (frames, dims) and segment end fram
 
 import torch
 
-from sylm_data.stages.kmeans import nearest
+from sylm_data.units.kmeans import nearest
 
 
 def merge_similar(features: torch.Tensor, ends: list[int], threshold: float, keep: int = 1) -> list[int]:

@@ -11,9 +11,9 @@ import torch
 from sylm_data import audio
 from sylm_data.pipeline.stage import MapOptions, Rejected, StageConfigError, model_actors, resolve_device
 from sylm_data.schemas.reject import Reason
-from sylm_data.stages import segmentation, sylreg, units
-from sylm_data.stages.encoders import FRAME_MS, SAMPLE_RATE, HfEncoder, MfccEncoder
-from sylm_data.stages.resample import resample
+from sylm_data.units import assign, segmentation, sylreg
+from sylm_data.units.encoders import FRAME_MS, SAMPLE_RATE, HfEncoder, MfccEncoder
+from sylm_data.units.resample import resample
 
 
 @dataclass
@@ -148,8 +148,8 @@ class Segmenter:
     def pool(self, features: torch.Tensor, ends: list[int]) -> torch.Tensor:
         """The vectors a codebook names (segments, dims): each segment's mean feature, standardized over
         its dims for SylReg (its released codebook was fitted on such vectors)."""
-        pooled = units.pool(features, ends)
-        return units.standardize(pooled) if self.standardize else pooled
+        pooled = assign.pool(features, ends)
+        return assign.standardize(pooled) if self.standardize else pooled
 
     def _batch(self, waves: list[np.ndarray]) -> list[tuple[torch.Tensor, list[int]]]:
         features = self.encoder.encode(waves)
@@ -159,6 +159,6 @@ class Segmenter:
         costs = segmentation.segment_costs(padded, lengths.to(padded.device), self.config.max_frames, self.affinity)
         ends = segmentation.min_cut(costs, lengths.to(padded.device), counts, self.config.min_frames, self.config.max_frames)
         return [
-            (item.cpu(), units.merge_similar(item.cpu(), item_ends, self.config.merge_threshold, self.keep))
+            (item.cpu(), assign.merge_similar(item.cpu(), item_ends, self.config.merge_threshold, self.keep))
             for item, item_ends in zip(features, ends)
         ]

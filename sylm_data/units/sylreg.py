@@ -365,38 +365,3 @@ def hash_tensors(*tensors: torch.Tensor) -> str:
     for tensor in tensors:
         digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
     return digest.hexdigest()[:12]
-
-
-TINY = {"embed_dim": 32, "num_heads": 4, "depth": 8, "prenet_depth": 2, "conv_dims": 32, "clusters": 64, "units": 16}
-BASE = {"embed_dim": 768, "num_heads": 12, "depth": 8, "prenet_depth": 4, "conv_dims": 512, "clusters": 24576, "units": 8192}
-
-
-def save_random_sylreg(folder: str | Path, size: dict = TINY, seed: int = 0) -> Path:
-    """A randomly initialised checkpoint in the release's layout (data2vec 2.0 audio + codebook), for tests and benchmarks."""
-    torch.manual_seed(seed)
-    channels = size["conv_dims"]
-    config = {
-        "architectures": ["SylRegForSyllableDiscovery"], "_name": "data2vec_multi", "torch_dtype": "float32",
-        "depth": size["depth"], "num_heads": size["num_heads"], "embed_dim": size["embed_dim"], "mlp_ratio": 4.0,
-        "norm_eps": 1e-5, "norm_affine": True,
-        "modalities": {"audio": {
-            "prenet_depth": size["prenet_depth"], "use_alibi_encoder": True, "num_alibi_heads": size["num_heads"],
-            "extractor_mode": "layer_norm", "conv_pos_width": 95, "conv_pos_groups": 16, "conv_pos_depth": 5,
-            "feature_encoder_spec": f"[({channels}, 10, 5)] + [({channels}, 3, 2)] * 4 + [({channels},2,2)] + [({channels},2,2)]",
-        }},
-    }
-    network = Data2VecAudio(config)
-    with torch.no_grad():  # LayerNorm gains near 1 keep random features from collapsing
-        for name, parameter in network.named_parameters():
-            if parameter.dim() == 1 and name.endswith("weight"):
-                parameter.uniform_(0.8, 1.2)
-    state = {PREFIX + name: tensor.contiguous() for name, tensor in network.state_dict().items()}
-    state[CENTROIDS] = torch.randn(size["clusters"], size["embed_dim"])
-    state[MAPPING] = torch.randint(0, size["units"], (size["clusters"],), dtype=torch.int32)
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / CONFIG_FILE).write_text(json.dumps(config, indent=1))
-    from safetensors.torch import save_file
-
-    save_file(state, str(folder / WEIGHT_FILES[0]))
-    return folder
