@@ -11,6 +11,7 @@ from sylm_data.align.words import (
     check_and_repair,
     clause_ends,
     cut_points,
+    edge_pileup,
     share_words,
     speech_amounts,
     transcript_words,
@@ -92,3 +93,12 @@ def test_piece_boundaries_snap_to_clause_ends():
     assert [len(s) for s in share_words(words, [1, 1])] == [10, 10]
     assert [len(s) for s in share_words(words, [1, 1], breaks={7, 16})] == [7, 13]
     assert [len(s) for s in share_words(words, [1, 1], breaks={1}, snap=3)] == [10, 10]  # too far to snap
+
+
+def test_words_piled_into_a_piece_edge_bin_are_named():
+    spread = [(0, 80), (80, 400), (400, 720), (720, 1000)]
+    assert edge_pileup(spread, 1000, 80) is None
+    assert edge_pileup([(0, 0), (0, 80), (80, 400)], 1000, 80) is None  # two in one bin: a short word can
+    assert edge_pileup([(0, 0), (0, 0), (0, 80), (80, 400)], 1000, 80) == "3 words piled up in the first 80 ms of a 1000 ms piece"
+    assert edge_pileup([(80, 400), (920, 1000), (960, 1000), (1000, 1000)], 1000, 80) == \
+        "3 words piled up in the last 80 ms of a 1000 ms piece"

@@ -65,6 +65,7 @@ class PocketsphinxAligner:
     word_unit = {"en": "word"}
     # one Viterbi search over minutes of audio loses the path (0 words placed at 180 s); 30 s holds
     max_piece_ms = 30_000
+    bin_ms = 0  # frame-level times: no binning to pile words up at piece edges
 
     def __init__(self) -> None:
         import pocketsphinx

@@ -141,3 +141,15 @@ def check_and_repair(timings: list[tuple[int, int]], duration_ms: int, max_word_
     if longest > max_word_ms:
         raise AlignmentRejected(f"a word lasts {longest} ms (transcript may not match the audio)")
     return repaired
+
+
+def edge_pileup(timings: AlignedPiece, piece_ms: int, bin_ms: int, most: int = 2) -> str | None:
+    """Why a piece's timings cannot be trusted when more than `most` words lie wholly in its first
+    or last time bin, else None. A binned aligner squeezes the words it cannot place (words given
+    to the wrong side of a cut, a transcript longer than the audio) into the piece's edges."""
+    first = sum(1 for _, end in timings if end <= bin_ms)
+    last = sum(1 for start, _ in timings if start >= piece_ms - bin_ms)
+    for count, edge in ((first, "first"), (last, "last")):
+        if count > most:
+            return f"{count} words piled up in the {edge} {bin_ms} ms of a {piece_ms} ms piece"
+    return None

@@ -3,7 +3,7 @@
 Backends: `qwen3` (Qwen3-ForcedAligner through transformers; batched, GPU when present) and
 `pocketsphinx` (English, CPU, offline). Audio longer than the backend's window is cut at quiet
 points and each piece aligned with its share of the transcript. Whatever a backend returns is
-checked (see `align_words.check_and_repair`) before it is written; what fails is rejected with
+checked (see `align_words.check_and_repair` and `edge_pileup`) before it is written; what fails is rejected with
 `align_failed`, a language the backend lacks with `language_unsupported`.
 A backend that raises costs only the rows that raise on their own (`pipeline.stage.isolate`).
 """
@@ -111,6 +111,12 @@ class Aligner:
         except AlignmentRejected as rejected:
             stream.mark_rejected(row, _PASSED, NAME, Reason.ALIGN_FAILED, str(rejected))
             return
+        if self.backend.bin_ms:
+            piled = [align_words.edge_pileup(result, len(piece.samples) * 1000 // SAMPLE_RATE, self.backend.bin_ms)
+                     for piece, result in zip(pieces, results)]
+            if any(piled):
+                stream.mark_rejected(row, _PASSED, NAME, Reason.ALIGN_FAILED, next(filter(None, piled)))
+                return
         texts = [word for piece in pieces for word in piece.words]
         row[aligned.WORDS] = [
             {aligned.WORD_TEXT: text, aligned.WORD_START_MS: start, aligned.WORD_END_MS: end}
