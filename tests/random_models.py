@@ -72,7 +72,8 @@ def save_random_aligner(folder, dimensions: dict = ALIGNER_TINY, seed: int = 0, 
         pad_token_id=token("<|endoftext|>"), eos_token_id=[token("<|im_end|>")], num_labels=5000,
     )
     torch.manual_seed(seed)
-    Qwen3ASRForTokenClassification(config).save_pretrained(folder)
+    # as transformers' conversion script writes the release: bf16 weights, 5000 labels, a bias-free score
+    Qwen3ASRForTokenClassification(config).to(torch.bfloat16).save_pretrained(folder)
     processor.save_pretrained(folder)
 
 

@@ -13,6 +13,8 @@ import torch
 
 from sylm_data import audio, evaluate
 from sylm_data.align.pocketsphinx import spell_out
+from sylm_data.align.qwen3 import Qwen3Aligner
+from sylm_data.align.words import Piece
 from sylm_data.pipeline import config as config_module
 from sylm_data.pipeline import runner
 from sylm_data.pipeline.partitions import read_source_partition
@@ -122,7 +124,7 @@ def tiny_qwen3(tmp_path_factory):
 
 def test_qwen3_backend_batches_and_guards_a_random_model(utterance_rows, tiny_qwen3):
     aligner = align.Aligner(align.AlignConfig(backend="qwen3", model=str(tiny_qwen3), device="cpu", batch_size=5))
-    assert aligner.backend.id.startswith("qwen3/") and aligner.backend.max_piece_ms == 400_000
+    assert aligner.backend.id.startswith("qwen3/") and aligner.backend.max_piece_ms == 180_000  # the authors' cap, under 5000 bins
     # a random model's timestamps are noise: the guards turn them into align_failed, never into rows
     out = aligner(utterance_rows.slice(0, 7)).to_pylist()
     assert [row[stream.REJECT_REASON] for row in out] == ["align_failed"] * 7
@@ -133,6 +135,36 @@ def test_qwen3_backend_batches_and_guards_a_random_model(utterance_rows, tiny_qw
     assert zeroed[stream.REJECT_DETAIL] == "every timestamp is 0 ms"
     swahili = utterance_rows.slice(0, 1).set_column(utterance_rows.schema.get_field_index("language"), "language", pa.array(["sw"]))
     assert aligner(swahili)[stream.REJECT_REASON].to_pylist() == ["language_unsupported"]
+
+
+
+def test_qwen3_times_do_not_depend_on_the_batch(tiny_qwen3, monkeypatch):
+    """Lengths off the 160-sample frame grid (17,330) and left padding once moved a piece's times
+    with its batch-mates; now a piece in a batch of four gets the logits it gets alone. (A tiny
+    random model puts every word in one bin, so its times cannot show this; its logits can.)"""
+    backend = Qwen3Aligner(str(tiny_qwen3), device="cpu", batch_size=4)
+    rng = np.random.default_rng(0)
+    words = "the quick brown fox jumps over the lazy dog".split()
+    pieces = [Piece(rng.normal(0, 0.1, length).astype(np.float32), words[: 3 + index], "en", 0)
+              for index, length in enumerate((17_330, 9_001, 24_159, 16_000))]
+    calls = []
+    forward = backend.model.forward
+
+    def recorded(**inputs):
+        output = forward(**inputs)
+        calls.append((inputs["attention_mask"].bool(), inputs["position_ids"], output.logits))
+        return output
+
+    monkeypatch.setattr(backend.model, "forward", recorded)
+    batched = backend.align(pieces)
+    backend.batch_size = 1
+    assert [backend.align([piece])[0] for piece in pieces] == batched
+    (mask, positions, logits), alone = calls[0], calls[1:]
+    assert mask[:, -1].all() and not mask[:, 0].all()  # left padded
+    by_length = sorted(range(len(pieces)), key=lambda index: len(pieces[index].samples))
+    for row, index in enumerate(by_length):
+        assert positions[row][mask[row]].tolist() == list(range(int(mask[row].sum())))
+        torch.testing.assert_close(logits[row][mask[row]], alone[index][2][0], atol=1e-4, rtol=1e-4)
 
 
 @pytest.mark.usefixtures("ray_session")

@@ -2,16 +2,22 @@
 
 The model reads the audio and the transcript with two `<timestamp>` markers after every word and
 classifies each marker into a time bin (80 ms each). Pieces are sorted by length and aligned in
-padded batches; bf16 with SDPA attention on GPU, float32 on CPU.
+padded batches; bf16 with SDPA attention on GPU, float32 on CPU. A piece's times do not depend on
+its batch-mates: pieces are trimmed to whole 10 ms feature frames (a partial frame counts as one
+for a short row but not for the longest, so it shifted every time) and positions restart at 0 on
+each row's first token under left padding, as in the authors' package.
 """
 
 import torch
 
+from sylm_data.checkpoints import WeightsMismatch, from_pretrained_strict
 from sylm_data.pipeline.stage import resolve_device
 
 NAME = "qwen3"
 LANGUAGES = frozenset({"zh", "en", "yue", "fr", "de", "it", "ja", "ko", "pt", "ru", "es"})
 WORD_UNITS = {"zh": "char", "yue": "char", "ja": "morpheme"}
+MAX_PIECE_MS = 180_000  # the authors' limit for one forced-alignment input
+FRAME_SAMPLES = 160  # the feature extractor's hop: 10 ms at 16 kHz
 
 
 class ModelLoadError(RuntimeError):
@@ -30,17 +36,18 @@ class Qwen3Aligner:
         self.batch_size = batch_size
         try:
             self.processor = AutoProcessor.from_pretrained(model_id)
-            self.model = AutoModelForTokenClassification.from_pretrained(model_id, dtype=self.dtype, attn_implementation="sdpa")
-        except (OSError, ValueError) as error:
+            self.model = from_pretrained_strict(AutoModelForTokenClassification, model_id, dtype=self.dtype,
+                                                attn_implementation="sdpa")
+        except (OSError, ValueError, WeightsMismatch) as error:
             raise ModelLoadError(
                 f"cannot load the aligner {model_id!r}: {error}. Without the weights, English aligns offline "
                 "with --set align.backend=pocketsphinx"
             ) from None
         self.model.to(self.device).eval()
         self.timestamp_token_id = self.model.config.timestamp_token_id
-        segment_ms = self.processor.timestamp_segment_time
+        self.bin_ms = int(self.processor.timestamp_segment_time)
         # the classifier can only name num_labels time bins
-        self.max_piece_ms = int(self.model.config.num_labels * segment_ms)
+        self.max_piece_ms = min(int(self.model.config.num_labels * self.bin_ms), MAX_PIECE_MS)
         revision = getattr(self.model.config, "_commit_hash", None) or "local"
         self.id = f"{NAME}/{model_id}@{revision}"
 
@@ -60,18 +67,23 @@ class Qwen3Aligner:
         return results
 
     def _align_batch(self, batch) -> list:
-        inputs, word_lists = self.processor.prepare_forced_aligner_inputs(
-            audio=[piece.samples for piece in batch],
-            transcript=[" ".join(piece.words) for piece in batch],
-            language=[piece.language for piece in batch],
-        )
+        # the conversation is built from the word list itself: joined and split again, Japanese
+        # morphemes would not always come back the same
+        conversations = [[{"role": "user", "content": [
+            {"type": "audio", "audio": piece.samples[: len(piece.samples) - len(piece.samples) % FRAME_SAMPLES]},
+            *({"type": "text", "text": word} for word in piece.words),
+        ]}] for piece in batch]
+        inputs = self.processor.apply_chat_template(conversations, tokenize=True, return_dict=True)
         inputs = {
             name: value.to(self.device, self.dtype if value.is_floating_point() else None)
             for name, value in inputs.items()
             if name in self.processor.model_input_names
         }
+        mask = inputs["attention_mask"]
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
         with torch.inference_mode():
-            logits = self.model(**inputs).logits
+            logits = self.model(**inputs, position_ids=positions).logits
+        word_lists = [piece.words for piece in batch]
         decoded = self.processor.decode_forced_alignment(logits.float(), inputs["input_ids"], word_lists, self.timestamp_token_id)
         results = []
         for piece, words in zip(batch, decoded):
