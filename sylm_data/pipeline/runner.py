@@ -27,7 +27,7 @@ import pyarrow.parquet as pq
 from sylm_data.pipeline import duplicates, lock, output, partitions, records, registry
 from sylm_data.pipeline.config import Config
 from sylm_data.pipeline.output import OutputLayout, PartitionTally
-from sylm_data.pipeline.stage import SOURCES, Stage, StageConfigError, isolate
+from sylm_data.pipeline.stage import SOURCES, Stage, StageConfigError, StageStartFailed, isolate
 from sylm_data.schemas import stream
 from sylm_data.sources import READERS, Partition, SourceError
 
@@ -67,7 +67,10 @@ class _StageActor:
     """One member of an actor pool: builds the stage's transform (its model) once, then maps batches."""
 
     def __init__(self, stage: Stage, stage_config) -> None:
-        self.transform = _built(stage, stage_config)
+        try:
+            self.transform = _built(stage, stage_config)
+        except Exception as error:
+            raise StageStartFailed(stage.name, error) from error
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         return self.transform(batch)
@@ -202,6 +205,9 @@ def _run_locked(config, stages, layout, run_id, run_lock, address, log, retry_re
     except Exception as error:
         if _is_disk_full(error):
             raise RunError(_disk_full(layout)) from None
+        start_failure = StageStartFailed.found_in(str(error))
+        if start_failure:
+            raise RunError(start_failure) from None
         raise
     finally:
         workers.close()

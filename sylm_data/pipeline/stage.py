@@ -30,6 +30,22 @@ class StageConfigError(ValueError):
     """A stage cannot run with its config (unknown backend, missing model): one line saying what to do."""
 
 
+class StageStartFailed(RuntimeError):
+    """A worker could not build a stage's transform (its model would not load). Ray reports it only as
+    text inside the actor's death, so its message is one line the driver can find there."""
+
+    def __init__(self, stage_name: str, error: BaseException) -> None:
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        super().__init__(f"[{stage_name}] {first_line}")
+
+    @classmethod
+    def found_in(cls, report: str) -> str | None:
+        """The message of a StageStartFailed in a worker's error report, if there is one."""
+        marker = f"{cls.__name__}: "
+        lines = [line.split(marker, 1)[1] for line in report.splitlines() if marker in line]
+        return lines[-1].strip() if lines else None
+
+
 class Rejected(Exception):
     """Raised inside a stage for one sample: it goes to the rejects with this reason."""
 

@@ -30,6 +30,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from sylm_data.checkpoints import from_pretrained_strict
 from sylm_data.train import data, metrics, schedule, t2t
 from sylm_data.train.config import TrainConfig
 from sylm_data.train.vocab import extend
@@ -67,9 +68,9 @@ def language_model_task(config: TrainConfig, unit_vocab: int) -> Task:
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(config.model.tokenizer or config.model.name)
-        model = AutoModelForCausalLM.from_pretrained(config.model.name, dtype=torch.float32,
-                                                     attn_implementation=config.model.attention)
-    except (OSError, ValueError) as error:
+        model = from_pretrained_strict(AutoModelForCausalLM, config.model.name, dtype=torch.float32,
+                                       attn_implementation=config.model.attention)
+    except (OSError, ValueError) as error:  # WeightsMismatch is a ValueError
         raise TrainError(f"cannot load model {config.model.name!r}: {str(error).splitlines()[0]}") from None
     vocab = extend(model, tokenizer, unit_vocab, config.model.pad_vocab_to)
     return Task(model, partial(data.render, tokenizer=tokenizer, vocab=vocab), vocab.speech_marker,

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from sylm_data.checkpoints import WeightsMismatch, from_pretrained_strict
 from sylm_data.schemas import sample
 from sylm_data.train import data
 
@@ -86,7 +87,10 @@ def load(model: str, device: str = "cpu", dtype: torch.dtype = torch.float32):
     from transformers import AutoModelForCausalLM
 
     folder, meta = locate(model)
-    network = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype).to(device).eval()
+    try:
+        network = from_pretrained_strict(AutoModelForCausalLM, folder, dtype=dtype).to(device).eval()
+    except WeightsMismatch as error:
+        raise T2TError(str(error)) from None
     return network, meta
 
 

@@ -9,6 +9,8 @@ import math
 import numpy as np
 import torch
 
+from sylm_data.checkpoints import from_pretrained_strict
+
 SAMPLE_RATE = 16_000
 FRAME_MS = 20  # 50 Hz
 HOP = SAMPLE_RATE * FRAME_MS // 1000
@@ -79,7 +81,8 @@ class HfEncoder:
         self.device = torch.device(device)
         self.dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
         self.extractor = AutoFeatureExtractor.from_pretrained(model_id)
-        self.model = AutoModel.from_pretrained(model_id, dtype=self.dtype).to(self.device).eval()
+        # a HuBERT/wav2vec2 fine-tuned for CTC leaves its head unused; the encoder's own weights must all fit
+        self.model = from_pretrained_strict(AutoModel, model_id, heads_allowed=True, dtype=self.dtype).to(self.device).eval()
         if not 0 <= layer <= self.model.config.num_hidden_layers:
             raise ValueError(f"{model_id} has layers 0..{self.model.config.num_hidden_layers}, not {layer}")
         self.id, self.layer = f"hf/{model_id}", layer
