@@ -14,6 +14,9 @@ _ALIASES = {
     "nld": "nl", "dut": "nl", "pol": "pl", "tur": "tr", "ara": "ar", "hin": "hi", "vie": "vi",
     "ukr": "uk", "swe": "sv", "ces": "cs", "cze": "cs", "ell": "el", "gre": "el", "heb": "he", "tha": "th",
     "ind": "id", "fas": "fa", "per": "fa", "ron": "ro", "rum": "ro", "hun": "hu", "fin": "fi", "dan": "da",
+    # withdrawn ISO 639-1 codes that YouTube (and so YODAS2's subset names, e.g. iw000) still uses;
+    # Serbo-Croatian goes to Serbian, the language YouTube files most of it under
+    "iw": "he", "in": "id", "ji": "yi", "jw": "jv", "mo": "ro", "sh": "sr",
 }
 # ISO 639-1 codes (plus yue, which has none); anything else is unknown.
 _ISO_639_1 = set(
@@ -29,7 +32,8 @@ _ISO_639_1 = set(
 _LATIN = frozenset({"LATIN"})
 SCRIPTS = {
     **{code: _LATIN for code in "en de fr es it pt nl pl tr vi sv cs ro hu fi da id ca eu gl sk sl hr et lv lt ms sw".split()},
-    **{code: frozenset({"CYRILLIC"}) for code in "ru uk bg be sr mk kk".split()},
+    **{code: frozenset({"CYRILLIC"}) for code in "ru uk bg be mk kk".split()},
+    "sr": frozenset({"CYRILLIC", "LATIN"}),  # Serbian (and Serbo-Croatian) is written in both
     "zh": frozenset({"CJK"}),
     "yue": frozenset({"CJK"}),
     "ja": frozenset({"CJK", "HIRAGANA", "KATAKANA"}),

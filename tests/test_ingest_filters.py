@@ -16,7 +16,9 @@ from sylm_data.stages.ingest import IngestConfig
 @pytest.mark.parametrize(
     ("code", "expected"),
     [("en", "en"), ("EN", "en"), ("en-US", "en"), ("en_gb", "en"), ("eng", "en"), ("zh-CN", "zh"),
-     ("yue", "yue"), ("Japanese", "ja"), ("xx", None), ("", None), (None, None), ("klingon", None)],
+     ("yue", "yue"), ("Japanese", "ja"), ("xx", None), ("", None), (None, None), ("klingon", None),
+     # YouTube's withdrawn codes, as in YODAS2's subsets iw000, sh000, ...
+     ("iw", "he"), ("in", "id"), ("ji", "yi"), ("jw", "jv"), ("mo", "ro"), ("sh", "sr")],
 )
 def test_language_codes_normalise_to_iso_639_1(code, expected):
     assert languages.normalize(code) == expected
@@ -28,6 +30,7 @@ def test_foreign_letters_are_counted_against_the_language_scripts():
     assert languages.foreign_letter_share("今日はいい天気", "ja") == 0
     assert languages.foreign_letter_share("hello 123 !!", "sw") == 0
     assert languages.foreign_letter_share("Привет", "xx") == 0  # unknown languages are not checked
+    assert languages.foreign_letter_share("Dobar dan", "sr") == languages.foreign_letter_share("Добар дан", "sr") == 0
 
 
 def test_text_checks_reject_with_their_reasons():
