@@ -3,17 +3,19 @@ pairs shards -> `train --task t2t` -> `eval t2t` -> synthesize a text corpus int
 
 import json
 import random
+import re
 from pathlib import Path
 
 import pyarrow as pa
 import pytest
 import torch
 
+from sylm_data.align import split
 from sylm_data.pipeline import config as config_module
 from sylm_data.pipeline import runner
 from sylm_data.pipeline.shards import ShardWriter
-from sylm_data.pipeline.stage import Rejected
-from sylm_data.schemas import sample
+from sylm_data.pipeline.stage import Rejected, StageConfigError
+from sylm_data.schemas import sample, source_record, stream
 from sylm_data.stages import interleave, pairs, synthesize
 from sylm_data.train import config as train_config
 from sylm_data.train import data, loop, t2t
@@ -70,7 +72,9 @@ def test_documents_are_cleaned_and_checked():
     cleaned, removed = synthesize.clean("<p>The <b>river</b> &amp; the [mill](http://x.org/a) https://y.com/z ran.</p>")
     assert cleaned == "The river & the mill ran." and removed > 0
     config = synthesize.SynthesizeConfig(languages=["en"], min_words=3)
-    assert synthesize.check_document("The river ran past the mill.", None, config)[1:] == ("en", "The river ran past the mill.".split())
+    text, language, words = synthesize.check_document("The river ran past the mill.", None, config)
+    assert (text, language) == ("The river ran past the mill.", "en")
+    assert [(word, text[start:end]) for word, start, end in words][-2:] == [("the", "the"), ("mill", "mill")]
     for text, language, reason in [
         ("", None, "empty_text"), ("the river ran", "xx", "unknown_language"), ("der Fluss lief", "de", "language_filtered"),
         ("<div><span></span></div><a href='u'>a b c</a>" * 3, None, "markup"),
@@ -168,8 +172,6 @@ def test_the_text_reader_reads_parquet_and_refuses_a_file_without_text(tmp_path)
 
 
 def test_the_pairs_stage_splits_held_out_utterances_and_bounds_units_per_word(tmp_path):
-    from sylm_data.schemas import stream
-
     batch = [row(WORDS, UNITS, id=f"manifest:{n}") for n in range(200)]
     out = interleave.transform(pa.Table.from_pylist(batch), pairs.PairsConfig(), plan=pairs.plan_pairs)
     commit_rows(tmp_path / "pairs", "p", stream.accepted(out, sample.ROW_SCHEMA))
@@ -192,3 +194,79 @@ def test_spans_too_long_for_the_model_stay_text(tmp_path):
     stage = synthesize.Synthesizer(synthesize.SynthesizeConfig(model=str(tmp_path), device="cpu"))
     pieces = ["the river", "ran past the old mill before it reached the sea"]  # 9 + 1 + 6 and 47 + 1 + 30 positions of 64
     assert stage._fitting([(0, 2, True), (2, 12, True)], pieces) == [(0, 2, True), (2, 12, False)]
+
+
+TRANSCRIPTS = {"zh": "今天天气很好，我们去公园散步吧。他说：“你好，世界！”", "ja": "今日はいい天気ですね。東京へ行きます。"}
+CORPUS = {"zh": "《红楼梦》是中国古典小说，我在2024年读完了它。今天天气很好，我们去公园散步吧！",
+          "ja": "ＡＩを使って、東京へ行きます。今日はいい天気ですね。明日は雨が降るでしょう。"}
+
+
+def aligned_row(text: str, language: str, id: str) -> dict:
+    """A tokenized row as the aligner leaves it: its words (characters, morphemes) 200 ms apart, two units each."""
+    words = [(word, 200 * k, 200 * k + 180) for k, word in enumerate(split.split_words(text, language))]
+    units = [(2 * k + half, 200 * k + 100 * half, 200 * k + 100 * half + 100) for k in range(len(words)) for half in (0, 1)]
+    return row(words, [(unit % 16, start, end) for unit, start, end in units], text=text, id=id) | {"language": language}
+
+
+def corpus_batch(texts: list[str], language: str) -> pa.Table:
+    return pa.Table.from_pylist([{source_record.ID: f"text:{n}", source_record.SOURCE: "text", source_record.TEXT: text,
+                                  source_record.LANGUAGE: language, stream.PARTITION: "p", stream.PARTITION_TOTAL: 0,
+                                  stream.REJECT_STAGE: None, stream.REJECT_REASON: None, stream.REJECT_DETAIL: None}
+                                 for n, text in enumerate(texts)])
+
+
+@pytest.mark.parametrize("language", ["zh", "ja"])
+def test_chinese_and_japanese_go_through_pairs_and_synthesize_with_no_spaces_put_in(language, tmp_path):
+    if language == "ja":
+        pytest.importorskip("nagisa")
+    transcript = TRANSCRIPTS[language]
+    batch = [aligned_row(transcript, language, f"manifest:{n}") for n in range(20)]
+    out = interleave.transform(pa.Table.from_pylist(batch), pairs.PairsConfig(span_mean=3), plan=pairs.plan_pairs)
+    for document in map(json.loads, out[sample.ROW_JSON].to_pylist()):
+        assert "".join(segment["text"] for segment in document["segments"][0::2]) == transcript
+    commit_rows(tmp_path / "pairs", "p", stream.accepted(out, sample.ROW_SCHEMA))
+    pairs.write_shards(pairs.PairsConfig(heldout_share=0.0), tmp_path / "pairs", serial)
+    shards = data.open_folder(tmp_path / "pairs-shards")
+    assert shards.max_units_per_word == 2.0  # per character or morpheme: the words synthesize counts
+
+    def saved_model(folder: Path, max_positions: int = 4096) -> str:
+        torch.manual_seed(0)
+        model = t2t.new_model("t2t-tiny", shards.unit_vocab, max_positions=max_positions)
+        with torch.no_grad():
+            model.lm_head.weight[t2t.EOS] = 0  # a random model that always says something
+        model.save_pretrained(folder)
+        t2t.save_meta(folder, shards.unit_vocab, shards.tokenizer, shards.max_units_per_word, "toy")
+        return str(folder)
+
+    document = CORPUS[language]
+    config = synthesize.SynthesizeConfig(model=saved_model(tmp_path / "t2t"), device="cpu", speech_ratio=0.5, span_mean=3)
+    synthesize.preflight(config)
+    made = synthesize.Synthesizer(config)(corpus_batch([document] * 8, language)).to_pylist()
+    assert [item[stream.REJECT_REASON] for item in made] == [None] * 8  # whitespace splitting rejected them all
+    words = split.split_words(document, language)
+    for item in made:
+        segments = json.loads(item[sample.ROW_JSON])[sample.SEGMENTS]
+        assert item["words"] == len(words) and item["kind"] == "interleaved" and item["speech_words"] > 0
+        # the text segments are the document's own stretches, in order, with speech between them
+        pattern = "".join("(.+)" if s["modality"] == "speech" else re.escape(s["text"]) for s in segments)
+        assert re.fullmatch(pattern, document), segments
+        assert all(len(s["units"]) <= 2 * item["speech_words"] for s in segments if s["modality"] == "speech")
+    # speech spans that stay text join the text around them as the document writes it
+    config.model = saved_model(tmp_path / "t2t-small", max_positions=6)
+    [alone] = synthesize.Synthesizer(config)(corpus_batch([document], language)).to_pylist()
+    assert json.loads(alone[sample.ROW_JSON])[sample.SEGMENTS] == [{"modality": "text", "text": document}]
+
+
+def test_a_japanese_corpus_without_its_splitter_is_refused_in_one_line(tmp_path, monkeypatch):
+    t2t.new_model("t2t-tiny", UNIT_VOCAB, max_positions=64).save_pretrained(tmp_path)
+    t2t.save_meta(tmp_path, UNIT_VOCAB, "toy:0:k32:u32:0", 3.0, "toy")
+    split._nagisa.cache_clear()
+    monkeypatch.setitem(__import__("sys").modules, "nagisa", None)
+    try:
+        with pytest.raises(StageConfigError, match=re.escape('pip install "sylm-data[ja]"')):
+            synthesize.preflight(synthesize.SynthesizeConfig(model=str(tmp_path), languages=["ja"]))
+        with pytest.raises(Rejected) as rejected:
+            synthesize.check_document(CORPUS["ja"], "ja", synthesize.SynthesizeConfig())
+        assert rejected.value.reason == "language_unsupported" and "sylm-data[ja]" in rejected.value.detail
+    finally:
+        split._nagisa.cache_clear()

@@ -10,6 +10,7 @@ each row's first token under left padding, as in the authors' package.
 
 import torch
 
+from sylm_data.align.split import split_words
 from sylm_data.checkpoints import WeightsMismatch, from_pretrained_strict
 from sylm_data.pipeline.stage import resolve_device
 
@@ -52,8 +53,9 @@ class Qwen3Aligner:
         self.id = f"{NAME}/{model_id}@{revision}"
 
     def words(self, text: str, language: str) -> list[str]:
-        """The model's own units: CJK characters, Japanese morphemes (nagisa), Korean words (soynlp)."""
-        return self.processor.split_words_for_alignment(text, _language_name(language))
+        """The model's own units as its authors split them: CJK characters, Japanese morphemes
+        (nagisa), whitespace words elsewhere (Korean ones kept whole, see `align.split`)."""
+        return split_words(text, language)
 
     def align(self, pieces) -> list:
         """(start_ms, end_ms) per word for each piece, or a failure message."""
@@ -93,8 +95,3 @@ class Qwen3Aligner:
                 results.append([(round(w["start_time"] * 1000), round(w["end_time"] * 1000)) for w in words])
         return results
 
-
-def _language_name(code: str) -> str:
-    from transformers.models.qwen3_asr.processing_qwen3_asr import LANGUAGE_CODE_TO_NAME
-
-    return LANGUAGE_CODE_TO_NAME[code]

@@ -1,8 +1,10 @@
 """synthesize: a text corpus -> interleaved samples whose speech a text-to-token model wrote.
 
 Each document is cleaned (markup remnants, entities and URLs out, whitespace collapsed) and
-checked (language, letters outside its script, very long tokens, length); a failed check is a
-reject with its reason. Its words (or sentences) are the chunks, and speech spans are chosen with
+checked (language, letters outside its script, very long words, length); a failed check is a
+reject with its reason. Its words are the units the aligner times (`align.split`: characters in
+Chinese, morphemes in Japanese, whitespace words elsewhere), so that they are counted as the pairs
+the model learned from were. Words (or sentences) are the chunks, and speech spans are chosen with
 the interleave stage's own policy (`spans.choose_speech`: Poisson spans until `speech_ratio` of the
 words). Every run of speech chunks gets units from the text-to-token model, generated in batches
 across the documents of a call (KV cache; greedy, or sampled with a seed per span), at most
@@ -17,15 +19,25 @@ import math
 import re
 import traceback
 from dataclasses import dataclass, field
-from typing import ClassVar
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import pyarrow as pa
 import torch
 
 from sylm_data import languages
-from sylm_data.pipeline.stage import SOURCES, MapOptions, Rejected, Stage, StageConfigError, error_detail, model_actors, resolve_device
+from sylm_data.align import split
+from sylm_data.pipeline.stage import (
+    SOURCES,
+    MapOptions,
+    Rejected,
+    Stage,
+    StageConfigError,
+    error_detail,
+    model_actors,
+    resolve_device,
+)
 from sylm_data.schemas import sample, source_record, stream
 from sylm_data.schemas.reject import Reason
 from sylm_data.stages import interleave, spans
@@ -49,10 +61,10 @@ class SynthesizeConfig:
     seed: int = 0
     temperature: float = 0.0  # 0: greedy
     top_k: int = 0  # 0: the whole unit vocabulary
-    min_words: int = 5
+    min_words: int = 5  # words as the aligner counts them: characters in Chinese, morphemes in Japanese
     max_words: int = 20_000
-    max_token_chars: int = 40  # longer whitespace tokens (hashes, base64, run-together URLs) ...
-    max_long_token_share: float = 0.02  # ... may be at most this share of the tokens
+    max_token_chars: int = 40  # longer words (hashes, base64, run-together URLs) ...
+    max_long_token_share: float = 0.02  # ... may be at most this share of the words
     max_markup_share: float = 0.3  # markup removed over the document's characters
     max_foreign_letter_share: float = 0.1
     device: str = "auto"
@@ -74,7 +86,9 @@ def preflight(config: SynthesizeConfig) -> None:
         raise StageConfigError(f"speech_ratio must be within 0..1, got {config.speech_ratio}")
     try:
         t2t.locate(config.model)
-    except t2t.T2TError as error:
+        for code in {config.language, *config.languages}:  # a language named here must be splittable
+            split.split_words("", code)
+    except (t2t.T2TError, split.MissingExtra) as error:
         raise StageConfigError(str(error)) from None
 
 
@@ -91,8 +105,11 @@ def clean(text: str) -> tuple[str, int]:
     return cleaned, max(len(" ".join(text.split())) - len(cleaned), 0)
 
 
-def check_document(text: str | None, language: str | None, config: SynthesizeConfig) -> tuple[str, str, list[str]]:
-    """(clean text, language, words), or Rejected with the first rule it breaks."""
+Words = list[tuple[str, int, int]]  # (word, start, end) in the clean text, as `split.word_spans` gives them
+
+
+def check_document(text: str | None, language: str | None, config: SynthesizeConfig) -> tuple[str, str, Words]:
+    """(clean text, language, its words where they are written), or Rejected with the first rule it breaks."""
     if not text or not text.strip():
         raise Rejected(Reason.EMPTY_TEXT, "no text")
     code = languages.normalize(language) if language else languages.normalize(config.language)
@@ -103,24 +120,35 @@ def check_document(text: str | None, language: str | None, config: SynthesizeCon
     cleaned, removed = clean(text)
     if removed > config.max_markup_share * max(len(text), 1):
         raise Rejected(Reason.MARKUP, f"{removed} of {len(text)} characters were markup, links or URLs")
-    tokens = cleaned.split()
-    long_tokens = sum(len(token) > config.max_token_chars for token in tokens)
-    if long_tokens > config.max_long_token_share * max(len(tokens), 1):
-        raise Rejected(Reason.LONG_TOKENS, f"{long_tokens} of {len(tokens)} tokens longer than {config.max_token_chars} characters")
+    try:
+        words = split.word_spans(cleaned, code)
+    except split.MissingExtra as error:
+        raise Rejected(Reason.LANGUAGE_UNSUPPORTED, str(error)) from None
+    long_words = sum(len(word) > config.max_token_chars for word, _, _ in words)
+    if long_words > config.max_long_token_share * max(len(words), 1):
+        raise Rejected(Reason.LONG_TOKENS, f"{long_words} of {len(words)} words longer than {config.max_token_chars} characters")
     share = languages.foreign_letter_share(cleaned, code)
     if share > config.max_foreign_letter_share:
         raise Rejected(Reason.FOREIGN_SCRIPT, f"{share:.0%} of the letters are outside {code}'s scripts")
-    if len(tokens) < config.min_words:
-        raise Rejected(Reason.TOO_SHORT, f"{len(tokens)} words, fewer than {config.min_words}")
-    if len(tokens) > config.max_words:
-        raise Rejected(Reason.TOO_LONG, f"{len(tokens)} words, more than {config.max_words}")
-    return cleaned, code, tokens
+    if len(words) < config.min_words:
+        raise Rejected(Reason.TOO_SHORT, f"{len(words)} words, fewer than {config.min_words}")
+    if len(words) > config.max_words:
+        raise Rejected(Reason.TOO_LONG, f"{len(words)} words, more than {config.max_words}")
+    return cleaned, code, words
 
 
-def speech_runs(text: str, words: list[str], config: SynthesizeConfig, sample_id: str) -> list[tuple[int, int, bool]]:
+def cuts(text: str, words: Words) -> list[int]:
+    """Where the document may be cut before each word, then its end: piece k of a run of words is
+    text[cuts[first]:cuts[end]]; the text before the first word goes with it."""
+    starts = [start for _, start, _ in words]
+    return [0, *starts[1:]][: len(starts)] + [len(text)]
+
+
+def speech_runs(text: str, words: Words, config: SynthesizeConfig, sample_id: str) -> list[tuple[int, int, bool]]:
     """(first word, end word, is speech) runs covering the document, chosen as interleave chooses."""
     if config.granularity == "sentence":
-        ends = sorted(spans.sentence_ends(text, words) | {len(words)})
+        written = [text[start:end] for _, start, end in words]
+        ends = sorted(spans.sentence_ends(text, written, [start for _, start, _ in words]) | {len(words)})
         bounds = list(zip([0] + ends[:-1], ends))
     else:
         bounds = [(index, index + 1) for index in range(len(words))]
@@ -160,9 +188,9 @@ class Synthesizer:
                 continue
             try:
                 text, language, words = check_document(record[source_record.TEXT], record[source_record.LANGUAGE], config)
-                offsets = languages.word_offsets(text, words) + [len(text)]
+                bounds = cuts(text, words)
                 runs = speech_runs(text, words, config, row[sample.ROW_KEY])
-                pieces = [text[offsets[first] : offsets[end]].strip() for first, end, _ in runs]
+                pieces = [text[bounds[first] : bounds[end]].strip() for first, end, _ in runs]
                 runs = self._fitting(runs, pieces)
             except Rejected as rejected:
                 stream.mark_rejected(row, _PAYLOAD, NAME, rejected.reason, rejected.detail)
@@ -171,22 +199,22 @@ class Synthesizer:
                 traceback.print_exc()
                 stream.mark_rejected(row, _PAYLOAD, NAME, Reason.STAGE_ERROR, error_detail(error))
                 continue
-            plans.append((row, language, words, runs, pieces))
+            plans.append((row, language, text, bounds, runs, pieces))
             for number, ((first, end, is_speech), piece) in enumerate(zip(runs, pieces)):
                 if is_speech:
                     requests.append((piece, self._limit(end - first), span_seed(config.seed, row[sample.ROW_KEY], number)))
         generated = iter(self._generate(requests))
-        for row, language, words, runs, pieces in plans:
-            row.update(self._sample(row[sample.ROW_KEY], language, words, runs, pieces, generated))
+        for row, language, text, bounds, runs, pieces in plans:
+            row.update(self._sample(row[sample.ROW_KEY], language, text, bounds, runs, generated))
         return pa.Table.from_pylist(rows, schema=OUTPUT_SCHEMA)
 
     def _limit(self, words: int) -> int:
         return math.ceil(words * self.meta["max_units_per_word"])
 
     def _fitting(self, runs: list[tuple[int, int, bool]], pieces: list[str]) -> list[tuple[int, int, bool]]:
-        """Speech runs whose prompt and units would not fit the model's positions stay text."""
+        """Speech runs whose prompt and units would not fit the model's positions (or that have no text) stay text."""
         room = self.model.config.max_position_embeddings
-        return [(first, end, is_speech and len(piece.encode()) + 1 + self._limit(end - first) < room)
+        return [(first, end, is_speech and bool(piece) and len(piece.encode()) + 1 + self._limit(end - first) < room)
                 for (first, end, is_speech), piece in zip(runs, pieces)]
 
     def _generate(self, requests: list[tuple[str, int, int]]) -> list[list[int]]:
@@ -201,23 +229,26 @@ class Synthesizer:
                 units[index] = made
         return units
 
-    def _sample(self, sample_id: str, language: str, words: list[str], runs, pieces, generated) -> dict:
-        segments, speech_words, unit_count = [], 0, 0
-        for (first, end, is_speech), piece in zip(runs, pieces):
+    def _sample(self, sample_id: str, language: str, text: str, bounds: list[int], runs, generated) -> dict:
+        """A text segment is the document's own text from its first word to the next speech segment
+        (never pieces joined with spaces, which Chinese and Japanese do not have)."""
+        segments, speech_words, unit_count, text_from = [], 0, 0, None
+        for first, end, is_speech in runs:
             units = next(generated) if is_speech else None
             if units:  # a span the model gave no units for stays text
                 segments.append({sample.MODALITY: sample.SPEECH, sample.UNITS: units})
-                speech_words, unit_count = speech_words + end - first, unit_count + len(units)
-            elif segments and segments[-1][sample.MODALITY] == sample.TEXT:
-                segments[-1][sample.TEXT] += " " + piece
-            else:
-                segments.append({sample.MODALITY: sample.TEXT, sample.TEXT: piece})
+                speech_words, unit_count, text_from = speech_words + end - first, unit_count + len(units), None
+                continue
+            if text_from is None:
+                text_from = first
+                segments.append({sample.MODALITY: sample.TEXT})
+            segments[-1][sample.TEXT] = text[bounds[text_from] : bounds[end]].strip()
         kind = "interleaved" if speech_words else "text"
         document = {sample.SEGMENTS: segments, sample.KIND: kind, sample.LANGUAGE: language, sample.SOURCE_ID: sample_id,
                     sample.SYNTHETIC: self.meta["id"]}
         return {sample.ROW_KIND: kind, sample.ROW_LANGUAGE: language,
                 sample.ROW_JSON: interleave.COMPACT_JSON.encode(document),
-                sample.ROW_WORDS: len(words), sample.ROW_SPEECH_WORDS: speech_words, sample.ROW_UNITS: unit_count,
+                sample.ROW_WORDS: len(bounds) - 1, sample.ROW_SPEECH_WORDS: speech_words, sample.ROW_UNITS: unit_count,
                 sample.ROW_TOKENIZER: self.meta["tokenizer"]}
 
 

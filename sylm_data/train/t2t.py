@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from sylm_data.align.split import MissingExtra, split_words
 from sylm_data.checkpoints import WeightsMismatch, from_pretrained_strict
 from sylm_data.schemas import sample
 from sylm_data.train import data
@@ -157,21 +158,23 @@ def _choose(scores: torch.Tensor, temperature: float, top_k: int, generators) ->
     return picked.clamp(max=scores.shape[-1] - 1)
 
 
-def heldout_pairs(folder: Path, limit: int) -> list[tuple[str, list[int]]]:
-    """(text, units) pairs from a pairs shard folder (DIR/pairs-heldout), at most `limit`."""
+def heldout_pairs(folder: Path, limit: int) -> list[tuple[str, list[int], str]]:
+    """(text, units, language) pairs from a pairs shard folder (DIR/pairs-heldout), at most `limit`."""
     pairs = []
     for document in data.documents_in_order(data.open_folder(folder)):
         if document is None:
             continue
-        segments = json.loads(document)[sample.SEGMENTS]
-        pairs += [(text[sample.TEXT], speech[sample.UNITS]) for text, speech in zip(segments[0::2], segments[1::2])]
+        content = json.loads(document)
+        segments = content[sample.SEGMENTS]
+        pairs += [(text[sample.TEXT], speech[sample.UNITS], content.get(sample.LANGUAGE) or "en")
+                  for text, speech in zip(segments[0::2], segments[1::2])]
         if len(pairs) >= limit:
             return pairs[:limit]
     return pairs
 
 
 @torch.inference_mode()
-def evaluate(model, meta: dict, pairs: list[tuple[str, list[int]]], batch: int = 32) -> dict:
+def evaluate(model, meta: dict, pairs: list[tuple[str, list[int], str]], batch: int = 32) -> dict:
     """Teacher-forced unit accuracy and perplexity over the units and EOS, and the ratio of
     greedily generated to reference unit counts."""
     if not pairs:
@@ -183,7 +186,7 @@ def evaluate(model, meta: dict, pairs: list[tuple[str, list[int]]], batch: int =
         chosen = pairs[start : start + batch]
         documents = [render_pairs({sample.SEGMENTS: [{sample.MODALITY: sample.TEXT, sample.TEXT: text},
                                                      {sample.MODALITY: sample.SPEECH, sample.UNITS: units}]})[0]
-                     for text, units in chosen]
+                     for text, units, _ in chosen]
         width = max(len(ids) for ids, _ in documents)
         ids = torch.tensor([ids + [PAD] * (width - len(ids)) for ids, _ in documents], device=model.device)
         labels = torch.tensor([labels + [IGNORE] * (width - len(labels)) for _, labels in documents], device=model.device)
@@ -193,8 +196,12 @@ def evaluate(model, meta: dict, pairs: list[tuple[str, list[int]]], batch: int =
         loss_sum += torch.nn.functional.cross_entropy(logits[scored], targets[scored], reduction="sum").item()
         correct += (logits[scored].argmax(-1) == targets[scored]).sum().item()
         total += int(scored.sum())
-        limits = [math.ceil(len(text.split()) * meta["max_units_per_word"]) for text, _ in chosen]
-        generated += sum(len(units) for units in generate(model, [text for text, _ in chosen], limits))
-        reference += sum(len(units) for _, units in chosen)
+        try:  # the bound synthesize keeps: units per word as the aligner counts words (characters in Chinese)
+            limits = [math.ceil(len(split_words(text, language)) * meta["max_units_per_word"])
+                      for text, _, language in chosen]
+        except MissingExtra as error:
+            raise T2TError(str(error)) from None
+        generated += sum(len(units) for units in generate(model, [text for text, _, _ in chosen], limits))
+        reference += sum(len(units) for _, units, _ in chosen)
     return {"pairs": len(pairs), "unit_accuracy": round(correct / total, 4), "perplexity": round(math.exp(loss_sum / total), 3),
             "length_ratio": round(generated / max(reference, 1), 3)}
