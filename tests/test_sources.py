@@ -125,9 +125,9 @@ def test_hf_inputs_resolve_through_the_hub_cache(tmp_path, utterances, monkeypat
     importlib.reload(huggingface_hub.constants)
     try:
         partitions = READERS["emilia"].partitions(["hf://amphion/Emilia-Dataset/Emilia/EN/*.tar"])
-        assert [p.path for p in partitions] == [
-            "hf://amphion/Emilia-Dataset/Emilia/EN/EN-B000000.tar",
-            "hf://amphion/Emilia-Dataset/Emilia/EN/EN-B000001.tar",
+        assert [p.path for p in partitions] == [  # the default branch, resolved to the commit read
+            "hf://amphion/Emilia-Dataset@0123456789abcdef0123456789abcdef01234567/Emilia/EN/EN-B000000.tar",
+            "hf://amphion/Emilia-Dataset@0123456789abcdef0123456789abcdef01234567/Emilia/EN/EN-B000001.tar",
         ]
         rows = kept(read_all("emilia", ["hf://amphion/Emilia-Dataset/Emilia/EN/*.tar"]))
         assert len(rows) == 8

@@ -1,11 +1,13 @@
-"""Run records: DIR/runs/<run-id>.json — config, versions, counts per stage, wall time, throughput."""
+"""Run records: DIR/runs/<run-id>.json — config, versions, counts per stage, wall time, throughput,
+and the commit each hf:// input repo was read at."""
 
 import importlib.metadata
 import json
 import platform
 import time
 import uuid
-from collections import Counter
+from collections import Counter, defaultdict
+from collections.abc import Iterable
 from pathlib import Path
 
 
@@ -32,6 +34,25 @@ def stage_counts(stages: list[str], rows_in: int, rejected: Counter) -> list[dic
         counts.append({"stage": stage, "in": rows_in, "out": rows_out, "rejected": by_reason})
         rows_in = rows_out
     return counts
+
+
+def hub_commits(paths: Iterable[str]) -> dict[str, list[str]]:
+    """Per hub repo, the commits that hf:// partition paths (hf://OWNER/NAME@SHA/FILE) were read at;
+    paths without one (written before revisions were resolved) and local paths are left out."""
+    from sylm_data.sources import hub
+    from sylm_data.sources.base import SourceError
+
+    commits: dict[str, set[str]] = defaultdict(set)
+    for path in paths:
+        if not path.startswith(hub.SCHEME):
+            continue
+        try:
+            where = hub.parse(path)
+        except SourceError:
+            continue
+        if where.revision:
+            commits[where.repo_id].add(where.revision)
+    return {repo: sorted(shas) for repo, shas in sorted(commits.items())}
 
 
 def write(runs_dir: Path, record: dict) -> Path:

@@ -194,7 +194,7 @@ def _run_locked(config, stages, layout, run_id, run_lock, address, log, retry_re
             finally:
                 summaries.close()  # stops Ray Data's executor before Ray shuts down, also on an error
         layout.drop_staging(run_id, final.name, names, store)
-        record = _record(run_id, config, names, layout, final.name, tallies, len(all_partitions), len(done), started)
+        record = _record(run_id, config, names, layout, final.name, tallies, all_partitions, len(done), started)
         if final.finalize is not None:
             log(f"{final.name}: finalizing")
             run_lock.check()
@@ -420,7 +420,7 @@ def _progress_line(committed: int, pending: int, tallies: dict[str, PartitionTal
     )
 
 
-def _record(run_id, config, names, layout, final_name, tallies, n_partitions, n_skipped, started) -> dict:
+def _record(run_id, config, names, layout, final_name, tallies, all_partitions, n_skipped, started) -> dict:
     wall_s = time.time() - started
     this_run = [t for t in tallies.values() if t.complete]
     rejected_now = sum((t.rejected for t in this_run), Counter())
@@ -428,14 +428,14 @@ def _record(run_id, config, names, layout, final_name, tallies, n_partitions, n_
     rejected_all = sum((Counter(m["rejected"]) for m in markers), Counter())
     audio_s = sum(t.audio_ms for t in this_run) / 1000
     rows = sum(t.total for t in this_run)
-    return {
+    record = {
         "run_id": run_id,
         "stages": names,
         "output": str(layout.stage_dir(final_name)),
         "config": config.to_dict(),
         "config_hash": config.stage_hash(names),
         "versions": records.package_versions(),
-        "partitions": {"total": n_partitions, "skipped_done": n_skipped, "processed": len(this_run)},
+        "partitions": {"total": len(all_partitions), "skipped_done": n_skipped, "processed": len(this_run)},
         "this_run": records.stage_counts(names, rows, rejected_now),
         "cumulative": records.stage_counts(names, sum(m["rows_in"] for m in markers), rejected_all),
         "wall_s": round(wall_s, 3),
@@ -445,3 +445,10 @@ def _record(run_id, config, names, layout, final_name, tallies, n_partitions, n_
             "audio_s_per_s": round(audio_s / wall_s, 2) if wall_s else 0,
         },
     }
+    read_at = records.hub_commits(partition.path for partition in all_partitions)
+    if read_at:  # hf:// inputs: the commit each repo was listed and read at this run (one per repo)
+        record["hub_commits"] = {repo: commits[0] for repo, commits in read_at.items()}
+        # and those the output's partitions were read at, over all runs: more than one if a resumed
+        # run read a branch that had moved
+        record["hub_commits_in_output"] = records.hub_commits(marker.get("partition", {}).get("path", "") for marker in markers)
+    return record

@@ -19,7 +19,7 @@ class SourceError(ValueError):
 class Partition:
     id: str  # stable and file-name safe: the same inputs give the same ids on every run
     source: str
-    path: str  # the main file: a local path or hf://owner/name/file
+    path: str  # the main file: a local path or hf://owner/name@commit/file
     companions: dict[str, str] = field(default_factory=dict)  # e.g. YODAS2 text and duration files
 
 
@@ -74,13 +74,15 @@ def static_prefix(pattern: str) -> str:
 
 def expand(inputs: list[str], root: str | None = None) -> list[Input]:
     """Local paths and globs (sorted, `**` allowed) and hf:// patterns, in the order given, each
-    with its path relative to `root`, or else to its pattern's static prefix (hf://: the repo path)."""
+    with its path relative to `root`, or else to its pattern's static prefix (hf://: OWNER/NAME/FILE, the
+    revision left out; each repo is read at one commit, resolved once for all the inputs)."""
     from sylm_data.sources import hub
 
     found: dict[str, Input] = {}
+    listing = hub.Listing()
     for pattern in inputs:
         if pattern.startswith(hub.SCHEME):
-            matches = [(uri, uri[len(hub.SCHEME):]) for uri in hub.expand(pattern)]
+            matches = [(uri, hub.relative(uri)) for uri in listing.expand(pattern)]
         else:
             pattern = os.path.expanduser(pattern)
             paths = sorted(glob.glob(pattern, recursive=True)) if glob.has_magic(pattern) else [pattern] * os.path.exists(pattern)
