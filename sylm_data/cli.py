@@ -42,7 +42,7 @@ def run(
     config: Annotated[Optional[Path], typer.Option(help="TOML config file.")] = None,
     stage: Annotated[Optional[list[str]], typer.Option(help="Stage to run (repeatable); default: the configured stages.")] = None,
     source: Annotated[Optional[str], typer.Option(help="Source kind for ingest: emilia, emilia-yodas, yodas2, manifest.")] = None,
-    input: Annotated[Optional[list[str]], typer.Option("--input", "-i", help="Input path, glob or hf://OWNER/NAME/PATTERN (repeatable): speech corpora for ingest, a text corpus for synthesize.")] = None,
+    input: Annotated[Optional[list[str]], typer.Option("--input", "-i", help="Input path, glob or hf://OWNER/NAME[@REVISION]/PATTERN (repeatable): speech corpora for ingest, a text corpus for synthesize.")] = None,
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override a config key: SECTION.KEY=VALUE (repeatable).")] = None,
     address: Annotated[Optional[str], typer.Option(help="Ray address (auto, ray://HOST:PORT); default: embedded local Ray.")] = None,
     retry_rejects: Annotated[Optional[list[str]], typer.Option("--retry-rejects", help="Compute the samples rejected for REASON again (e.g. stage_error; repeatable).")] = None,

@@ -2,6 +2,7 @@
 
 import json
 import os
+import tarfile
 from pathlib import Path
 
 import pyarrow as pa
@@ -41,23 +42,40 @@ def test_emilia_tars_give_every_utterance_with_normalised_fields(tmp_path, utter
     assert first["audio"] == utterances[0].audio  # stored as found, never re-encoded
     assert abs(first["duration_ms"] - utterances[0].duration_s * 1000) <= 1
     assert pytest.approx(first["quality"], abs=1e-6) == 3.2
-    assert json.loads(first["meta"]) == {"wav": "EN_B00000/EN_B00000_S00000_W000000.mp3"}
+    assert json.loads(first["meta"]) == {"wav": "EN_B00000/EN_B00000_S00000/mp3/EN_B00000_S00000_W000000.mp3"}
+    # as published: W restarts at 0 for each source unit, tar NN holds the units with S mod 10 = NN mod 10
+    assert [row["id"].split(":")[1] for row in rows[:6]] == [
+        "EN_B00000_S00000_W000000", "EN_B00000_S00000_W000001", "EN_B00000_S00000_W000002",
+        "EN_B00000_S00000_W000003", "EN_B00000_S00010_W000000", "EN_B00000_S00010_W000001"]
+    assert rows[10]["id"] == "emilia:EN_B00000_S00001_W000000"
+    assert all(row["speaker"] == row["id"].split(":")[1].rsplit("_W", 1)[0] for row in rows)
     # one partition per tar; totals sit on each partition's last record
     totals = [row[stream.PARTITION_TOTAL] for row in table.to_pylist() if row[stream.PARTITION_TOTAL]]
     assert totals == [10, 10, 4] and len(tars) == 3
 
 
 def test_emilia_yodas_uses_underscore_id_and_keeps_phone_count(tmp_path, utterances):
-    layouts.write_emilia(tmp_path, utterances[:6], yodas=True)
+    layouts.write_emilia(tmp_path, utterances[:6], yodas=True, shard_size=4)
     rows = kept(read_all("emilia-yodas", [str(tmp_path / "*.tar")]))
     assert len(rows) == 6
     assert all(row["id"].startswith("emilia-yodas:EN_") and "_W0000" in row["id"] for row in rows)
     assert all("phone_count" in json.loads(row["meta"]) for row in rows)
+    # YouTube ids keep their '-' and '_'; the speaker is pyannote's label within the video
+    assert rows[0]["id"] == "emilia-yodas:EN_Yt-00000_Qz_W000000"
+    assert rows[0]["speaker"] == "EN_Yt-00000_Qz_SPEAKER_00" and rows[1]["speaker"] == "EN_Yt-00000_Qz_SPEAKER_01"
+    assert [json.loads(row["meta"])["video_id"] for row in rows] == ["Yt-00000_Qz"] * 3 + ["Yt-00001_Qz"] * 3
 
 
 def test_yodas2_cuts_each_utterance_out_of_its_recording(tmp_path, utterances):
     archives = layouts.write_yodas2(tmp_path, utterances[:12], per_recording=4)
     assert len(archives) == 2
+    # as published: ./<audio_id>.wav at 24 kHz, a duration file beside the text file
+    with tarfile.open(archives[0]) as archive:
+        names = archive.getnames()
+        wav = archive.extractfile(names[0]).read()
+    assert names == ["./Vid000-00x.wav", "./Vid000-01x.wav"]
+    assert audio.sniff_format(wav) == "wav" and audio.decode(wav).sample_rate == 24_000
+    assert (tmp_path / "data/en000/duration/00000000.txt").read_text().startswith("Vid000-00x ")
     table = read_all("yodas2", [str(tmp_path / "data/en000/audio/*.tar.gz")])
     rows = kept(table)
     assert len(rows) == 12 == table.num_rows
@@ -68,7 +86,8 @@ def test_yodas2_cuts_each_utterance_out_of_its_recording(tmp_path, utterances):
         # centisecond boundaries: the cut is the utterance to within 10 ms
         assert abs(row["duration_ms"] - original.duration_s * 1000) <= 12
         audio_id, start_ms, end_ms = parse_utterance_id(row["id"].split(":", 1)[1])
-        assert json.loads(row["meta"])["audio_id"] == audio_id
+        assert json.loads(row["meta"]) == {"audio_id": audio_id, "start_ms": start_ms, "end_ms": end_ms,
+                                           "source_format": "wav", "subset": "en000"}
         assert end_ms - start_ms - 10 <= row["duration_ms"] <= end_ms - start_ms
         cut = audio.decode(row["audio"]).samples
         reference = audio.decode(original.audio).samples

@@ -7,7 +7,7 @@ could not unpack, a duplicate id, an input holding no sample, or a reader that s
 import hashlib
 import json
 import traceback
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from pathlib import Path
 
 import pyarrow as pa
@@ -56,11 +56,13 @@ def source_row(partition: Partition, record: Record, reader_stage: str) -> dict:
     }
 
 
-def _records(partition: Partition) -> Iterator[Record]:
+def _records(partition: Partition, subsets: Collection[str] = ()) -> Iterator[Record]:
     """The reader's records, each checked (`sources.fields`), then one reject for the partition if
-    the reader broke down."""
+    the reader broke down. `subsets` (ingest.subsets, YODAS2 only): the reader rejects the records
+    of a partition from another subset without decoding its audio."""
+    reader = READERS[partition.source]
     try:
-        for record in READERS[partition.source].read(partition):
+        for record in reader.read(partition, subsets=subsets) if subsets else reader.read(partition):
             yield fields.checked(record)
     except SourceError as error:
         yield Record(key=f"{partition.id}#unreadable", reject=Reason.UNREADABLE_INPUT, detail=str(error)[:300])
@@ -70,21 +72,22 @@ def _records(partition: Partition) -> Iterator[Record]:
         yield Record(key=f"{partition.id}#unreadable", reject=Reason.UNREADABLE_INPUT, detail=detail)
 
 
-def source_ids(partition: Partition) -> list[str]:
+def source_ids(partition: Partition, subsets: Collection[str] = ()) -> list[str]:
     """The ids of every record the reader gives for `partition` (what `read_source_partition` will emit)."""
-    return [record_id(partition.source, record.key) for record in _records(partition)]
+    return [record_id(partition.source, record.key) for record in _records(partition, subsets)]
 
 
 def read_source_partition(partition: Partition, reader_stage: str, batch_rows: int,
-                          first_elsewhere: dict[str, str] | None = None) -> Iterator[pa.Table]:
+                          first_elsewhere: dict[str, str] | None = None,
+                          subsets: Collection[str] = ()) -> Iterator[pa.Table]:
     """In-flight source_record tables of at most `batch_rows` rows; the last carries the total.
     An id seen earlier in the partition, or in `first_elsewhere` (id -> the partition holding its
-    first occurrence), is a `duplicate_id` reject."""
+    first occurrence), is a `duplicate_id` reject. `subsets`: see `_records`."""
     first_elsewhere = first_elsewhere or {}
     seen: set[str] = set()
     batch: list[dict] = []
     total = 0
-    for record in _records(partition):
+    for record in _records(partition, subsets):
         row = source_row(partition, record, reader_stage)
         sample_id = row[source_record.ID]
         if row[stream.REJECT_REASON] is None and (sample_id in seen or sample_id in first_elsewhere):

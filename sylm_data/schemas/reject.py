@@ -45,6 +45,7 @@ class Reason(StrEnum):
     EMPTY_TEXT = "empty_text"
     UNKNOWN_LANGUAGE = "unknown_language"
     LANGUAGE_FILTERED = "language_filtered"
+    SUBSET_FILTERED = "subset_filtered"  # a source subset not chosen (ingest.subsets, e.g. YODAS2 en100)
     LANGUAGE_UNSUPPORTED = "language_unsupported"
     FOREIGN_SCRIPT = "foreign_script"
     FILLER_WORDS = "filler_words"

@@ -2,9 +2,13 @@
 
 Emilia json: id, wav, text, duration, speaker, language, dnsmos (text may start with a space).
 Emilia-YODAS json: _id, text, duration, speaker, language, dnsmos, phone_count.
+Fields beyond the common ones stay in `meta` as found (Emilia's `wav` path, `phone_count`), the
+speaker label too (Emilia: the id up to `_W…`, per source unit; Emilia-YODAS: `EN_<video>_SPEAKER_00`,
+pyannote's label within one video); Emilia-YODAS rows also get their YouTube `video_id`.
 """
 
 import json
+import re
 from collections.abc import Iterator
 
 from sylm_data.schemas.reject import Reason
@@ -14,6 +18,14 @@ from sylm_data.sources.tar import Group, Truncation, iter_groups
 
 AUDIO_EXTENSIONS = ("mp3", "flac", "wav", "opus", "ogg", "m4a", "webm")
 _KNOWN_FIELDS = {"id", "_id", "text", "duration", "speaker", "language", "dnsmos"}
+# Emilia-YODAS keys: {LANG}_{VIDEO}_W{index}; YouTube ids hold letters, digits, '-' and '_'
+_YODAS_KEY = re.compile(r"^[A-Za-z]+_(?P<video>[A-Za-z0-9_-]+)_W\d+$")
+
+
+def video_id(key: str) -> str | None:
+    """The YouTube video id of an Emilia-YODAS key, None when the key is not of that form."""
+    match = _YODAS_KEY.match(key)
+    return match["video"] if match else None
 
 
 def _audio_extension(group: Group) -> str | None:
@@ -27,6 +39,7 @@ def _is_complete(group: Group) -> bool:
 class EmiliaReader(Reader):
     def __init__(self, yodas: bool) -> None:
         self.source = "emilia-yodas" if yodas else "emilia"
+        self.yodas = yodas
 
     def partitions(self, inputs: list[str], root: str | None = None) -> list[Partition]:
         return [Partition(partition_id(self.source, found.relative), self.source, found.path) for found in expand(inputs, root)]
@@ -52,6 +65,9 @@ class EmiliaReader(Reader):
                 raise ValueError("not a JSON object")
         except (ValueError, RecursionError) as error:  # RecursionError: nested too deep to parse
             return Record(key=group.key, reject=Reason.BAD_METADATA, detail=str(error)[:200])
+        meta = {name: value for name, value in fields.items() if name not in _KNOWN_FIELDS}
+        if self.yodas and video_id(group.key):
+            meta["video_id"] = video_id(group.key)
         # values as found: `fields.checked` coerces or rejects them
         return Record(
             key=group.key,
@@ -62,5 +78,5 @@ class EmiliaReader(Reader):
             speaker=fields.get("speaker"),
             quality=fields.get("dnsmos"),
             declared_duration_ms=milliseconds(fields.get("duration")),
-            meta={name: value for name, value in fields.items() if name not in _KNOWN_FIELDS},
+            meta=meta,
         )

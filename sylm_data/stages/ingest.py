@@ -5,6 +5,7 @@ bytes found. Checks run cheapest first, so most rejects never pay for a decode.
 """
 
 import functools
+import json
 import re
 import traceback
 import unicodedata
@@ -17,7 +18,7 @@ from sylm_data import audio, languages
 from sylm_data.pipeline.stage import SOURCES, MapOptions, Rejected, Stage, StageConfigError
 from sylm_data.schemas import source_record, stream, utterance
 from sylm_data.schemas.reject import Reason
-from sylm_data.sources import AUDIO_SOURCES
+from sylm_data.sources import AUDIO_SOURCES, yodas2
 
 NAME = "ingest"
 
@@ -39,12 +40,17 @@ class IngestConfig:
     max_duration_ms: int = 120_000
     min_quality: float | None = None  # DNSMOS; samples without a score pass
     languages: list[str] = field(default_factory=list)  # ISO 639-1 codes to keep; empty keeps all
+    # YODAS2 subsets to keep (en000, en100, ...: caption sources differ); empty keeps all
+    subsets: list[str] = field(default_factory=list)
     max_foreign_letter_share: float = 0.1  # letters outside the language's scripts
     max_filler_share: float = 0.3  # filler words over all words
     max_repeat_run: int = 3  # the same word this many times in a row is fine, once more is a stutter
     filler_words: dict[str, list[str]] = field(default_factory=lambda: dict(DEFAULT_FILLER_WORDS))
     # declared and measured duration may differ by this much (mp3 padding), or 5%, whichever is more
     duration_tolerance_ms: int = 250
+    # a YODAS2 segment may end this far past its recording's audio: it is cut where the audio ends
+    # (caption times run on the video's clock; its audio track often ends a little earlier)
+    overrun_tolerance_ms: int = 500
     workers: int = 0  # decode tasks at once; 0: as many as the cluster's CPUs allow
     cpus_per_worker: float = 1.0
 
@@ -100,6 +106,17 @@ def check_language(code: str | None, config: IngestConfig) -> str:
     return language
 
 
+def check_segment(meta: dict, config: IngestConfig) -> None:
+    """A YODAS2 segment's subset (`ingest.subsets`) and how far it ran past its recording's audio."""
+    subset = meta.get(yodas2.META_SUBSET)
+    if config.subsets and subset not in config.subsets:
+        raise Rejected(Reason.SUBSET_FILTERED, f"subset {subset} not in {config.subsets}")
+    overrun = meta.get(yodas2.META_OVERRUN_MS, 0)
+    if overrun > config.overrun_tolerance_ms:
+        raise Rejected(Reason.SEGMENT_OUT_OF_RANGE, f"{meta.get('start_ms')}-{meta.get('end_ms')} ms ends {overrun} ms "
+                       f"past the recording's audio (ingest.overrun_tolerance_ms = {config.overrun_tolerance_ms})")
+
+
 def check_audio(data: bytes | None, declared_ms: int | None, config: IngestConfig) -> audio.Decoded:
     try:
         decoded = audio.decode(data or b"")
@@ -121,6 +138,8 @@ def check_audio(data: bytes | None, declared_ms: int | None, config: IngestConfi
 
 def ingest_record(record: dict, config: IngestConfig) -> dict:
     """One source record -> the utterance columns; raises Rejected."""
+    if record.get(source_record.SOURCE) == yodas2.Yodas2Reader.source:  # other sources' meta is theirs to fill
+        check_segment(json.loads(record[source_record.META] or "{}"), config)
     text = normalize_text(record[source_record.TEXT])
     language = check_language(record[source_record.LANGUAGE], config)
     quality = record[source_record.QUALITY]
@@ -168,6 +187,13 @@ def preflight(config: IngestConfig) -> None:
     if config.source not in AUDIO_SOURCES:
         raise StageConfigError(f"unknown source {config.source!r} for ingest; speech corpora are {', '.join(AUDIO_SOURCES)}"
                                + ("; a text corpus goes to --stage synthesize" if config.source == "text" else ""))
+    if config.subsets and config.source != "yodas2":
+        raise StageConfigError(f"ingest.subsets chooses YODAS2 subsets (en000, en100, ...); the source is {config.source}")
+    named = [name for name in config.subsets if not isinstance(name, str) or not yodas2.SUBSET_NAME.match(name)]
+    if named:
+        raise StageConfigError(f"ingest.subsets: {named[0]!r} is not a YODAS2 subset name like en000 or en100")
+    if config.overrun_tolerance_ms < 0:
+        raise StageConfigError(f"ingest.overrun_tolerance_ms is {config.overrun_tolerance_ms}; it is 0 or more")
 
 
 STAGE = Stage(
