@@ -13,6 +13,7 @@ import huggingface_hub
 import pytest
 from huggingface_hub import HfApi, errors
 
+from sylm_data import offline
 from sylm_data.pipeline import config as config_module
 from sylm_data.pipeline import records, runner
 from sylm_data.pipeline.output import OutputLayout
@@ -100,6 +101,7 @@ def fake_hub(versions, monkeypatch) -> FakeHub:
     monkeypatch.setattr(HfApi, "list_repo_files", lambda self, *args, **kwargs: fake.list_repo_files(*args, **kwargs))
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake.hf_hub_download)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(offline, "_reachable", lambda endpoint, timeout_s: True)  # this machine may have no network
     return fake
 
 

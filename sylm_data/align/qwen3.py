@@ -10,6 +10,7 @@ each row's first token under left padding, as in the authors' package.
 
 import torch
 
+from sylm_data import offline
 from sylm_data.align.split import split_words
 from sylm_data.checkpoints import WeightsMismatch, from_pretrained_strict
 from sylm_data.pipeline.stage import resolve_device
@@ -35,14 +36,15 @@ class Qwen3Aligner:
         self.device = torch.device(resolve_device(device))
         self.dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
         self.batch_size = batch_size
+        cached = offline.local_only(model_id)
         try:
-            self.processor = AutoProcessor.from_pretrained(model_id)
+            self.processor = AutoProcessor.from_pretrained(model_id, local_files_only=cached)
             self.model = from_pretrained_strict(AutoModelForTokenClassification, model_id, dtype=self.dtype,
-                                                attn_implementation="sdpa")
+                                                attn_implementation="sdpa", local_files_only=cached)
         except (OSError, ValueError, WeightsMismatch) as error:
             raise ModelLoadError(
-                f"cannot load the aligner {model_id!r}: {error}. Without the weights, English aligns offline "
-                "with --set align.backend=pocketsphinx"
+                f"cannot load the aligner {model_id!r}: {offline.reason(error, model_id)}. Without the weights, "
+                "English aligns offline with --set align.backend=pocketsphinx"
             ) from None
         self.model.to(self.device).eval()
         self.timestamp_token_id = self.model.config.timestamp_token_id

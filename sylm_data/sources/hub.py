@@ -2,12 +2,12 @@
 
 REVISION is a branch, a tag or a commit sha (a name with `/` in it: `refs/pr/N`, `refs/convert/NAME`
 as they are, any other percent-encoded, `feature%2Fx`); without it, the default branch. The driver
-resolves it once, to a commit sha, and lists the files at that commit (with HF_HUB_OFFLINE=1: both
-from the local hub cache). Every partition's path then names that commit,
-`hf://OWNER/NAME@SHA/FILE`, so each worker downloads the same version of the repo even when the
-branch moves during the run, and the partition markers and the run record say which it was.
-Downloads go through huggingface_hub's cache, so nothing is fetched twice and a cluster downloads in
-parallel.
+resolves it once, to a commit sha, and lists the files at that commit (offline — HF_HUB_OFFLINE=1,
+or no answer from the hub, see `sylm_data.offline` — both from the local hub cache). Every
+partition's path then names that commit, `hf://OWNER/NAME@SHA/FILE`, so each worker downloads the
+same version of the repo even when the branch moves during the run, and the partition markers and
+the run record say which it was. Downloads go through huggingface_hub's cache, so nothing is
+fetched twice and a cluster downloads in parallel.
 
 A partition's identity is OWNER/NAME/FILE, without the revision: the ids of inputs written without
 `@` are those they always had, and pinning a run's inputs to a revision (say, to the commit its
@@ -20,6 +20,7 @@ import re
 from dataclasses import dataclass
 from urllib.parse import unquote
 
+from sylm_data import offline
 from sylm_data.sources.base import SourceError
 
 SCHEME = "hf://"
@@ -65,9 +66,7 @@ def relative(uri: str) -> str:
 
 
 def _offline() -> bool:
-    from huggingface_hub import constants
-
-    return constants.HF_HUB_OFFLINE
+    return offline.hub_offline()
 
 
 def _at(repo_id: str, revision: str | None) -> str:
@@ -92,7 +91,8 @@ def _hub_error(repo_id: str, revision: str | None, error: Exception) -> SourceEr
         return SourceError(f"{where}: the repo has no revision {revision!r} (a branch, tag or commit sha)")
     if isinstance(error, errors.LocalEntryNotFoundError) and _offline():
         if type(error) is errors.LocalEntryNotFoundError:
-            return SourceError(f"{where}: not in the local hub cache, and HF_HUB_OFFLINE=1 forbids asking the hub")
+            why = "HF_HUB_OFFLINE=1 forbids asking the hub" if offline.forced() else "the hub cannot be reached (no network)"
+            return SourceError(f"{where}: not in the local hub cache, and {why}")
         return SourceError(f"{where}: {_first_line(error)}")  # e.g. a cached snapshot known to be incomplete
     return SourceError(f"{where}: cannot list the repo: {type(error).__name__}: {_first_line(error)}"
                        + ("" if _offline() else " (no network? HF_HUB_OFFLINE=1 reads the local hub cache)"))
@@ -166,4 +166,5 @@ def download(uri: str) -> str:
     from huggingface_hub import hf_hub_download
 
     where = parse(uri)
-    return hf_hub_download(where.repo_id, where.path, repo_type="dataset", revision=where.revision)
+    return hf_hub_download(where.repo_id, where.path, repo_type="dataset", revision=where.revision,
+                           local_files_only=_offline())

@@ -13,7 +13,7 @@ from typing import ClassVar
 
 import pyarrow as pa
 
-from sylm_data import audio
+from sylm_data import audio, offline
 from sylm_data.align import words as align_words
 from sylm_data.align.words import SAMPLE_RATE, AlignmentRejected, Piece
 from sylm_data.pipeline.stage import MapOptions, Rejected, Stage, StageConfigError, model_actors, resolve_device
@@ -135,12 +135,11 @@ def preflight(config: AlignConfig) -> None:
     from transformers import AutoConfig
 
     try:
-        AutoConfig.from_pretrained(config.model)
+        AutoConfig.from_pretrained(config.model, local_files_only=offline.local_only(config.model))
     except (OSError, ValueError) as error:
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise StageConfigError(
-            f"cannot load the aligner {config.model!r} ({first_line}); without the weights, English aligns "
-            "offline with --set align.backend=pocketsphinx"
+            f"cannot load the aligner {config.model!r} ({offline.reason(error, config.model)}); without the weights, "
+            "English aligns offline with --set align.backend=pocketsphinx"
         ) from None
 
 

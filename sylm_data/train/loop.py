@@ -30,6 +30,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from sylm_data import offline
 from sylm_data.checkpoints import from_pretrained_strict
 from sylm_data.train import data, metrics, schedule, t2t
 from sylm_data.train.config import TrainConfig
@@ -66,12 +67,14 @@ def language_model_task(config: TrainConfig, unit_vocab: int) -> Task:
     """The causal LM and its tokenizer, extended with the speech vocabulary."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    tokenizer_name = config.model.tokenizer or config.model.name
     try:
-        tokenizer = AutoTokenizer.from_pretrained(config.model.tokenizer or config.model.name)
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer_name, local_files_only=offline.local_only(tokenizer_name))
         model = from_pretrained_strict(AutoModelForCausalLM, config.model.name, dtype=torch.float32,
-                                       attn_implementation=config.model.attention)
+                                       attn_implementation=config.model.attention,
+                                       local_files_only=offline.local_only(config.model.name))
     except (OSError, ValueError) as error:  # WeightsMismatch is a ValueError
-        raise TrainError(f"cannot load model {config.model.name!r}: {str(error).splitlines()[0]}") from None
+        raise TrainError(f"cannot load model {config.model.name!r}: {offline.reason(error, config.model.name)}") from None
     vocab = extend(model, tokenizer, unit_vocab, config.model.pad_vocab_to)
     return Task(model, partial(data.render, tokenizer=tokenizer, vocab=vocab), vocab.speech_marker,
                 lambda folder, step: tokenizer.save_pretrained(folder))
@@ -209,7 +212,8 @@ class _StopRequest:
             signal.signal(number, handler)
 
 
-def train(config: TrainConfig, echo=print) -> dict:
+def train(config: TrainConfig, echo=print, progress_to=None) -> dict:
+    """Train as `config` says; `echo` takes the lines for the user, `progress_to` the progress bar (default stderr)."""
     folders = [data.open_folder(path) for path in config.data.shards]
     unit_vocab = data.unit_vocabulary(folders, config.data.unit_vocab)
     rank, world, local_rank = distributed_env()
@@ -269,7 +273,7 @@ def train(config: TrainConfig, echo=print) -> dict:
     log = metrics.MetricsLog(output, config.run.tensorboard, after_step=step) if rank == 0 else None
     peak = metrics.peak_flops(config.run.peak_tflops)
     tokens_per_step = config.data.micro_batch * config.data.seq_len * config.optim.grad_accum * world
-    progress = _progress_bar(config, rank, step)
+    progress = _progress_bar(config, rank, step, progress_to)
     stop = _StopRequest()
     window_start, window_steps, last_loss = time.perf_counter(), 0, float("nan")
     outcome = "finished"
@@ -330,12 +334,12 @@ def train(config: TrainConfig, echo=print) -> dict:
     return {"rank": rank, "outcome": outcome, "step": step, "loss": last_loss, "output": str(output)}
 
 
-def _progress_bar(config: TrainConfig, rank: int, step: int):
+def _progress_bar(config: TrainConfig, rank: int, step: int, file=None):
     if rank != 0 or not config.run.progress:
         return None
     from tqdm import tqdm
 
-    return tqdm(total=config.total_steps, initial=step, unit="step", dynamic_ncols=True)
+    return tqdm(total=config.total_steps, initial=step, unit="step", dynamic_ncols=True, file=file)
 
 
 def save_checkpoint(engine, folder: Path, step: int, rank: int, position: data.DataPosition, keep: int) -> None:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from sylm_data import offline
 from sylm_data.align.split import MissingExtra, split_words
 from sylm_data.checkpoints import WeightsMismatch, from_pretrained_strict
 from sylm_data.schemas import sample
@@ -75,9 +76,9 @@ def locate(model: str) -> tuple[Path, dict]:
         from huggingface_hub import snapshot_download
 
         try:
-            folder = Path(snapshot_download(model))
+            folder = Path(snapshot_download(model, local_files_only=offline.hub_offline()))
         except Exception as error:  # the hub's errors differ by version; the message says enough
-            raise T2TError(f"cannot load text-to-token model {model!r}: {str(error).splitlines()[0]}") from None
+            raise T2TError(f"cannot load text-to-token model {model!r}: {offline.reason(error, model)}") from None
     if not (folder / META).exists():
         raise T2TError(f"{model} is not a text-to-token model: no {META} (train one with `sylm-data train --task t2t`)")
     return folder, json.loads((folder / META).read_text())

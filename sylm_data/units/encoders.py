@@ -9,6 +9,7 @@ import math
 import numpy as np
 import torch
 
+from sylm_data import offline
 from sylm_data.checkpoints import from_pretrained_strict
 
 SAMPLE_RATE = 16_000
@@ -80,9 +81,11 @@ class HfEncoder:
 
         self.device = torch.device(device)
         self.dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
-        self.extractor = AutoFeatureExtractor.from_pretrained(model_id)
+        cached = offline.local_only(model_id)
+        self.extractor = AutoFeatureExtractor.from_pretrained(model_id, local_files_only=cached)
         # a HuBERT/wav2vec2 fine-tuned for CTC leaves its head unused; the encoder's own weights must all fit
-        self.model = from_pretrained_strict(AutoModel, model_id, heads_allowed=True, dtype=self.dtype).to(self.device).eval()
+        self.model = from_pretrained_strict(AutoModel, model_id, heads_allowed=True, dtype=self.dtype,
+                                            local_files_only=cached).to(self.device).eval()
         if not 0 <= layer <= self.model.config.num_hidden_layers:
             raise ValueError(f"{model_id} has layers 0..{self.model.config.num_hidden_layers}, not {layer}")
         self.id, self.layer = f"hf/{model_id}", layer

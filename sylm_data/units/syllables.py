@@ -8,7 +8,7 @@ from typing import ClassVar
 import numpy as np
 import torch
 
-from sylm_data import audio
+from sylm_data import audio, offline
 from sylm_data.pipeline.stage import MapOptions, Rejected, StageConfigError, model_actors, resolve_device
 from sylm_data.schemas.reject import Reason
 from sylm_data.units import assign, segmentation, sylreg
@@ -119,9 +119,9 @@ def check_encoder(config: FeatureConfig) -> None:
     from transformers import AutoConfig
 
     try:
-        layers = AutoConfig.from_pretrained(config.model).num_hidden_layers
+        layers = AutoConfig.from_pretrained(config.model, local_files_only=offline.local_only(config.model)).num_hidden_layers
     except (OSError, ValueError) as error:
-        raise StageConfigError(f"cannot load encoder {config.model!r}: {str(error).strip().splitlines()[0]}") from None
+        raise StageConfigError(f"cannot load encoder {config.model!r}: {offline.reason(error, config.model)}") from None
     if not 0 <= config.layer <= layers:
         raise StageConfigError(f"{config.model} has layers 0..{layers}, not {config.layer}")
 

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from sylm_data import offline
 from sylm_data.schemas.tokenized import tokenizer_id
 
 HUB_ID = "ryota-komatsu/SylReg-Distill"
@@ -55,9 +56,9 @@ def _local_or_hub(model: str, filename: str) -> Path:
     from huggingface_hub.errors import HFValidationError
 
     try:
-        return Path(hf_hub_download(model, filename))
+        return Path(hf_hub_download(model, filename, local_files_only=offline.hub_offline()))
     except (OSError, HFValidationError) as error:  # hub errors are OSErrors; offline or missing alike
-        raise CheckpointError(f"cannot fetch {filename} of {model}: {str(error).strip().splitlines()[0]}") from None
+        raise CheckpointError(f"cannot fetch {filename} of {model}: {offline.reason(error, model)}") from None
 
 
 def read_config(model: str) -> dict:
