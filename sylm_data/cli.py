@@ -46,10 +46,10 @@ def run(
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override a config key: SECTION.KEY=VALUE (repeatable).")] = None,
     address: Annotated[Optional[str], typer.Option(help="Ray address (auto, ray://HOST:PORT); default: embedded local Ray.")] = None,
     retry_rejects: Annotated[Optional[list[str]], typer.Option("--retry-rejects", help="Compute the samples rejected for REASON again (e.g. stage_error; repeatable).")] = None,
+    keep: Annotated[Optional[list[str]], typer.Option(help="Also write the rows of this stage of a fused run to OUTPUT/STAGE/ (repeatable).")] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show Ray's and the libraries' own output here instead of in OUTPUT/runs/RUN.log.")] = False,
 ) -> None:
     """Run stages in pipeline order; a stage not in the run reads its input from OUTPUT."""
-    from sylm_data.pipeline import runner
-
     overrides = list(set_ or [])
     if source:
         overrides.append(f"ingest.source={source!r}")
@@ -58,10 +58,30 @@ def run(
         if input:  # the inputs of the stage that reads sources: ingest, or synthesize
             first = registry.plan(list(stage or cfg.run.stages))[0]
             cfg.stages[first.name if first.consumes == SOURCES else "ingest"].inputs = _absolute_inputs(list(input))
-        result = runner.run(cfg, list(stage or []), str(output), address=address, retry_rejects=list(retry_rejects or []))
-    except (config_module.ConfigError, registry.PlanError, runner.RunError) as error:
+    except (config_module.ConfigError, registry.PlanError) as error:
         _fail(str(error))
-    _print_summary(result.record, result.record_path)
+    result, log_path = _run_quietly(cfg, list(stage or []), output, verbose, address=address,
+                                    retry_rejects=list(retry_rejects or []), keep=list(keep or []))
+    _print_summary(result.record, result.record_path, log_path)
+
+
+def _run_quietly(cfg, stages: list[str], output: Path, verbose: bool, **options):
+    """`runner.run`, with what Ray and the libraries print sent to OUTPUT/runs/RUN.log unless
+    `verbose`; (result, that log's path if anything came); a run that cannot start is one error line."""
+    from sylm_data import quiet
+    from sylm_data.pipeline import records, runner
+
+    run_id = records.new_run_id()
+    log_path = Path(output) / "runs" / f"{run_id}.log"
+    failure = None
+    with quiet.to_log(None if verbose else log_path) as console:
+        try:
+            result = runner.run(cfg, stages, str(output), log=console.line, run_id=run_id, **options)
+        except (config_module.ConfigError, registry.PlanError, runner.RunError) as error:
+            failure = str(error)
+    if failure is not None:
+        _fail(failure)
+    return result, (log_path if log_path.exists() else None)
 
 
 @app.command()
@@ -116,19 +136,32 @@ def train(
     config: Annotated[Optional[Path], typer.Option(help="TOML config with sections model, data, optim and run.")] = None,
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override a config key: SECTION.KEY=VALUE (repeatable).")] = None,
     task: Annotated[Optional[str], typer.Option(help="lm (default) or t2t: a text-to-token model on pairs shards.")] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show DeepSpeed's and the libraries' own output here instead of in OUTPUT/runs/.")] = False,
 ) -> None:
     """Continue pre-training a causal LM on shard folders with DeepSpeed (one process per GPU:
     run it under torchrun or the deepspeed launcher for several; resumes from OUTPUT/checkpoints)."""
+    from sylm_data import quiet
+    from sylm_data.pipeline import records
     from sylm_data.train import config as train_config
-    from sylm_data.train import data, loop
-    from sylm_data.train.t2t import T2TError
-    from sylm_data.train.vocab import VocabularyError
 
     try:
         cfg = train_config.load(config, list(set_ or []) + ([f"model.task={task!r}"] if task else []))
-        result = loop.train(cfg, echo=lambda line: typer.echo(line, err=True))
-    except (config_module.ConfigError, data.DataError, VocabularyError, T2TError, loop.TrainError) as error:
+    except config_module.ConfigError as error:
         _fail(str(error))
+    # one log per rank (torchrun and the deepspeed launcher set RANK)
+    log_path = Path(cfg.run.output) / "runs" / f"{records.new_run_id()}-rank{os.environ.get('RANK', '0')}.log"
+    failure = None
+    with quiet.to_log(None if verbose else log_path) as console:
+        from sylm_data.train import data, loop
+        from sylm_data.train.t2t import T2TError
+        from sylm_data.train.vocab import VocabularyError
+
+        try:
+            result = loop.train(cfg, echo=console.error_line, progress_to=console.err)
+        except (config_module.ConfigError, data.DataError, VocabularyError, T2TError, loop.TrainError) as error:
+            failure = str(error)
+    if failure is not None:
+        _fail(failure)
     if result["rank"] == 0:
         typer.echo(f"{result['outcome']} at step {result['step']}, loss {result['loss']:.4f}; output: {result['output']}")
     if result["outcome"] == "interrupted":
@@ -136,7 +169,7 @@ def train(
         raise typer.Exit(3)  # not done: a Job controller should run it again
 
 
-def _print_summary(record: dict, record_path: str) -> None:
+def _print_summary(record: dict, record_path: str, log_path: Path | None = None) -> None:
     typer.echo("")
     for counts in record["cumulative"]:
         rejected = ", ".join(f"{reason} {n}" for reason, n in counts["rejected"].items()) or "none"
@@ -148,6 +181,10 @@ def _print_summary(record: dict, record_path: str) -> None:
         f"{record['partitions']['skipped_done']} already done"
     )
     typer.echo(f"output: {record['output']}   record: {record_path}")
+    if record.get("kept"):
+        typer.echo("kept: " + "   ".join(record["kept"].values()))
+    if log_path is not None:
+        typer.echo(f"log (Ray and the libraries; --verbose shows it here): {log_path}")
     if record.get("finalized"):
         typer.echo("finalized: " + ", ".join(f"{key} {value}" for key, value in record["finalized"].items()))
 
@@ -178,10 +215,11 @@ def inspect(
 @app.command()
 def quickstart(
     output: Annotated[Path, typer.Option("--output", "-o", help="Output folder.")] = Path("out"),
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show Ray's and the libraries' own output here instead of in OUTPUT/runs/RUN.log.")] = False,
 ) -> None:
     """Run the pipeline on the bundled sample (Emilia layout, embedded Ray, offline backends):
-    ingest + align (pocketsphinx), then the MFCC codebook, then tokenize + interleave into shards."""
-    from sylm_data.pipeline import runner
+    ingest + align (pocketsphinx), then the MFCC codebook, then tokenize + interleave into shards,
+    keeping OUTPUT/ingest, OUTPUT/align and OUTPUT/tokenize for the other flows (pairs, eval)."""
     from sylm_data.sample import layouts
 
     tars = layouts.write_emilia(output / "source", layouts.sample_utterances(), shard_size=8)
@@ -189,12 +227,9 @@ def quickstart(
                                     f"tokenize.codebook={str((output / 'codebook').resolve())!r}"])
     cfg.stages["ingest"].source = "emilia"
     cfg.stages["ingest"].inputs = [str(path.resolve()) for path in tars]
-    try:
-        for stages in (["ingest", "align"], ["codebook"], ["tokenize", "interleave"]):
-            result = runner.run(cfg, stages, str(output), address=None)
-            _print_summary(result.record, result.record_path)
-    except runner.RunError as error:
-        _fail(str(error))
+    for stages, keep in ((["ingest", "align"], []), (["codebook"], []), (["tokenize", "interleave"], ["tokenize"])):
+        result, log_path = _run_quietly(cfg, stages, output, verbose, address=None, keep=keep)
+        _print_summary(result.record, result.record_path, log_path)
     typer.echo(f"shards: {output / 'shards'}   inspect them: sylm-data inspect {output / 'shards'}")
 
 

@@ -28,6 +28,13 @@ def test_quickstart_runs_the_bundled_sample_and_inspect_reads_it(tmp_path):
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "ingest: 24 in, 24 out; rejected: none" in done.stdout
+    # quiet: Ray's, DeepSpeed's and the other libraries' lines go to the runs' logs, not to the terminal
+    assert done.stderr == "", done.stderr[-2000:]
+    noise = ("deprecated", "core_worker", "(raylet)", "Progress bars", "[WARNING]", "WARNING", "Traceback")
+    assert not [line for line in done.stdout.splitlines() if any(word in line for word in noise)], done.stdout
+    # the fused tokenize + interleave run kept tokenize's rows: the pairs stage can read them
+    assert read_parquet(out / "tokenize").num_rows == 24 and len(list((out / "tokenize" / "_done").glob("*.json"))) == 3
+    assert f"kept: {out / 'tokenize'}" in done.stdout
     aligned, rejected = read_parquet(out / "align"), read_parquet(out / "rejects" / "align")
     assert aligned.num_rows + rejected.num_rows == 24 and aligned.num_rows >= 22
     # the audio is stored once, in the ingest rows; align's rows join it by id
@@ -41,6 +48,33 @@ def test_quickstart_runs_the_bundled_sample_and_inspect_reads_it(tmp_path):
     assert "24 samples" in shown.output and "<speech" in shown.output
     assert f"inspect them: sylm-data inspect {out / 'shards'}" in done.stdout
     assert "The river ran past the old mill" in summary.output
+
+
+def test_library_output_goes_to_the_log_and_the_command_keeps_the_terminal(tmp_path):
+    """What libraries write (Python's stderr and stdout, warnings, C code on descriptor 2) lands in the
+    log; the command's own lines stay on the terminal; an empty log is not left behind."""
+    script = f"""
+import os, sys, warnings
+from pathlib import Path
+from sylm_data import quiet
+with quiet.to_log(Path({str(tmp_path / "out" / "runs" / "a.log")!r})) as console:
+    print("library stdout")
+    print("library stderr", file=sys.stderr)
+    warnings.warn("a library warning")
+    os.write(2, b"[E core_worker.cc] from C\\n")
+    console.line("our progress")
+    console.error_line("our note")
+with quiet.to_log(Path({str(tmp_path / "empty" / "runs" / "b.log")!r})) as console:
+    console.line("nothing else")
+print("after")
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "our progress\nnothing else\nafter\n" and done.stderr == "our note\n"
+    log = (tmp_path / "out" / "runs" / "a.log").read_text()
+    for line in ("library stdout", "library stderr", "a library warning", "[E core_worker.cc] from C"):
+        assert line in log
+    assert not (tmp_path / "empty").exists()
 
 
 @pytest.mark.usefixtures("ray_session")
@@ -79,6 +113,7 @@ def test_inspect_renders_shards(tmp_path):
         (["--stage", "polish"], "unknown stage 'polish'"),
         (["--source", "tiktok"], "unknown source 'tiktok'"),
         (["--input", "/nonexistent/*.tar"], "no input matches"),
+        (["--keep", "align"], "--keep align: not a stage of this run"),
     ],
 )
 def test_user_errors_are_one_line_and_exit_2(tmp_path, args, message):

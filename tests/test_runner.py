@@ -2,6 +2,7 @@
 
 import functools
 import json
+import shutil
 import sys
 from dataclasses import dataclass
 
@@ -111,6 +112,25 @@ def shout(batch: pa.Table, config: ShoutConfig) -> pa.Table:
     return pa.Table.from_pylist(rows, schema=batch.schema)
 
 
+def whisper(batch: pa.Table) -> pa.Table:
+    """A second toy stage, after shout: lower-cases text, rejects rows mentioning bread."""
+    rows = batch.to_pylist()
+    for row in rows:
+        if row[stream.REJECT_REASON] is not None:
+            continue
+        if "bread" in row["text"].lower():
+            row.update({stream.REJECT_STAGE: "whisper", stream.REJECT_REASON: Reason.FILLER_WORDS.value,
+                        stream.REJECT_DETAIL: "toy", "audio": None})
+        else:
+            row["text"] = row["text"].lower()
+    return pa.Table.from_pylist(rows, schema=batch.schema)
+
+
+@dataclass
+class WhisperConfig:
+    pass
+
+
 @pytest.fixture
 def with_shout_stage(monkeypatch):
     import ray.cloudpickle
@@ -119,24 +139,68 @@ def with_shout_stage(monkeypatch):
     # an actor-pool stage (as model-holding stages are), so the fused and separate runs cover that path
     stage = Stage("shout", "ingest", utterance.SCHEMA, "toy", ShoutConfig, lambda config: functools.partial(shout, config=config),
                   map_options=lambda config: MapOptions(actors=True, concurrency=1, batch_size=8))
-    monkeypatch.setattr(registry, "STAGES", {"ingest": registry.STAGES["ingest"], "shout": stage})
+    after = Stage("whisper", "shout", utterance.SCHEMA, "toy", WhisperConfig, lambda config: whisper)
+    monkeypatch.setattr(registry, "STAGES", {"ingest": registry.STAGES["ingest"], "shout": stage, "whisper": after})
+
+
+def _markers(out, stage: str) -> dict[str, dict]:
+    folder = out / stage / "_done"
+    return {path.stem: json.loads(path.read_text()) for path in folder.glob("*.json")}
 
 
 @pytest.mark.usefixtures("with_shout_stage")
-def test_a_stage_reads_the_previous_output_or_runs_fused_with_the_same_result(tmp_path, corpus):
+def test_a_stage_reads_the_previous_output_or_runs_fused_and_kept_with_the_same_result(tmp_path, corpus, monkeypatch):
+    """Separate runs and one fused run that keeps shout (and, starting at ingest, ingest) write the same
+    rows; a kill between a partition's kept commit and its final one leaves nothing a rerun repeats or loses."""
+    from sylm_data.pipeline import output
+
     tars, _ = corpus
     quiet = {"log": lambda line: None}
     separate, fused = tmp_path / "separate", tmp_path / "fused"
     runner.run(make_config(tars), ["ingest"], str(separate), **quiet)
     alone = runner.run(make_config(tars), ["shout"], str(separate), **quiet)
-    both = runner.run(make_config(tars), ["ingest", "shout"], str(fused), **quiet)
     assert alone.record["this_run"][0]["in"] == 25 and alone.record["this_run"][0]["rejected"] == {"align_failed": 2}
-    assert both.record["this_run"][1] == alone.record["this_run"][0]
-    assert not (fused / "ingest" / ".tmp").exists() or not list((fused / "ingest" / ".tmp").iterdir())
-    # the ingest rows (the audio) are stored once in a fused run too; other stages only at the end
+
+    # the fused run is killed (here: raises) after its second partition's kept stages are placed, before its final one
+    place, placed = output._place, []
+
+    def killed_before_the_final_commit(layout, stage, partition, moves, marker):
+        placed.append((stage, partition))
+        if stage == "whisper" and len([s for s, _ in placed if s == "whisper"]) == 2:
+            raise RuntimeError("killed")
+        place(layout, stage, partition, moves, marker)
+
+    monkeypatch.setattr(output, "_place", killed_before_the_final_commit)
+    with pytest.raises(RuntimeError, match="killed"):
+        runner.run(make_config(tars), ["ingest", "shout", "whisper"], str(fused), keep=["shout"], **quiet)
+    monkeypatch.setattr(output, "_place", place)
+    half = placed[-1][1]
+    assert [stage for stage, partition in placed if partition == half] == ["ingest", "shout", "whisper"]
+    assert half in _markers(fused, "shout") and half not in _markers(fused, "whisper")
+    lines = []
+    both = runner.run(make_config(tars), ["ingest", "shout", "whisper"], str(fused), keep=["shout"], log=lines.append)
+    assert "5 partitions, 1 already done" in lines[0]  # the half-committed partition is computed again
+    assert both.record["kept"] == {"ingest": str(fused / "ingest"), "shout": str(fused / "shout")}
+    assert not list(fused.glob("**/.tmp/*/*/*.parquet"))  # nothing staged is left, of either run
+    # the ingest rows (the audio) and the kept shout rows are those the separate runs wrote
     for folder in ("ingest", "shout", "rejects/shout", "rejects/ingest"):
         a, b = read_parquet(separate / folder), read_parquet(fused / folder)
         assert a.sort_by("id").equals(b.sort_by("id")), folder
     assert all(text == text.upper() for text in read_parquet(fused / "shout")["text"].to_pylist())
+    # each kept marker is the one a run ending at that stage writes: counts from the run's input, its rejects so far
+    shout_marker = _markers(fused, "shout")
+    assert sum(m["rows_in"] for m in shout_marker.values()) == 29 and sum(m["rows_out"] for m in shout_marker.values()) == 23
+    assert all(set(m["rejected"]) <= {"ingest/bad_metadata", "ingest/missing_metadata", "ingest/unknown_language",
+                                      "ingest/unreadable_input", "shout/align_failed"} for m in shout_marker.values())
+    assert {m["config_hash"] for m in shout_marker.values()} == {make_config(tars).stage_hash(["ingest", "shout"])}
+    # and a run of the next stage reads the kept rows as it reads a final stage's
+    later = tmp_path / "later"
+    for folder in ("ingest", "shout"):
+        shutil.copytree(fused / folder, later / folder)
+    after = runner.run(make_config(tars), ["whisper"], str(later), **quiet)
+    assert read_parquet(later / "whisper").sort_by("id").equals(read_parquet(fused / "whisper").sort_by("id"))
+    assert after.record["this_run"][0] == {"stage": "whisper", "in": 23, "out": 21, "rejected": {"filler_words": 2}}
+    with pytest.raises(runner.RunError, match="--keep align: not a stage of this run"):
+        runner.run(make_config(tars), ["ingest", "shout"], str(tmp_path / "other"), keep=["align"])
     with pytest.raises(registry.PlanError, match="stages are"):
         registry.plan(["ingest", "align-with-typo"])

@@ -2,6 +2,7 @@
 
     DIR/<stage>/<partition>/*.parquet          a stage's rows (contract in schemas/)
     DIR/<stage>/_done/<partition>.json         the partition's marker: it is complete, with counts
+                                               (a run writes its final stage, and the stages it keeps)
     DIR/rejects/<stage>/<partition>/*.parquet  `reject` rows
     DIR/_ids/<partition>.parquet               a source partition's ids (`duplicates`)
     DIR/runs/<run-id>.json                     run records
@@ -10,10 +11,12 @@
 Workers write each batch under `.tmp/<run-id>/<partition>/` (invisible to readers: pyarrow skips
 dot folders), in a file named by the ids it holds, so a task Ray retries after its worker died
 replaces its first attempt's file instead of adding a copy. When every input sample of a
-partition has come out, the driver checks the staged row count, renames the staged folders into
-place and writes the marker, each step atomic: committed output is what the markers name. A
-partition without a marker is wiped and recomputed on the next run, so a run killed at any point
-resumes without duplicates or losses.
+partition has come out, the driver checks the staged row counts, renames the staged folders into
+place and writes the markers, each step atomic: committed output is what the markers name. A stage
+a fused run keeps (its first stage when that is ingest: the audio; any stage named by --keep) is
+committed before the final stage, whose marker is the partition's commit point: a partition the
+final stage has not committed is wiped, kept stages included, and recomputed on the next run, so a
+run killed at any point resumes without duplicates or losses.
 """
 
 import hashlib
@@ -73,12 +76,13 @@ class OutputLayout:
     def markers(self, stage: str) -> dict[str, dict]:
         return {path.stem: json.loads(path.read_text()) for path in sorted(self.done_dir(stage).glob("*.json"))}
 
-    def clean(self, partition: str, final_stage: str, stages: list[str], store: str | None = None) -> None:
-        """Remove whatever an interrupted run left of an uncommitted partition (and of the stage it
-        stores on the way, `store`, which is committed again with it)."""
-        if store:
-            self.uncommit(partition, store)
-        for folder in self.written_folders(final_stage, stages, store):
+    def clean(self, partition: str, final_stage: str, stages: list[str], kept: list[str] = ()) -> None:
+        """Remove whatever an interrupted run left of a partition the final stage has not committed:
+        the markers first (the final stage's, then those of the stages `kept` on the way, which are
+        committed again with it), then the rows and rejects."""
+        for stage in (final_stage, *kept):
+            self.uncommit(partition, stage)
+        for folder in self.written_folders(final_stage, stages, kept):
             for leftover in (folder / partition, *folder.glob(f"{TMP}/*/{partition}")):
                 shutil.rmtree(leftover, ignore_errors=True)
 
@@ -86,14 +90,14 @@ class OutputLayout:
         """Take a committed partition back (its marker first: from then on it is not output)."""
         (self.done_dir(stage) / f"{partition}.json").unlink(missing_ok=True)
 
-    def written_folders(self, final_stage: str, stages: list[str], store: str | None = None) -> list[Path]:
+    def written_folders(self, final_stage: str, stages: list[str], kept: list[str] = ()) -> list[Path]:
         """The folders a run of `stages` writes: the final stage's rows, every stage's rejects, and
-        the rows of a stage stored on the way."""
-        stored = [self.stage_dir(store)] if store else []
-        return [self.stage_dir(final_stage)] + [self.rejects_dir(stage) for stage in stages] + stored
+        the rows of the stages kept on the way."""
+        rejects = [self.rejects_dir(stage) for stage in stages]
+        return [self.stage_dir(final_stage), *rejects, *(self.stage_dir(stage) for stage in kept)]
 
-    def drop_staging(self, run_id: str, final_stage: str, stages: list[str], store: str | None = None) -> None:
-        for folder in self.written_folders(final_stage, stages, store):
+    def drop_staging(self, run_id: str, final_stage: str, stages: list[str], kept: list[str] = ()) -> None:
+        for folder in self.written_folders(final_stage, stages, kept):
             shutil.rmtree(folder / TMP / run_id, ignore_errors=True)
 
 
@@ -177,7 +181,7 @@ class StagingMismatch(RuntimeError):
 
 def store_batch(batch: pa.Table, root: str, run_id: str, stage: str, contract: pa.Schema) -> pa.Table:
     """Stage the rows of `stage` (its contract) that no stage has rejected so far, and pass the
-    batch on: a fused run keeps the ingest rows (the audio) while later stages run."""
+    batch on: a fused run keeps a stage's rows (ingest's: the audio) while later stages run."""
     folder = OutputLayout(root).stage_dir(stage) / TMP / run_id
     for partition in pc.unique(batch[stream.PARTITION]).to_pylist():
         rows = batch.filter(pc.equal(batch[stream.PARTITION], partition))
@@ -191,24 +195,32 @@ def _staged_rows(folders: list[Path]) -> int:
     return sum(pq.read_metadata(file).num_rows for folder in folders if folder.exists() for file in folder.glob("*.parquet"))
 
 
-def commit(layout: OutputLayout, partition: str, final_stage: str, stages: list[str], marker: dict,
-           store: str | None = None, store_marker: dict | None = None) -> None:
-    """Move a complete partition's staged files into place, then write its marker (the commit
-    point); with `store`, that stage's rows and marker first.
+def commit(layout: OutputLayout, partition: str, stages: list[str], markers: dict[str, dict]) -> None:
+    """Move a complete partition's staged files into place and write its markers: `markers` names
+    the stages the run writes, those it keeps in pipeline order, then its final stage, whose marker
+    is written last (the commit point). A kept stage places its rows and the rejects of the stages
+    up to it; the final stage its rows and the other rejects.
 
-    The staged files must hold exactly the rows the partition's batches reported: a file left by an
-    attempt Ray gave up on (another batching of the same rows) would otherwise add copies."""
-    folders = layout.written_folders(final_stage, stages)
-    staged = [folder / TMP / marker["run_id"] / partition for folder in folders]
-    rows = _staged_rows(staged)
-    if rows != marker["rows_in"]:
-        raise StagingMismatch(f"partition {partition}: {rows} staged rows for {marker['rows_in']} samples")
-    if store:
-        stored = layout.stage_dir(store) / TMP / marker["run_id"] / partition
-        if _staged_rows([stored]) != store_marker["rows_out"]:
-            raise StagingMismatch(f"partition {partition}: {_staged_rows([stored])} staged {store} rows for {store_marker['rows_out']}")
-        _place(layout, store, partition, [(stored, layout.stage_dir(store))], store_marker)
-    _place(layout, final_stage, partition, list(zip(staged, folders)), marker)
+    The staged files must hold exactly the rows the partition's batches reported, all checked
+    before anything moves: a file left by an attempt Ray gave up on (another batching of the same
+    rows) would otherwise add copies."""
+    written = list(markers)
+    final = written[-1]
+    run_id = markers[final]["run_id"]
+    moves, placed = {}, 0
+    for stage in written:
+        upto = len(stages) if stage == final else stages.index(stage) + 1
+        folders = [layout.stage_dir(stage)] + [layout.rejects_dir(name) for name in stages[placed:upto]]
+        moves[stage], placed = [(folder / TMP / run_id / partition, folder) for folder in folders], upto
+    rows = _staged_rows([moves[final][0][0]] + [staged for stage in written for staged, _ in moves[stage][1:]])
+    if rows != markers[final]["rows_in"]:
+        raise StagingMismatch(f"partition {partition}: {rows} staged rows for {markers[final]['rows_in']} samples")
+    for stage in written[:-1]:
+        rows = _staged_rows([moves[stage][0][0]])
+        if rows != markers[stage]["rows_out"]:
+            raise StagingMismatch(f"partition {partition}: {rows} staged {stage} rows for {markers[stage]['rows_out']}")
+    for stage in written:
+        _place(layout, stage, partition, moves[stage], markers[stage])
 
 
 def _place(layout: OutputLayout, stage: str, partition: str, moves: list[tuple[Path, Path]], marker: dict) -> None:

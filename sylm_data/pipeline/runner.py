@@ -3,9 +3,12 @@
     partitions ─▶ read (source reader, or the previous stage's Parquet) ─▶ stage transforms ─▶ write
 
 Work is done on Ray workers; the driver only sees one small summary per written batch and commits
-each partition as soon as all of its samples have come out (see `output`). Partitions committed
-by an earlier run are skipped. A run holds the output folder's lock (`lock`) from start to end,
-and a run from sources first lists the partitions' ids to reject repeats (`duplicates`).
+each partition as soon as all of its samples have come out (see `output`). A run writes its final
+stage's rows and the rows of the stages it keeps (`keep`; ingest's always, which hold the audio),
+each with the marker a run ending at that stage would write. Partitions committed by an earlier
+run (by the final stage and every kept one) are skipped. A run holds the output folder's lock
+(`lock`) from start to end, and a run from sources first lists the partitions' ids to reject
+repeats (`duplicates`).
 """
 
 import dataclasses
@@ -42,7 +45,7 @@ class RunResult:
     record_path: str
 
 
-STORED = "ingest"  # the audio lives in its rows: a fused run that starts with it stores them too
+STORED = "ingest"  # the audio lives in its rows: a fused run that starts with it keeps them too
 
 
 def _read(batch: pa.Table, first: Stage, batch_rows: int, contract: pa.Schema | None, audio_from: str | None):
@@ -120,24 +123,27 @@ def _start_ray(address: str | None, config: Config) -> bool:
 
 
 def run(config: Config, stage_names: list[str], output_dir: str, address: str | None = None, log=print,
-        retry_rejects: list[str] = ()) -> RunResult:
+        retry_rejects: list[str] = (), keep: list[str] = (), run_id: str | None = None) -> RunResult:
     """Run the stages over every partition not yet committed in `output_dir`; `retry_rejects`:
-    reasons whose rejected samples are computed again (their partitions are recomputed whole)."""
+    reasons whose rejected samples are computed again (their partitions are recomputed whole);
+    `keep`: stages of a fused run whose rows are written too (DIR/<stage>/, committed as a run
+    ending there would commit them); `run_id`: the record's name (default: a new one)."""
     stages = registry.plan(stage_names or config.run.stages)
+    kept = _kept([stage.name for stage in stages], list(keep))
     for stage in stages:
         try:
             stage.preflight(config.stages[stage.name])
         except StageConfigError as error:
             raise RunError(f"[{stage.name}] {error}") from None
     layout = OutputLayout(output_dir)
-    run_id = records.new_run_id()
+    run_id = run_id or records.new_run_id()
     run_lock = lock.RunLock(layout.root, run_id)
     try:
         run_lock.acquire()
     except lock.LockHeld as error:
         raise RunError(str(error)) from None
     try:
-        return _run_locked(config, stages, layout, run_id, run_lock, address, log, list(retry_rejects))
+        return _run_locked(config, stages, kept, layout, run_id, run_lock, address, log, list(retry_rejects))
     except lock.LockLost as error:
         raise RunError(str(error)) from None
     except OSError as error:
@@ -148,31 +154,47 @@ def run(config: Config, stage_names: list[str], output_dir: str, address: str | 
         run_lock.release()
 
 
-def _run_locked(config, stages, layout, run_id, run_lock, address, log, retry_rejects) -> RunResult:
+def _kept(names: list[str], keep: list[str]) -> list[str]:
+    """The stages a run of `names` writes before its final one, in pipeline order: those named in
+    `keep` (the final stage is written anyway), and ingest when the run starts with it."""
+    foreign = [name for name in keep if name not in names]
+    if foreign:
+        raise RunError(f"--keep {foreign[0]}: not a stage of this run ({', '.join(names)}); "
+                       f"a stage not in the run is written by its own run")
+    chosen = set(keep) | ({STORED} if names[0] == STORED else set())
+    return [name for name in names[:-1] if name in chosen]
+
+
+def _run_locked(config, stages, kept, layout, run_id, run_lock, address, log, retry_rejects) -> RunResult:
     names = [stage.name for stage in stages]
     final = stages[-1]
-    store = STORED if names[0] == STORED and final.name != STORED else None
-    config_hash = config.stage_hash(names)
+    written = [*kept, final.name]  # in commit order: the final stage's marker is the partition's commit point
+    # each written stage's marker is the one a run of the stages up to it would write
+    hashes = {name: config.stage_hash(names[: names.index(name) + 1]) for name in written}
     all_partitions = _input_partitions(stages[0], config, layout)
-    done = layout.markers(final.name)
-    for marker in done.values():
-        if marker["config_hash"] != config_hash:
-            raise RunError(
-                f"{layout.stage_dir(final.name)} was written with another config ({marker['config_hash']}, now "
-                f"{config_hash}): use a new --output, or delete that folder to recompute"
-            )
+    committed = {name: layout.markers(name) for name in written}
+    for name in written:
+        for marker in committed[name].values():
+            if marker["config_hash"] != hashes[name]:
+                raise RunError(
+                    f"{layout.stage_dir(name)} was written with another config ({marker['config_hash']}, now "
+                    f"{hashes[name]}): use a new --output, or delete that folder to recompute"
+                )
+    # done: committed by the final stage and by every kept one (a kept stage added to a finished run
+    # recomputes its partitions)
+    done = {partition: marker for partition, marker in committed[final.name].items()
+            if all(partition in committed[name] for name in kept)}
     for partition in _with_rejects(done, retry_rejects):
         layout.uncommit(partition, final.name)
         del done[partition]
     pending = [p for p in all_partitions if p.id not in done]
     for partition in pending:
-        layout.clean(partition.id, final.name, names, store)
+        layout.clean(partition.id, final.name, names, kept)
     audio_from = _audio_source(stages[0], pending, layout)
     log(f"{'+'.join(names)}: {len(all_partitions)} partitions, {len(all_partitions) - len(pending)} already done")
 
     started = time.time()
-    commit = functools.partial(_commit, layout, final.name, names, config_hash, run_id, run_lock,
-                               store, config.stage_hash([store]) if store else None)
+    commit = functools.partial(_commit, layout, names, written, hashes, run_id, run_lock)
     if stages[0].consumes != SOURCES:
         # a previous stage's partition with no rows (all rejected) is complete before it starts
         for partition in [p for p in pending if not _has_rows(p)]:
@@ -187,14 +209,15 @@ def _run_locked(config, stages, layout, run_id, run_lock, address, log, retry_re
             workers.start()
             first_elsewhere = _repeats(pending, list(done), layout, workers) if stages[0].consumes == SOURCES else {}
             _check_room(stages, config, workers.cpus())
-            plan = _plan(stages, pending, first_elsewhere, config, layout, run_id, store, audio_from)
+            plan = _plan(stages, pending, first_elsewhere, config, layout, run_id, kept, audio_from)
             summaries = _summaries(plan)
             try:
                 _commit_as_complete(summaries, pending, tallies, commit, started, log)
             finally:
                 summaries.close()  # stops Ray Data's executor before Ray shuts down, also on an error
-        layout.drop_staging(run_id, final.name, names, store)
+        layout.drop_staging(run_id, final.name, names, kept)
         record = _record(run_id, config, names, layout, final.name, tallies, all_partitions, len(done), started)
+        record["kept"] = {name: str(layout.stage_dir(name)) for name in kept}
         if final.finalize is not None:
             log(f"{final.name}: finalizing")
             run_lock.check()
@@ -304,7 +327,7 @@ def _list_ids(partition: Partition, ids_dir: str) -> None:
 
 
 def _plan(stages: list[Stage], pending: list[Partition], first_elsewhere: dict[str, str], config: Config,
-          layout: OutputLayout, run_id: str, store: str | None, audio_from: str | None):
+          layout: OutputLayout, run_id: str, kept: list[str], audio_from: str | None):
     """The Ray Data plan: partitions -> read -> each stage's transform -> write; yields batch summaries."""
     import ray
 
@@ -326,20 +349,23 @@ def _plan(stages: list[Stage], pending: list[Partition], first_elsewhere: dict[s
             # max_restarts (Ray Data's own default for pools: a killed actor restarts and its batch is
             # retried) given explicitly also keeps Ray from fusing the reading into the actors: fused,
             # each actor call would read `batch_size` whole partitions (decoding on the GPU's process)
-            # and commit them in bursts. Ray < 2.64 takes it; the pin in pyproject says so.
+            # and commit them in bursts. Ray < 2.64 takes it, as a remote argument it calls deprecated
+            # (RayDeprecationWarning); the pin in pyproject says so.
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", DeprecationWarning)
                 dataset = dataset.map_batches(
-                    _StageActor, fn_constructor_kwargs=arguments, concurrency=max(options.concurrency, 1),
+                    _StageActor, fn_constructor_kwargs=arguments,
+                    compute=ray.data.ActorPoolStrategy(size=max(options.concurrency, 1)),
                     num_cpus=options.num_cpus, num_gpus=options.num_gpus, batch_size=options.batch_size,
                     batch_format="pyarrow", max_restarts=-1,
                 )
         else:
+            tasks = ray.data.TaskPoolStrategy(size=options.concurrency) if options.concurrency else None
             dataset = dataset.map_batches(_transform, fn_kwargs=arguments, batch_size=options.batch_size, batch_format="pyarrow",
-                                          num_cpus=options.num_cpus, concurrency=options.concurrency or None)
-        if stage.name == store:
+                                          num_cpus=options.num_cpus, compute=tasks)
+        if stage.name in kept:
             dataset = dataset.map_batches(output.store_batch, batch_size=None, batch_format="pyarrow", fn_kwargs={
-                "root": str(layout.root), "run_id": run_id, "stage": store, "contract": stage.contract})
+                "root": str(layout.root), "run_id": run_id, "stage": stage.name, "contract": stage.contract})
     return dataset.map_batches(
         output.write_batch, batch_size=None, batch_format="pyarrow",
         fn_kwargs={"root": str(layout.root), "run_id": run_id, "final_stage": final.name, "contract": final.contract},
@@ -385,24 +411,26 @@ def _commit_as_complete(summaries, pending, tallies, commit, started: float, log
         raise RunError(f"partitions did not complete: {', '.join(unfinished[:5])}; rerun the same command to resume")
 
 
-def _commit(layout, final_name, names, config_hash, run_id, run_lock, store, store_hash, partition: Partition,
-            tally: PartitionTally) -> None:
-    marker = {
-        "partition": dataclasses.asdict(partition),
-        "rows_in": tally.total,
-        "rows_out": tally.rows_out,
-        "audio_ms": tally.audio_ms,
-        "rejected": dict(tally.rejected),
-        "config_hash": config_hash,
-        "run_id": run_id,
-    }
-    store_marker = None
-    if store:
-        rejected = {key: n for key, n in tally.rejected.items() if key.split("/", 1)[0] == store}
-        store_marker = marker | {"rows_out": tally.total - sum(rejected.values()), "rejected": rejected,
-                                 "config_hash": store_hash, "audio_ms": None}
+def _commit(layout, names, written, hashes, run_id, run_lock, partition: Partition, tally: PartitionTally) -> None:
+    """Commit `partition` in each written stage (kept ones, then the final one), each marker the one
+    a run of the stages up to it writes: its input count, the rejects of those stages, their hash."""
+    final = written[-1]
+    markers = {}
+    for name in written:
+        upto = names[: names.index(name) + 1]
+        rejected = {key: n for key, n in tally.rejected.items() if key.split("/", 1)[0] in upto}
+        markers[name] = {
+            "partition": dataclasses.asdict(partition),
+            "rows_in": tally.total,
+            # a kept stage's audio is not summed on the way (its rows' duration is the final's or more)
+            "rows_out": tally.rows_out if name == final else tally.total - sum(rejected.values()),
+            "audio_ms": tally.audio_ms if name == final else None,
+            "rejected": rejected,
+            "config_hash": hashes[name],
+            "run_id": run_id,
+        }
     run_lock.check()
-    output.commit(layout, partition.id, final_name, names, marker, store, store_marker)
+    output.commit(layout, partition.id, names, markers)
 
 
 def _has_rows(partition: Partition) -> bool:

@@ -114,7 +114,7 @@ def fit(config: CodebookConfig, folder, parallel) -> dict:
     if len(points) > config.max_segments:
         points = points[np.sort(rng.choice(len(points), config.max_segments, replace=False))]
     device = resolve_device(config.device)
-    points_on_device = torch.from_numpy(points).to(device)
+    points_on_device = torch.from_numpy(np.require(points, requirements="W")).to(device)  # Arrow's memory is read-only
     centroids, inertia = kmeans(points_on_device, config.clusters, config.iterations, config.seed)
     weights = {"centroids": centroids.float().cpu().contiguous()}
     if config.agglomerate_to:
