@@ -203,10 +203,12 @@ def test_samples_follow_the_contract_and_keep_the_transcript():
     assert units == [u for u, _, _ in UNITS if u in units]  # speech units keep their order
     assert built([row(WORDS, UNITS)], config) == [made]  # same id, same sample
     [speech_only] = built([row(WORDS, UNITS)], interleave.InterleaveConfig(kinds={"speech": 1.0}))
-    assert json.loads(speech_only["json"])["segments"] == [{"modality": "speech", "units": [5, 6, 7, 8, 9, 10]}]
+    assert json.loads(speech_only["json"]) == {"segments": [{"modality": "speech", "text": None, "units": [5, 6, 7, 8, 9, 10]}],
+                                               "kind": "speech", "language": "en", "source_id": speech_only["id"],
+                                               "synthetic": None}  # every key, null where absent: one schema
     assert speech_only["speech_words"] == 6 and speech_only["units"] == 6
     [text_only] = built([row(WORDS, UNITS, text="  The river ran past the mill. ")], interleave.InterleaveConfig(kinds={"text": 1.0}))
-    assert json.loads(text_only["json"])["segments"] == [{"modality": "text", "text": "The river ran past the mill."}]
+    assert json.loads(text_only["json"])["segments"] == [{"modality": "text", "text": "The river ran past the mill.", "units": None}]
     assert text_only["speech_words"] == text_only["units"] == 0
 
 
@@ -221,6 +223,7 @@ def test_an_interleaved_sample_says_every_word_once_in_order_as_text_or_speech(u
     [made] = built([item], config)
     segments = json.loads(made["json"])["segments"]
     modalities = [s["modality"] for s in segments]
+    assert all(list(s) == ["modality", "text", "units"] for s in segments)
     assert all(a != b for a, b in zip(modalities, modalities[1:]))  # runs of one modality are one segment
     said, next_word, next_unit = 0, 0, 0
     for segment in segments:
@@ -235,7 +238,7 @@ def test_an_interleaved_sample_says_every_word_once_in_order_as_text_or_speech(u
             assert segment["units"] == list(range(segment["units"][0], segment["units"][0] + len(segment["units"])))
             assert not segment["units"] or segment["units"][0] >= next_unit
             next_unit = segment["units"][-1] + 1 if segment["units"] else next_unit
-    assert said + made["speech_words"] == len(words) and made["units"] == sum(len(s.get("units", [])) for s in segments)
+    assert said + made["speech_words"] == len(words) and made["units"] == sum(len(s["units"] or []) for s in segments)
     assert made["kind"] == ("interleaved" if len(segments) > 1 else modalities[0])
 
 

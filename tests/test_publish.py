@@ -6,11 +6,14 @@ import threading
 from pathlib import Path
 
 import pytest
+import torch
 import webdataset as wds
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from sylm_data.pipeline import shards
 from sylm_data.schemas import sample, stream
-from sylm_data.stages import interleave
+from sylm_data.stages import interleave, pairs
 from tests.conftest import commit_rows, serial
 from tests.test_interleave import UNITS, WORDS, row, tokenized_rows
 
@@ -111,3 +114,62 @@ def test_partitions_of_two_tokenizers_are_refused(tmp_path):
     commit_rows(rows, "p2", stream.accepted(interleave.transform(tokenized_rows(other), CONFIG), sample.ROW_SCHEMA))
     with pytest.raises(ValueError, match="one codebook"):
         interleave.write_shards(CONFIG, rows, serial)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(0, 500), min_size=1, max_size=12), st.integers(1, 300))
+def test_the_cap_on_samples_per_shard_gives_at_least_min_shards(partition_samples, min_shards):
+    total = sum(partition_samples)
+    cap = shards.samples_per_shard(total, min_shards)
+    if min_shards == 1:
+        assert cap is None
+        return
+    assert cap >= 1 and cap & (cap - 1) == 0  # a power of two: it moves only when the total passes a doubling
+    assert sum(-(-count // cap) for count in partition_samples) >= min(min_shards, total)
+    assert shards.samples_per_shard(total + 1, min_shards) in (cap, 2 * cap)
+
+
+def loader_keys(folder: Path, workers: int) -> list[str]:
+    """Every key a plain WebDataset pipeline under a DataLoader of `workers` processes yields."""
+    listed = [str(folder / entry["name"]) for entry in json.loads((folder / shards.INDEX).read_text())["shards"]]
+    dataset = wds.WebDataset(listed, shardshuffle=False).map(lambda item: item["__key__"])
+    return list(torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=workers))
+
+
+@pytest.mark.filterwarnings("ignore:This DataLoader will create")
+def test_min_shards_splits_a_folder_so_that_no_dataloader_worker_is_left_without_shards(tmp_path):
+    rows = tmp_path / "interleave"
+    commit_samples(rows, "p1", 40)
+    roomy = interleave.InterleaveConfig(shard_bytes=2**30)
+    interleave.write_shards(roomy, rows, serial)
+    assert len(files(tmp_path / "shards")) == 1
+    with pytest.raises(ValueError, match="fewer shards than workers"):  # webdataset's empty_check, in the idle worker
+        loader_keys(tmp_path / "shards", 4)
+
+    split = interleave.InterleaveConfig(shard_bytes=2**30, min_shards=4)
+    interleave.write_shards(split, rows, serial)
+    index = json.loads((tmp_path / "shards" / shards.INDEX).read_text())
+    assert len(index["shards"]) >= 4 and {entry["samples"] for entry in index["shards"]} == {8}  # 40 // 4 -> 8
+    assert sorted(loader_keys(tmp_path / "shards", 4)) == keys(tmp_path / "shards")
+    assert len(keys(tmp_path / "shards")) == 40
+
+    before = files(tmp_path / "shards")
+    commit_samples(rows, "p2", 10)  # 50 samples: the cap stays 8, p1 is left alone
+    interleave.write_shards(split, rows, serial)
+    after = files(tmp_path / "shards")
+    assert {name: after[name] for name in before} == before and len(after) == len(before) + 2
+    commit_samples(rows, "p3", 20)  # 70 samples: 70 // 4 = 17 -> 16 a shard, every partition rewritten
+    interleave.write_shards(split, rows, serial)
+    index = json.loads((tmp_path / "shards" / shards.INDEX).read_text())
+    assert max(entry["samples"] for entry in index["shards"]) == 16 and len(index["shards"]) >= 4
+    assert len(keys(tmp_path / "shards")) == 70
+
+
+def test_min_shards_counts_the_samples_each_pairs_folder_keeps(tmp_path):
+    rows = [row(WORDS, UNITS, id=f"manifest:{n:03d}") for n in range(100)]
+    out = interleave.transform(tokenized_rows(rows), pairs.PairsConfig(), plan=pairs.plan_pairs)
+    commit_rows(tmp_path / "pairs", "p", stream.accepted(out, sample.ROW_SCHEMA))
+    summary = pairs.write_shards(pairs.PairsConfig(heldout_share=0.2, min_shards=5, shard_bytes=2**30), tmp_path / "pairs", serial)
+    for name in ("pairs-shards", "pairs-heldout"):
+        index = json.loads((tmp_path / name / shards.INDEX).read_text())
+        assert len(index["shards"]) >= 5 and index["total_samples"] == summary[name], name

@@ -84,8 +84,13 @@ def test_the_sample_contract_validates_and_renders():
             "kind": "interleaved", "language": "en", "source_id": "emilia:K"}
     sample.validate(good)
     assert sample.render(good) == "[interleaved] The river <speech 3 units> past the old mill"
+    uniform = {**good, "segments": [sample.text_segment("The river"), sample.speech_segment([1, 2, 3])], "synthetic": None}
+    sample.validate(uniform)  # version 2: every key, null where absent; version 1 (above) still reads
     for broken in ({**good, "kind": "x"}, {**good, "segments": []},
-                   {**good, "segments": [{"modality": "speech", "units": ["a"]}]}):
+                   {**good, "segments": [{"modality": "speech", "units": ["a"]}]},
+                   {**good, "segments": [{"modality": "text", "text": "a", "units": [1]}]},
+                   {**good, "segments": [{"modality": "speech", "text": "a", "units": [1]}]},
+                   {**good, "segments": ["text"]}, {**uniform, "synthetic": 3}):
         with pytest.raises(ValueError):
             sample.validate(broken)
 

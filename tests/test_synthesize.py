@@ -136,6 +136,8 @@ def test_train_a_text_to_token_model_evaluate_it_and_synthesize_a_corpus(tmp_pat
     assert abs(index["stats"]["speech_text_ratio"] - 0.3) < 0.06
     documents = [json.loads(document) for document in data.documents_in_order(shards)]
     assert all(document["synthetic"] == meta["id"] and document["kind"] == "interleaved" for document in documents)
+    assert all(list(segment) == ["modality", "text", "units"] for document in documents for segment in document["segments"])
+    assert "path: \"*.tar\"" in (shards.path / "README.md").read_text()  # the dataset card
     spans = [pair for document in documents
              for pair in spoken_spans(good[int(document["source_id"].split(":d")[1])].split(), document["segments"])]
     exact = sum(units == [u for w in words for u in pronounce(w.strip("."))] for words, units in spans) / len(spans)
@@ -181,6 +183,13 @@ def test_the_pairs_stage_splits_held_out_utterances_and_bounds_units_per_word(tm
     assert trained.max_units_per_word == heldout.max_units_per_word == 1.0  # one unit per word in these rows
     assert trained.unit_vocab == 16
     held_ids = {json.loads(d)["source_id"] for d in data.documents_in_order(heldout)}
+    for document in map(json.loads, data.documents_in_order(trained)):  # contract 2: one schema, nulls where absent
+        sample.validate(document)
+        assert document["synthetic"] is None and all(len(segment) == 3 for segment in document["segments"])
+        rendered = t2t.render_pairs(document)  # the t2t trainer reads the nulls
+        assert len(rendered) == len(document["segments"]) // 2 and all(labels[-1] == t2t.EOS for _, labels in rendered)
+    assert all(units for _, units, _ in t2t.heldout_pairs(tmp_path / "pairs-heldout", 100))
+    assert all((tmp_path / name / "README.md").exists() for name in ("pairs-shards", "pairs-heldout"))
     assert held_ids == {f"manifest:{n}" for n in range(200) if pairs.heldout(f"manifest:{n}", pairs.PairsConfig(heldout_share=0.1))}
     pairs.write_shards(pairs.PairsConfig(heldout_share=0.0), tmp_path / "pairs", serial)
     assert json.loads((tmp_path / "pairs-heldout" / "index.json").read_text())["total_samples"] == 0
@@ -254,7 +263,7 @@ def test_chinese_and_japanese_go_through_pairs_and_synthesize_with_no_spaces_put
     # speech spans that stay text join the text around them as the document writes it
     config.model = saved_model(tmp_path / "t2t-small", max_positions=6)
     [alone] = synthesize.Synthesizer(config)(corpus_batch([document], language)).to_pylist()
-    assert json.loads(alone[sample.ROW_JSON])[sample.SEGMENTS] == [{"modality": "text", "text": document}]
+    assert json.loads(alone[sample.ROW_JSON])[sample.SEGMENTS] == [{"modality": "text", "text": document, "units": None}]
 
 
 def test_a_japanese_corpus_without_its_splitter_is_refused_in_one_line(tmp_path, monkeypatch):

@@ -9,7 +9,13 @@ partition's shards, `<partition>-NNNNNN.tar`, and a small manifest `_manifests/<
 naming them; the driver merges the manifests into `index.json` and swaps it in atomically. A
 partition whose manifest carries the same stamp (its marker's run and the config) is left
 untouched, byte for byte; shards of partitions no longer in the output go once the new index is
-in place, so a reader always finds a complete index and the shards it lists.
+in place, so a reader always finds a complete index and the shards it lists. With a `card`, the
+folder also gets a dataset card (README.md, written after the index) that tells generic readers
+which files are data and what they hold.
+
+`min_shards` caps the samples per shard (`samples_per_shard`) so that a folder of enough samples
+has at least that many shards: a plain WebDataset reader deals whole shards to DataLoader workers,
+and a worker dealt none raises (or, with `empty_check=False`, idles).
 """
 
 import io
@@ -19,17 +25,20 @@ import tarfile
 from pathlib import Path
 
 INDEX = "index.json"
+CARD = "README.md"  # the dataset card beside the index
 
 
 class ShardWriter:
     """Write samples in order; `close()` finishes the last shard and writes the index."""
 
     def __init__(self, folder: str | Path, target_bytes: int = 256 * 2**20, extra_index: dict | None = None,
-                 derive=None, prefix: str = "shard", write_index: bool = True) -> None:
+                 derive=None, prefix: str = "shard", write_index: bool = True, max_samples: int | None = None) -> None:
         """`derive(stats) -> dict` adds figures computed from summed stats (a ratio, say) to each
         shard's entry and to the totals in index.json; without `write_index`, `close` only
-        finishes the shards (a partition's part of a published folder)."""
+        finishes the shards (a partition's part of a published folder). A shard ends at
+        `target_bytes` or at `max_samples` samples, whichever comes first."""
         self.folder = Path(folder)
+        self.max_samples = max_samples
         self.prefix, self.write_index = prefix, write_index
         self.folder.mkdir(parents=True, exist_ok=True)
         self.target_bytes = target_bytes
@@ -49,7 +58,8 @@ class ShardWriter:
             raise ValueError(f"sample key {key!r} written twice")
         self._keys.add(key)
         size = sum(len(data) + 1024 for data in members.values())  # + a header block and padding, roughly
-        if self._current is not None and self._current["bytes"] + size > self.target_bytes and self._current["samples"]:
+        if self._current is not None and self._current["samples"] and (
+                self._current["bytes"] + size > self.target_bytes or self._current["samples"] == self.max_samples):
             self._finish_shard()
         if self._current is None:
             self._open_shard()
@@ -130,12 +140,13 @@ def read_manifest(folder: Path, partition: str) -> dict | None:
 
 
 def write_partition(folder: Path, partition: str, samples, target_bytes: int, stamp: dict, described: dict,
-                    derive=None) -> dict:
+                    derive=None, max_samples: int | None = None) -> dict:
     """One partition's shards from `samples` ((key, members, stats) in order), then its manifest
     (last, atomically: a manifest names only finished shards). `described`: figures the index
     merges across partitions (e.g. the unit tokenizer); they must agree."""
     folder.mkdir(parents=True, exist_ok=True)
-    with ShardWriter(folder, target_bytes, derive=derive, prefix=partition, write_index=False) as writer:
+    with ShardWriter(folder, target_bytes, derive=derive, prefix=partition, write_index=False,
+                     max_samples=max_samples) as writer:
         for key, members, stats in samples:
             writer.write(key, members, stats)
     written = writer.close()
@@ -148,14 +159,33 @@ def write_partition(folder: Path, partition: str, samples, target_bytes: int, st
     return manifest
 
 
+def samples_per_shard(samples: int, min_shards: int) -> int | None:
+    """The most samples a shard may hold for a folder of `samples` to have at least `min_shards`
+    shards (or one sample each, when it holds fewer); None when `min_shards` asks for nothing.
+
+    A power of two at most samples / min_shards: every partition's shards then number at least
+    its samples over the cap, together at least min_shards; and the cap (part of each partition's
+    stamp) changes, rewriting the folder's shards, only when the folder's samples pass a doubling,
+    not with every partition added."""
+    if min_shards <= 1:
+        return None
+    return 1 << (max(samples // min_shards, 1).bit_length() - 1)
+
+
+def write_card(folder: Path, text: str) -> None:
+    temporary = folder / f".{CARD}.partial"
+    temporary.write_text(text)
+    os.replace(temporary, folder / CARD)
+
+
 def publish(folder: Path, stamps: dict[str, dict], write, parallel, extra_index: dict, derive=None,
-            largest: tuple[str, ...] = ()) -> dict:
+            largest: tuple[str, ...] = (), card=None) -> dict:
     """Bring `folder` up to date with the committed partitions (`stamps`: partition -> stamp).
 
     `write((partition, stamp))` writes one partition's shards and manifest, on a worker through
     `parallel(function, items)`; only partitions whose manifest lacks their stamp are written. The
     partitions' `described` figures must agree (ValueError), except those in `largest`: the
-    index keeps their largest value."""
+    index keeps their largest value. `card(index) -> str`: the folder's README.md."""
     stale = [(p, stamps[p]) for p in sorted(stamps) if (read_manifest(folder, p) or {}).get("stamp") != stamps[p]]
     parallel(write, stale)
     manifests = [m for m in (read_manifest(folder, p) for p in sorted(stamps)) if m is not None and m["shards"]]
@@ -170,6 +200,8 @@ def publish(folder: Path, stamps: dict[str, dict], write, parallel, extra_index:
     summed = sorted({name for m in manifests for name in m["summed"]})
     folder.mkdir(parents=True, exist_ok=True)
     index = write_index(folder, shards, summed, extra_index | described, derive or (lambda stats: {}))
+    if card is not None:
+        write_card(folder, card(index))
     _drop_unlisted(folder, {shard["name"] for shard in shards}, set(stamps))
     return index
 

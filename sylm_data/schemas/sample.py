@@ -1,9 +1,14 @@
 """The WebDataset sample written by interleave, pairs and synthesize: `__key__` + `.json` of
 
-    {"segments": [{"modality": "text", "text": "…"}, {"modality": "speech", "units": [12, 873, …]}],
-     "kind": "interleaved" | "speech" | "text" | "pairs", "language": "en", "source_id": "<utterance id>"}
+    {"segments": [{"modality": "text", "text": "…", "units": null},
+                  {"modality": "speech", "text": null, "units": [12, 873, …]}],
+     "kind": "interleaved" | "speech" | "text" | "pairs", "language": "en", "source_id": "<utterance id>",
+     "synthetic": null | "<model id>"}
 
-plus `"synthetic": "<model id>"` in samples whose units a text-to-token model generated.
+Every segment has the same three keys (the other modality's value null) and every sample has
+`synthetic` (the text-to-token model's id in samples whose units it generated, else null), so a
+reader that guesses one schema from the first samples (Hugging Face `datasets`, Arrow, pandas)
+sees all of them. Version 1 left the other modality's key and `synthetic` out; readers take both.
 
 The trainer renders segments into token ids; the shard never depends on an LLM tokenizer.
 """
@@ -11,7 +16,7 @@ The trainer renders segments into token ids; the shard never depends on an LLM t
 import pyarrow as pa
 
 NAME = "sample"
-VERSION = 1
+VERSION = 2  # 2: every segment has text and units, every sample synthetic (null where absent)
 
 SEGMENTS = "segments"
 MODALITY = "modality"
@@ -26,23 +31,31 @@ PAIRS = "pairs"  # text, speech, text, speech, …: each text and the units that
 SYNTHETIC = "synthetic"  # in samples synthesize made: the text-to-token model's id
 
 
+def text_segment(text: str) -> dict:
+    return {MODALITY: TEXT, TEXT: text, UNITS: None}
+
+
+def speech_segment(units: list[int]) -> dict:
+    return {MODALITY: SPEECH, TEXT: None, UNITS: units}
+
+
 def validate(sample: dict) -> None:
-    """Raise ValueError unless `sample` follows the contract."""
+    """Raise ValueError unless `sample` follows the contract (version 1's absent keys are taken as null)."""
     if sample.get(KIND) not in KINDS + (PAIRS,):
         raise ValueError(f"kind must be one of {KINDS + (PAIRS,)}, got {sample.get(KIND)!r}")
     segments = sample.get(SEGMENTS)
     if not isinstance(segments, list) or not segments:
         raise ValueError("segments must be a non-empty list")
     for segment in segments:
-        modality = segment.get(MODALITY)
-        if modality == TEXT and isinstance(segment.get(TEXT), str):
+        modality, text, units = (segment.get(key) for key in (MODALITY, TEXT, UNITS)) if isinstance(segment, dict) else [None] * 3
+        if modality == TEXT and isinstance(text, str) and units is None:
             continue
-        if modality == SPEECH and isinstance(segment.get(UNITS), list) and all(isinstance(u, int) for u in segment[UNITS]):
+        if modality == SPEECH and text is None and isinstance(units, list) and all(type(u) is int for u in units):
             continue
         raise ValueError(f"malformed segment {segment!r}")
-    for field in (LANGUAGE, SOURCE_ID):
-        if not isinstance(sample.get(field), str):
-            raise ValueError(f"{field} must be a string")
+    for field, allowed in ((LANGUAGE, (str,)), (SOURCE_ID, (str,)), (SYNTHETIC, (str, type(None)))):
+        if not isinstance(sample.get(field), allowed):
+            raise ValueError(f"{field} must be a string" + (" or null" if len(allowed) > 1 else ""))
 
 
 def render(sample: dict) -> str:
@@ -56,10 +69,72 @@ def render(sample: dict) -> str:
     return f"[{sample.get(KIND)}] " + " ".join(parts)
 
 
+# The sample as a JSON reader sees it: one Arrow type for every sample of every shard folder.
+SEGMENT_TYPE = pa.struct([pa.field(MODALITY, pa.string()), pa.field(TEXT, pa.string()),
+                          pa.field(UNITS, pa.list_(pa.int32()))])
+DOCUMENT_TYPE = pa.struct([pa.field(SEGMENTS, pa.list_(SEGMENT_TYPE)), pa.field(KIND, pa.string()),
+                           pa.field(LANGUAGE, pa.string()), pa.field(SOURCE_ID, pa.string()),
+                           pa.field(SYNTHETIC, pa.string())])
+# A row of Hugging Face `datasets`' webdataset builder: the key, the tar it came from, the parsed `.json`
+DATASETS_ROW = pa.schema([pa.field("__key__", pa.string()), pa.field("__url__", pa.string()),
+                          pa.field("json", DOCUMENT_TYPE)])
+
+
+def _yaml_features(fields, indent: str) -> list[str]:
+    """Arrow fields as a dataset card's `features` list (the form `datasets.Features._to_yaml_list` writes)."""
+    lines = []
+    for field in fields:
+        lines.append(f"{indent}- name: {field.name}")
+        kind = field.type
+        if pa.types.is_struct(kind):
+            lines += [f"{indent}  struct:", *_yaml_features(list(kind), indent + "  ")]
+        elif pa.types.is_list(kind) and pa.types.is_struct(kind.value_type):
+            lines += [f"{indent}  list:", *_yaml_features(list(kind.value_type), indent + "  ")]
+        elif pa.types.is_list(kind):
+            lines.append(f"{indent}  list: {kind.value_type}")
+        else:
+            lines.append(f"{indent}  dtype: {kind}")
+    return lines
+
+
+def dataset_card(index: dict, title: str) -> str:
+    """The dataset card of a shard folder (its README.md): `datasets.load_dataset(FOLDER)` reads
+    its tars with the webdataset builder and the explicit features, never guessing them from the
+    first samples nor taking index.json for data."""
+    front = ["---", "configs:", "- config_name: default", "  data_files:", "  - split: train", '    path: "*.tar"',
+             "dataset_info:", "  features:", *_yaml_features(list(DATASETS_ROW), "  "), "---"]
+    facts = [("samples", index.get("total_samples")), ("shards", len(index.get("shards", []))),
+             ("unit tokenizer", index.get(INDEX_TOKENIZER)), ("unit vocabulary", index.get(INDEX_UNIT_VOCAB)),
+             ("units generated by", index.get(SYNTHETIC)), ("sample contract", f"version {VERSION}")]
+    body = [
+        f"# {title}", "",
+        "WebDataset shards of speech–text samples written by sylm-data; `index.json` lists the shards with their",
+        "sample, word and unit counts. Each sample is `<key>.json`:", "",
+        "```json",
+        '{"segments": [{"modality": "text", "text": "The river", "units": null},',
+        '              {"modality": "speech", "text": null, "units": [12, 873, 5]}],',
+        ' "kind": "interleaved", "language": "en", "source_id": "emilia:EN_B00000_S00000_W000000",',
+        ' "synthetic": null}',
+        "```", "",
+        "`kind` is interleaved, speech, text or pairs; units are ids into the unit vocabulary (not LLM tokens);",
+        "`synthetic` names the text-to-token model that generated a sample's units (null for real speech).", "",
+        "| | |", "| --- | --- |", *(f"| {name} | {value} |" for name, value in facts if value is not None), "",
+        "```python",
+        "from datasets import load_dataset, load_dataset_builder",
+        'samples = load_dataset("path/to/this/folder", split="train")  # or streaming=True',
+        "# the generic webdataset builder reads no card: give it this card's features",
+        'features = load_dataset_builder("path/to/this/folder").info.features',
+        'samples = load_dataset("webdataset", data_files="path/to/this/folder/*.tar", split="train", features=features)',
+        "```", "",
+    ]
+    return "\n".join(front + body)
+
+
 # index.json beside the shards names the unit vocabulary the speech segments index (absent for text-only shards)
 INDEX_TOKENIZER = "tokenizer"
 INDEX_UNIT_VOCAB = "unit_vocab"
 INDEX_MAX_UNITS_PER_WORD = "max_units_per_word"  # pairs shards: the bound text-to-token generation keeps
+INDEX_VERSION = "sample_version"  # the contract version of the samples
 
 # The interleave stage's rows: one sample each, ready for a shard (DIR/interleave/), plus the
 # counts index.json sums.

@@ -6,8 +6,9 @@ granularity), or only at sentence ends too (sentence granularity). A sample's ki
 of chunks become speech until speech holds `speech_ratio` of the words. The random stream of a
 sample comes from the seed and the sample's id only, so the output does not depend on workers or
 partitions. Rows land in `DIR/interleave/`; workers then write each partition's samples, in key
-order, into `DIR/shards/` (byte-identical for the same input and config), and `index.json` lists
-them all (`pipeline.shards.publish`).
+order, into `DIR/shards/` (byte-identical for the same input and config), `index.json` lists
+them all and a dataset card (README.md) tells generic readers (`datasets.load_dataset(DIR/shards)`)
+the samples' schema (`pipeline.shards.publish`, `schemas.sample.dataset_card`).
 """
 
 import functools
@@ -41,6 +42,7 @@ class InterleaveConfig:
     tolerance_ms: int = 10  # half of the 20 ms unit grid
     seed: int = 0
     shard_bytes: int = 256 * 2**20
+    min_shards: int = 1  # at least this many shards (samples allowing): >= ranks x DataLoader workers of a plain WebDataset reader
 
 
 def preflight(config: InterleaveConfig) -> None:
@@ -50,6 +52,14 @@ def preflight(config: InterleaveConfig) -> None:
         raise StageConfigError(f"kinds must weight {', '.join(sample.KINDS)} (non-negative, not all zero), got {config.kinds}")
     if not 0 <= config.speech_ratio <= 1:
         raise StageConfigError(f"speech_ratio must be within 0..1, got {config.speech_ratio}")
+    check_shard_options(config)
+
+
+def check_shard_options(config) -> None:
+    """The shard-writing options every sample stage's config has."""
+    if config.shard_bytes <= 0 or config.min_shards < 1:
+        raise StageConfigError(f"shard_bytes must be above 0 and min_shards at least 1, got {config.shard_bytes} "
+                               f"and {config.min_shards}")
 
 
 @dataclass
@@ -167,9 +177,10 @@ def render(utterances: Utterances, rows: np.ndarray, plan: Plan) -> tuple[pa.Arr
     # each speech segment's unit positions in the flat unit array, one range after another
     flat = np.repeat(starts - (np.cumsum(lengths) - lengths), lengths) + np.arange(lengths.sum())
     unit_lists = pa.ListArray.from_arrays(_offsets(lengths), pc.cast(utterances.unit_ids.take(flat), pa.string()))
-    speech_json = pc.binary_join_element_wise('{"modality":"speech","units":[', pc.binary_join(unit_lists, ","), "]}", "")
+    speech_json = pc.binary_join_element_wise('{"modality":"speech","text":null,"units":[', pc.binary_join(unit_lists, ","),
+                                              "]}", "")
     texts = _segment_texts(utterances, segments.take(np.flatnonzero(~speech)))
-    text_json = pa.array(['{"modality":"text","text":' + _quoted(text) + "}" for text in texts], pa.string())
+    text_json = pa.array(['{"modality":"text","text":' + _quoted(text) + ',"units":null}' for text in texts], pa.string())
     order = np.empty(len(speech), np.int64)
     order[spoken], order[~speech] = np.arange(len(spoken)), len(spoken) + np.arange(len(texts))
     segment_lists = pa.ListArray.from_arrays(_offsets(np.bincount(document_of, minlength=len(rows))),
@@ -177,7 +188,8 @@ def render(utterances: Utterances, rows: np.ndarray, plan: Plan) -> tuple[pa.Arr
     documents = pc.binary_join_element_wise(
         '{"segments":[', pc.binary_join(segment_lists, ","), '],"kind":"', pa.array(plan.kinds, pa.string()),
         '","language":', pa.array([_quoted(utterances.languages[row]) for row in rows.tolist()], pa.string()),
-        ',"source_id":', pa.array([_quoted(utterances.ids[row]) for row in rows.tolist()], pa.string()), "}", "")
+        ',"source_id":', pa.array([_quoted(utterances.ids[row]) for row in rows.tolist()], pa.string()),
+        ',"synthetic":null}', "")
     speech_words = np.bincount(document_of[spoken], weights=segments.words[spoken], minlength=len(rows))
     units = np.bincount(document_of[spoken], weights=lengths, minlength=len(rows))
     return documents, speech_words.astype(np.int64), units.astype(np.int64)
@@ -301,31 +313,52 @@ def shard_members(table: pa.Table):
         yield key, {"json": document.encode()}, stats
 
 
+def kept_samples(folder: Path, partition: str, keep=None) -> pa.Table:
+    """One committed partition's sample rows that `keep(table)` selects (all without it), in key order."""
+    table = partition_samples(folder, partition)
+    return table.filter(keep(table)) if keep is not None and table.num_rows else table
+
+
 def write_partition_shards(folder: Path, target: Path, shard_bytes: int, item: tuple[str, dict], keep=None,
                            describe=sample_vocabulary) -> dict:
     """On a worker: one partition's sample rows (those `keep(table)` selects) into `target`."""
     partition, stamp = item
-    table = partition_samples(folder, partition)
-    if keep is not None and table.num_rows:
-        table = table.filter(keep(table))
-    return shards.write_partition(target, partition, shard_members(table), shard_bytes, stamp, describe(table), _ratio)
+    table = kept_samples(folder, partition, keep)
+    return shards.write_partition(target, partition, shard_members(table), shard_bytes, stamp, describe(table), _ratio,
+                                  max_samples=stamp.get(SAMPLES_PER_SHARD))
+
+
+SAMPLES_PER_SHARD = "samples_per_shard"  # in a partition's stamp, when min_shards caps the shards
+
+
+def _kept_count(folder: Path, keep, partition: str) -> int:
+    return kept_samples(folder, partition, keep).num_rows
 
 
 def publish_samples(folder: Path, target: Path, shard_bytes: int, extra_index: dict, parallel, keep=None,
-                    describe=sample_vocabulary, largest: tuple[str, ...] = ()) -> dict:
-    """The committed partitions of a sample-row stage into the shard folder `target` (see
-    `pipeline.shards.publish`): only partitions committed since the last publish are written."""
+                    describe=sample_vocabulary, largest: tuple[str, ...] = (), min_shards: int = 1,
+                    title: str = "sylm-data samples") -> dict:
+    """The committed partitions of a sample-row stage into the shard folder `target`, with its
+    dataset card (see `pipeline.shards.publish`): only partitions committed since the last
+    publish are written, unless the cap `min_shards` sets on samples per shard has moved."""
     markers = OutputLayout(folder.parent).markers(folder.name)
     stamps = {partition: {"run": marker["run_id"], "config": extra_index["config_hash"]} for partition, marker in markers.items()}
     if not any(marker["rows_out"] for marker in markers.values()):
         raise ValueError(f"{folder} holds no samples: nothing to shard")
+    if min_shards > 1:  # the folder's own sample count: a `keep` filter is counted on the workers
+        counts = ([marker["rows_out"] for marker in markers.values()] if keep is None
+                  else parallel(functools.partial(_kept_count, folder, keep), sorted(markers)))
+        cap = shards.samples_per_shard(sum(counts), min_shards)
+        stamps = {partition: stamp | {SAMPLES_PER_SHARD: cap} for partition, stamp in stamps.items()}
     write = functools.partial(write_partition_shards, folder, target, shard_bytes, keep=keep, describe=describe)
-    return shards.publish(target, stamps, write, parallel, extra_index, derive=_ratio, largest=largest)
+    return shards.publish(target, stamps, write, parallel, extra_index | {sample.INDEX_VERSION: sample.VERSION},
+                          derive=_ratio, largest=largest, card=functools.partial(sample.dataset_card, title=title))
 
 
 def write_shards(config: InterleaveConfig, folder: Path, parallel) -> dict:
     """The committed sample rows into DIR/shards, partition by partition (see `publish_samples`)."""
-    index = publish_samples(folder, folder.parent / "shards", config.shard_bytes, {"config_hash": config_digest(config)}, parallel)
+    index = publish_samples(folder, folder.parent / "shards", config.shard_bytes, {"config_hash": config_digest(config)}, parallel,
+                            min_shards=config.min_shards, title="sylm-data interleaved speech–text samples")
     return {"shards": len(index["shards"]), "samples": index["total_samples"],
             "speech_text_ratio": index["stats"].get("speech_text_ratio")}
 

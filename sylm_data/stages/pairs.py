@@ -31,6 +31,7 @@ class PairsConfig:
     seed: int = 0
     heldout_share: float = 0.02
     shard_bytes: int = 256 * 2**20
+    min_shards: int = 1  # at least this many shards in each folder (samples allowing)
 
 
 def preflight(config: PairsConfig) -> None:
@@ -38,6 +39,7 @@ def preflight(config: PairsConfig) -> None:
         raise StageConfigError(f"granularity must be word or sentence, not {config.granularity!r}")
     if not 0 <= config.heldout_share < 1 or config.span_mean <= 0:
         raise StageConfigError("heldout_share must be within 0..1 (below 1) and span_mean above 0")
+    interleave.check_shard_options(config)
 
 
 def plan_pairs(utterances: interleave.Utterances, rows: np.ndarray, config: PairsConfig) -> interleave.Plan:
@@ -74,7 +76,8 @@ def write_shards(config: PairsConfig, folder: Path, parallel) -> dict:
     for name, keep in (("pairs-shards", lambda table: pc.invert(held(table))), ("pairs-heldout", held)):
         index = interleave.publish_samples(folder, folder.parent / name, config.shard_bytes,
                                            {"config_hash": interleave.config_digest(config)}, parallel, keep=keep,
-                                           describe=describe_pairs, largest=(sample.INDEX_MAX_UNITS_PER_WORD,))
+                                           describe=describe_pairs, largest=(sample.INDEX_MAX_UNITS_PER_WORD,),
+                                           min_shards=config.min_shards, title=f"sylm-data text-to-token pairs: {name}")
         summary[name] = index["total_samples"]
     return summary
 

@@ -73,6 +73,7 @@ class SynthesizeConfig:
     batch_size: int = 64  # documents per call
     generate_batch: int = 256  # spans generated together
     shard_bytes: int = 256 * 2**20
+    min_shards: int = 1  # at least this many shards (samples allowing), as interleave.min_shards
 
 
 def preflight(config: SynthesizeConfig) -> None:
@@ -84,6 +85,7 @@ def preflight(config: SynthesizeConfig) -> None:
         raise StageConfigError(f"granularity must be word or sentence, not {config.granularity!r}")
     if not 0 <= config.speech_ratio <= 1:
         raise StageConfigError(f"speech_ratio must be within 0..1, got {config.speech_ratio}")
+    interleave.check_shard_options(config)
     try:
         t2t.locate(config.model)
         for code in {config.language, *config.languages}:  # a language named here must be splittable
@@ -236,12 +238,12 @@ class Synthesizer:
         for first, end, is_speech in runs:
             units = next(generated) if is_speech else None
             if units:  # a span the model gave no units for stays text
-                segments.append({sample.MODALITY: sample.SPEECH, sample.UNITS: units})
+                segments.append(sample.speech_segment(units))
                 speech_words, unit_count, text_from = speech_words + end - first, unit_count + len(units), None
                 continue
             if text_from is None:
                 text_from = first
-                segments.append({sample.MODALITY: sample.TEXT})
+                segments.append(sample.text_segment(""))
             segments[-1][sample.TEXT] = text[bounds[text_from] : bounds[end]].strip()
         kind = "interleaved" if speech_words else "text"
         document = {sample.SEGMENTS: segments, sample.KIND: kind, sample.LANGUAGE: language, sample.SOURCE_ID: sample_id,
@@ -267,7 +269,8 @@ def describe_synthetic(table: pa.Table) -> dict:
 def write_shards(config: SynthesizeConfig, folder: Path, parallel) -> dict:
     """The committed samples into DIR/shards-synthetic, partition by partition."""
     index = interleave.publish_samples(folder, folder.parent / "shards-synthetic", config.shard_bytes,
-                                       {"config_hash": interleave.config_digest(config)}, parallel, describe=describe_synthetic)
+                                       {"config_hash": interleave.config_digest(config)}, parallel, describe=describe_synthetic,
+                                       min_shards=config.min_shards, title="sylm-data synthetic speech–text samples")
     return {"shards": len(index["shards"]), "samples": index["total_samples"],
             "speech_text_ratio": index["stats"].get("speech_text_ratio")}
 
