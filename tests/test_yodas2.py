@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet
 import pytest
 import soundfile
 from hypothesis import given, settings
@@ -267,3 +268,23 @@ def test_subsets_named_with_youtubes_withdrawn_codes_get_their_language(tmp_path
     (archive,) = layouts.write_yodas2(tmp_path, utterances[:2], subset=subset, per_recording=2)
     rows = ingested(archive, ingest.IngestConfig(max_foreign_letter_share=1.0))
     assert [(row[stream.REJECT_REASON], row["language"]) for row in rows] == [(None, language)] * 2
+
+
+def test_a_run_hands_ingest_subsets_to_the_reader_and_the_id_listing(tmp_path, utterances):
+    """What the runner's read and duplicate-listing tasks do with a run's config, without Ray."""
+    from dataclasses import asdict
+
+    from sylm_data.pipeline import config as config_module
+    from sylm_data.pipeline import duplicates, registry, runner
+
+    (manual,) = layouts.write_yodas2(tmp_path, utterances[:4], subset="en000", per_recording=2)
+    (partition,) = READERS["yodas2"].partitions([str(manual)])
+    manual.write_bytes(b"the audio is never read")
+    config = config_module.load(None, ["ingest.source='yodas2'", "ingest.subsets=['en100']"])
+    subsets = runner._subsets(registry.STAGES["ingest"], config)
+    assert subsets == ("en100",)
+    runner._list_ids(partition, str(tmp_path / "ids"), subsets)
+    assert pa.parquet.read_table(duplicates.ids_file(tmp_path / "ids", partition.id)).num_rows == 4
+    batch = pa.table({"partition": [json.dumps(asdict(partition))], "first_elsewhere": ["{}"]})
+    read = pa.concat_tables(runner._read(batch, registry.STAGES["ingest"], 8, None, None, subsets))
+    assert read[stream.REJECT_REASON].to_pylist() == ["subset_filtered"] * 4

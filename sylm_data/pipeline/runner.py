@@ -48,11 +48,12 @@ class RunResult:
 STORED = "ingest"  # the audio lives in its rows: a fused run that starts with it keeps them too
 
 
-def _read(batch: pa.Table, first: Stage, batch_rows: int, contract: pa.Schema | None, audio_from: str | None):
+def _read(batch: pa.Table, first: Stage, batch_rows: int, contract: pa.Schema | None, audio_from: str | None,
+          subsets: tuple[str, ...]):
     partition = Partition(**json.loads(batch["partition"][0].as_py()))
     if first.consumes == SOURCES:
         first_elsewhere = json.loads(batch["first_elsewhere"][0].as_py())
-        yield from partitions.read_source_partition(partition, first.name, batch_rows, first_elsewhere)
+        yield from partitions.read_source_partition(partition, first.name, batch_rows, first_elsewhere, subsets)
     else:
         yield from partitions.read_stage_partition(partition, contract, batch_rows, audio_from)
 
@@ -207,7 +208,8 @@ def _run_locked(config, stages, kept, layout, run_id, run_lock, address, log, re
             if not workers.attached(address):  # refused before an embedded Ray starts: one line, no Ray noise
                 _check_room(stages, config, config.run.num_cpus or os.cpu_count())
             workers.start()
-            first_elsewhere = _repeats(pending, list(done), layout, workers) if stages[0].consumes == SOURCES else {}
+            first_elsewhere = (_repeats(pending, list(done), layout, workers, _subsets(stages[0], config))
+                               if stages[0].consumes == SOURCES else {})
             _check_room(stages, config, workers.cpus())
             plan = _plan(stages, pending, first_elsewhere, config, layout, run_id, kept, audio_from)
             summaries = _summaries(plan)
@@ -312,18 +314,24 @@ def _apply(function, item):
     return function(item)
 
 
-def _repeats(pending: list[Partition], committed: list[str], layout: OutputLayout, workers: Workers) -> dict[str, str]:
+def _subsets(first: Stage, config: Config) -> tuple[str, ...]:
+    """The source subsets the first stage keeps (YODAS2's `ingest.subsets`): the reader skips the others' audio."""
+    return tuple(getattr(config.stages[first.name], "subsets", ())) if first.consumes == SOURCES else ()
+
+
+def _repeats(pending: list[Partition], committed: list[str], layout: OutputLayout, workers: Workers,
+             subsets: tuple[str, ...]) -> dict[str, str]:
     """Per pending partition, its ids that occur first in another partition (see `duplicates`)."""
     ids_dir = layout.ids_dir
     unlisted = [p for p in pending if not duplicates.ids_file(ids_dir, p.id).exists()]
-    workers.map(functools.partial(_list_ids, ids_dir=str(ids_dir)), unlisted)
+    workers.map(functools.partial(_list_ids, ids_dir=str(ids_dir), subsets=subsets), unlisted)
     listed = sorted({p.id for p in pending} | {c for c in committed if duplicates.ids_file(ids_dir, c).exists()})
     in_bucket = functools.partial(duplicates.repeats_in_bucket, ids_dir=str(ids_dir), partitions=listed, committed=committed)
     return duplicates.by_partition([r for found in workers.map(in_bucket, list(range(duplicates.BUCKETS))) for r in found])
 
 
-def _list_ids(partition: Partition, ids_dir: str) -> None:
-    duplicates.write_ids(partitions.source_ids(partition), duplicates.ids_file(Path(ids_dir), partition.id))
+def _list_ids(partition: Partition, ids_dir: str, subsets: tuple[str, ...]) -> None:
+    duplicates.write_ids(partitions.source_ids(partition, subsets), duplicates.ids_file(Path(ids_dir), partition.id))
 
 
 def _plan(stages: list[Stage], pending: list[Partition], first_elsewhere: dict[str, str], config: Config,
@@ -338,7 +346,8 @@ def _plan(stages: list[Stage], pending: list[Partition], first_elsewhere: dict[s
     dataset = ray.data.from_items(items, override_num_blocks=len(pending))
     dataset = dataset.map_batches(
         _read, batch_size=1, batch_format="pyarrow",
-        fn_kwargs={"first": first, "batch_rows": config.run.batch_rows, "contract": contract, "audio_from": audio_from},
+        fn_kwargs={"first": first, "batch_rows": config.run.batch_rows, "contract": contract, "audio_from": audio_from,
+                   "subsets": _subsets(first, config)},
     )
     input_rows = sum(m["rows_out"] for m in layout.markers(first.consumes).values()) if first.consumes != SOURCES else 0
     for stage in stages:
