@@ -3,8 +3,10 @@ together, and run the same CLI.
 
 What "validate" means here, layer by layer:
 
-- RayCluster and RayJob: the real KubeRay v1.7 CRDs (`../shared/kuberay/`, their served
-  `openAPIV3Schema`), read the way the API server reads a structural schema: an unknown field is an
+- RayCluster and RayJob: the real KubeRay v1.7 CRDs (their served `openAPIV3Schema`, kept in
+  `tests/kuberay_v1_7_schemas.json.gz` without their descriptions, so the tests need no folder
+  beside the repository; `test_the_kept_schemas_are_the_crds` compares them with `../shared/kuberay/`
+  where that is present, and `python tests/test_k8s.py` writes them again from it), read the way the API server reads a structural schema: an unknown field is an
   error (the server would prune it, or refuse it under `kubectl apply`'s strict field validation)
   unless its object says `x-kubernetes-preserve-unknown-fields`; `nullable`, int-or-string,
   `format: int32/int64` bounds, list-map keys and sets, the CRDs' CEL rules; `metadata` as ObjectMeta.
@@ -19,10 +21,10 @@ What "validate" means here, layer by layer:
 
 import copy
 import functools
+import gzip
 import json
 import re
 import shlex
-import sys
 from importlib import resources
 from pathlib import Path
 
@@ -36,7 +38,8 @@ from sylm_data.cli import app
 from sylm_data.pipeline import config as config_module
 
 K8S = Path(__file__).resolve().parents[1] / "k8s"
-CRDS = Path(__file__).resolve().parents[2] / "shared" / "kuberay"
+CRDS = Path(__file__).resolve().parents[2] / "shared" / "kuberay"  # where the release's CRD files are, when present
+KEPT_SCHEMAS = Path(__file__).resolve().parent / "kuberay_v1_7_schemas.json.gz"
 CRD_FILES = {"RayCluster": "ray.io_rayclusters.yaml", "RayJob": "ray.io_rayjobs.yaml"}
 K8S_VERSION = kubernetes_validate.latest_version()
 SafeLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # the CRDs are 2.3 MB of YAML: libyaml reads them 10x faster
@@ -152,29 +155,45 @@ def _refuse_unknown_fields(schema: dict) -> None:
                 _refuse_unknown_fields(child)
 
 
-def crd_file(kind: str) -> Path:
-    path = CRDS / CRD_FILES[kind]
-    if not path.is_file():
-        pytest.fail(f"KubeRay CRD {path} is missing: the k8s tests read the real KubeRay v1.7 CRDs from "
-                    f"shared/kuberay/ beside the repository (see its README.md); restore that folder", pytrace=False)
-    return path
+def _without_descriptions(node):
+    if isinstance(node, dict):
+        return {key: _without_descriptions(value) for key, value in node.items() if key != "description"}
+    if isinstance(node, list):
+        return [_without_descriptions(value) for value in node]
+    return node
+
+
+def schemas_of_crds(folder: Path) -> dict:
+    """{kind: {group, versions: [{name, served, openAPIV3Schema}]}} from the CRD files in `folder`."""
+    found = {}
+    for kind, name in CRD_FILES.items():
+        crd = yaml.load((folder / name).read_text(), Loader=SafeLoader)
+        assert crd["spec"]["names"]["kind"] == kind, f"{folder / name} defines {crd['spec']['names']['kind']}, not {kind}"
+        found[kind] = {"group": crd["spec"]["group"], "versions": [
+            {"name": version["name"], "served": version["served"],
+             "openAPIV3Schema": _without_descriptions(version["schema"]["openAPIV3Schema"])}
+            for version in crd["spec"]["versions"]]}
+    return found
+
+
+@functools.cache
+def kept_schemas() -> str:
+    return gzip.decompress(KEPT_SCHEMAS.read_bytes()).decode()
 
 
 @functools.cache
 def crd_validators(kind: str) -> dict[str, jsonschema.protocols.Validator]:
     """{apiVersion: validator} for every served version of the KubeRay CRD of `kind`."""
-    path = crd_file(kind)
-    crd = yaml.load(path.read_text(), Loader=SafeLoader)
-    assert crd["spec"]["names"]["kind"] == kind, f"{path} defines {crd['spec']['names']['kind']}, not {kind}"
+    crd = json.loads(kept_schemas())[kind]
     found = {}
-    for version in crd["spec"]["versions"]:
+    for version in crd["versions"]:
         if not version["served"]:
             continue
-        schema = version["schema"]["openAPIV3Schema"]
+        schema = version["openAPIV3Schema"]
         _refuse_unknown_fields(schema)
         schema["properties"]["metadata"] = {"type": "object"}  # ObjectMeta: the server checks it itself (plain_validator)
         schema["properties"]["status"] = {"not": {}}  # the status subresource: not the user's to write
-        found[f"{crd['spec']['group']}/{version['name']}"] = CrdValidator(schema, format_checker=FORMATS)
+        found[f"{crd['group']}/{version['name']}"] = CrdValidator(schema, format_checker=FORMATS)
     return found
 
 
@@ -515,10 +534,10 @@ def test_the_validators_refuse_what_the_cluster_would(kind, edit, expected):
     assert any(expected in problem for problem in found), found
 
 
-def test_a_missing_crd_folder_fails_and_says_where(monkeypatch, tmp_path):
-    monkeypatch.setattr(sys.modules[__name__], "CRDS", tmp_path / "kuberay")
-    with pytest.raises(pytest.fail.Exception, match="shared/kuberay/ beside the repository"):
-        crd_file("RayJob")
+def test_the_kept_schemas_are_the_crds():
+    if not CRDS.is_dir():
+        pytest.skip(f"no {CRDS} to compare the kept schemas with")
+    assert json.loads(kept_schemas()) == schemas_of_crds(CRDS), "the CRDs changed: run `python tests/test_k8s.py`"
 
 
 def test_the_limits_are_inclusive():
@@ -605,3 +624,8 @@ def test_the_training_job_runs_torchrun_over_its_nodes_with_the_configmap_config
     pipeline_output = pipeline_words[pipeline_words.index("--output") + 1]
     assert loaded.data.shards == [f"{pipeline_output}/shards"]  # what the pipeline's interleave stage writes
     assert loaded.run.output.startswith(mounts["output"] + "/")
+
+
+if __name__ == "__main__":  # write the kept schemas again from ../shared/kuberay/
+    text = json.dumps(schemas_of_crds(CRDS), sort_keys=True, separators=(",", ":"))
+    KEPT_SCHEMAS.write_bytes(gzip.compress(text.encode(), mtime=0))
