@@ -189,20 +189,22 @@ def file_states(out: Path) -> dict[str, tuple[int, bytes]]:
 # --- corpora and clean reference runs, shared by the module ---------------------------------
 
 
+def emilia_corpus(tmp_path_factory, utterances, name: str, copies: int) -> Corpus:
+    """PARTITIONS Emilia tars holding `copies` copies of the sample (`copies` utterances per tar)."""
+    folder = tmp_path_factory.mktemp(name) / "corpus"
+    paths = layouts.write_emilia(folder, utterances * copies, shard_size=copies)
+    assert len(paths) == PARTITIONS
+    return Corpus(folder, len(utterances) * copies, len(paths))
+
+
 @pytest.fixture(scope="module")
 def ingest_corpus(tmp_path_factory, utterances) -> Corpus:
-    folder = tmp_path_factory.mktemp("ingest") / "corpus"
-    paths = layouts.write_emilia(folder, utterances * 4, shard_size=4)
-    assert len(paths) == PARTITIONS
-    return Corpus(folder, len(utterances) * 4, len(paths))
+    return emilia_corpus(tmp_path_factory, utterances, "ingest", 4)
 
 
 @pytest.fixture(scope="module")
 def align_corpus(tmp_path_factory, utterances) -> Corpus:
-    folder = tmp_path_factory.mktemp("align") / "corpus"
-    paths = layouts.write_emilia(folder, utterances * 2, shard_size=2)
-    assert len(paths) == PARTITIONS
-    return Corpus(folder, len(utterances) * 2, len(paths))
+    return emilia_corpus(tmp_path_factory, utterances, "align", 2)
 
 
 @pytest.fixture(scope="module")
