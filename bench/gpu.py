@@ -36,7 +36,8 @@ from sylm_data.sample import layouts
 from sylm_data.train import t2t
 from sylm_data.units import assign
 from sylm_data.units.encoders import SAMPLE_RATE
-from sylm_data.units.syllables import FeatureConfig, Segmenter
+from sylm_data.units.features import FeatureConfig
+from sylm_data.units.syllables import Segmenter
 from tests.random_models import ALIGNER_0_6B, ALIGNER_TINY, SYLREG_BASE, SYLREG_TINY, save_random_aligner, save_random_sylreg
 
 FULL = {"aligner": ALIGNER_0_6B, "clips": 256, "sylreg": SYLREG_BASE, "long_minutes": 10, "t2t": "t2t-base", "spans": 64,

@@ -27,7 +27,8 @@ from sylm_data.sample import layouts  # noqa: E402
 from sylm_data.units import assign, segmentation  # noqa: E402
 from sylm_data.units.encoders import FRAME_MS, SAMPLE_RATE  # noqa: E402
 from sylm_data.units.kmeans import kmeans  # noqa: E402
-from sylm_data.units.syllables import FeatureConfig, Segmenter  # noqa: E402
+from sylm_data.units.features import FeatureConfig  # noqa: E402
+from sylm_data.units.syllables import Segmenter  # noqa: E402
 from tests.random_models import SYLREG_BASE, save_random_sylreg  # noqa: E402
 from tests.test_segmentation import reference_min_cut  # noqa: E402
 

@@ -9,10 +9,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from sylm_data.pipeline import config as config_module
-from sylm_data.pipeline import registry
-from sylm_data.pipeline.stage import SOURCES
-
+# Each command imports what it needs (Ray, torch, the stages) when it runs: `--help` stays instant.
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Build syllable-text interleaved speech corpora.")
 
 
@@ -50,6 +47,10 @@ def run(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show Ray's and the libraries' own output here instead of in OUTPUT/runs/RUN.log.")] = False,
 ) -> None:
     """Run stages in pipeline order; a stage not in the run reads its input from OUTPUT."""
+    from sylm_data.pipeline import config as config_module
+    from sylm_data.pipeline import registry
+    from sylm_data.pipeline.stage import SOURCES
+
     overrides = list(set_ or [])
     if source:
         overrides.append(f"ingest.source={source!r}")
@@ -69,7 +70,8 @@ def _run_quietly(cfg, stages: list[str], output: Path, verbose: bool, **options)
     """`runner.run`, with what Ray and the libraries print sent to OUTPUT/runs/RUN.log unless
     `verbose`; (result, that log's path if anything came); a run that cannot start is one error line."""
     from sylm_data import quiet
-    from sylm_data.pipeline import records, runner
+    from sylm_data.pipeline import config as config_module
+    from sylm_data.pipeline import records, registry, runner
 
     run_id = records.new_run_id()
     log_path = Path(output) / "runs" / f"{run_id}.log"
@@ -141,6 +143,7 @@ def train(
     """Continue pre-training a causal LM on shard folders with DeepSpeed (one process per GPU:
     run it under torchrun or the deepspeed launcher for several; resumes from OUTPUT/checkpoints)."""
     from sylm_data import quiet
+    from sylm_data.pipeline import config as config_module
     from sylm_data.pipeline import records
     from sylm_data.train import config as train_config
 
@@ -192,6 +195,8 @@ def _print_summary(record: dict, record_path: str, log_path: Path | None = None)
 @app.command()
 def stages() -> None:
     """List the stages with what they read and write."""
+    from sylm_data.pipeline import registry
+
     for stage in registry.STAGES.values():
         reads = "source corpora" if stage.consumes == "sources" else f"DIR/{stage.consumes}/"
         typer.echo(f"{stage.name:<12} reads {reads:<16} writes DIR/{stage.name}/ ({stage.contract.metadata[b'sylm.contract'].decode()} rows)")
@@ -220,6 +225,7 @@ def quickstart(
     """Run the pipeline on the bundled sample (Emilia layout, embedded Ray, offline backends):
     ingest + align (pocketsphinx), then the MFCC codebook, then tokenize + interleave into shards,
     keeping OUTPUT/ingest, OUTPUT/align and OUTPUT/tokenize for the other flows (pairs, eval)."""
+    from sylm_data.pipeline import config as config_module
     from sylm_data.sample import layouts
 
     tars = layouts.write_emilia(output / "source", layouts.sample_utterances(), shard_size=8)

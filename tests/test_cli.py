@@ -21,6 +21,16 @@ def test_stages_lists_what_each_stage_reads_and_writes():
     assert "ingest" in result.output and "utterance rows" in result.output
 
 
+@pytest.mark.parametrize("args", [["--help"], ["stages"], ["run", "--help"], ["eval", "--help"]])
+def test_the_cli_answers_without_importing_torch_or_ray(args):
+    heavy = ("torch", "ray", "transformers", "deepspeed", "pandas")
+    probe = ("import sys\nfrom sylm_data import cli\nsys.argv = ['sylm-data', *sys.argv[1:]]\n"
+             "try:\n    cli.main()\nexcept SystemExit as done:\n    assert not done.code, done.code\n"
+             f"print('IMPORTED', sorted({{name.split('.')[0] for name in sys.modules}} & {set(heavy)!r}))")
+    result = subprocess.run([sys.executable, "-c", probe, *args], capture_output=True, text=True, check=True)
+    assert result.stdout.strip().splitlines()[-1] == "IMPORTED []"
+
+
 @pytest.mark.slow
 def test_quickstart_runs_the_bundled_sample_and_inspect_reads_it(tmp_path):
     out = tmp_path / "out"

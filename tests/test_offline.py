@@ -17,7 +17,7 @@ from sylm_data.pipeline.stage import StageConfigError
 from sylm_data.stages import align
 from sylm_data.train import t2t
 from sylm_data.units import sylreg
-from sylm_data.units.syllables import FeatureConfig, check_encoder
+from sylm_data.units.features import FeatureConfig, check_encoder
 from tests.random_models import save_random_aligner, save_random_sylreg
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"

@@ -93,7 +93,8 @@ def test_segment_counts_are_rounded_as_float32_computes_them():
 def test_the_dp_runs_in_the_configured_precision(monkeypatch):
     from sylm_data.pipeline.stage import StageConfigError
     from sylm_data.units import segmentation
-    from sylm_data.units.syllables import FeatureConfig, Segmenter
+    from sylm_data.units.features import FeatureConfig
+    from sylm_data.units.syllables import Segmenter
 
     seen = []
     original = segmentation.segment_costs

@@ -16,7 +16,8 @@ from sylm_data.pipeline.stage import StageConfigError
 from sylm_data.sample import MANIFEST
 from sylm_data.units import assign, sylreg
 from sylm_data.units.resample import resample
-from sylm_data.units.syllables import FeatureConfig, Segmenter, check_encoder
+from sylm_data.units.features import FeatureConfig, check_encoder
+from sylm_data.units.syllables import Segmenter
 from tests.conftest import read_parquet
 from tests.random_models import save_random_sylreg
 

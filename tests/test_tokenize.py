@@ -12,7 +12,8 @@ from sylm_data.sample import MANIFEST
 from sylm_data.schemas.codebook import CodebookManifest
 from sylm_data.stages import tokenize
 from sylm_data.units.encoders import MfccEncoder
-from sylm_data.units.syllables import FeatureConfig, Segmenter, check_encoder
+from sylm_data.units.features import FeatureConfig, check_encoder
+from sylm_data.units.syllables import Segmenter
 from tests.conftest import read_parquet, serial
 
 pytestmark = pytest.mark.usefixtures("ray_session")

@@ -29,7 +29,6 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from sylm_data.schemas import stream
@@ -40,6 +39,8 @@ DONE = "_done"
 
 def read_rows(folder: Path, columns: list[str] | None = None) -> pa.Table:
     """Every committed Parquet row under `folder` (staging, markers and other files left out)."""
+    import pyarrow.dataset as ds  # it imports pandas: here, so that listing the stages stays quick
+
     files = sorted(
         str(path) for path in Path(folder).rglob("*.parquet")
         if not any(part.startswith((".", "_")) for part in path.relative_to(folder).parts)

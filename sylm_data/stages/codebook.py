@@ -18,16 +18,12 @@ from dataclasses import dataclass, replace
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import torch
-from safetensors.torch import save_file
 
 from sylm_data.pipeline.output import read_rows
 from sylm_data.pipeline.stage import Rejected, Stage, resolve_device
 from sylm_data.schemas import codebook, stream, utterance
 from sylm_data.schemas.codebook import CodebookManifest
-from sylm_data.units.agglomerate import ward_map
-from sylm_data.units.kmeans import kmeans, nearest
-from sylm_data.units.syllables import FeatureConfig, Segmenter, actor_pool, check_encoder, decode_16k, encoder_identity
+from sylm_data.units.features import FeatureConfig, actor_pool, check_encoder, encoder_identity
 
 NAME = "codebook"
 
@@ -66,10 +62,14 @@ class SegmentSampler:
     """Rows with audio -> a sample of their pooled segment features."""
 
     def __init__(self, config: CodebookConfig) -> None:
+        from sylm_data.units import syllables  # torch and the encoders: on the workers, not when the stage is listed
+
         self.config = config
-        self.segmenter = Segmenter(config)
+        self.segmenter = syllables.Segmenter(config)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
+        from sylm_data.units.syllables import decode_16k
+
         envelope = [utterance.ID, utterance.SOURCE, *stream.ENVELOPE_NAMES]
         rows = [{name: row[name] for name in envelope} | dict.fromkeys(_PAYLOAD) for row in batch.select(envelope).to_pylist()]
         features = [np.zeros(0, np.float32)] * len(rows)
@@ -102,6 +102,12 @@ class SegmentSampler:
 def fit(config: CodebookConfig, folder, parallel) -> dict:
     """Fit the codebook on the sampled segment features under `folder` (on the driver: the sample is
     small; `parallel` is not needed); returns the manifest as a dict."""
+    import torch
+    from safetensors.torch import save_file
+
+    from sylm_data.units.agglomerate import ward_map
+    from sylm_data.units.kmeans import kmeans, nearest
+
     table = read_rows(folder, columns=[codebook.ID, codebook.SEGMENTS, codebook.DIMS, codebook.FEATURES])
     if not table.num_rows:
         raise ValueError(f"{folder} holds no segment features: nothing to fit")

@@ -24,7 +24,6 @@ from typing import ClassVar
 
 import numpy as np
 import pyarrow as pa
-import torch
 
 from sylm_data import languages
 from sylm_data.align import split
@@ -41,7 +40,6 @@ from sylm_data.pipeline.stage import (
 from sylm_data.schemas import sample, source_record, stream
 from sylm_data.schemas.reject import Reason
 from sylm_data.stages import interleave, spans
-from sylm_data.train import t2t
 
 NAME = "synthesize"
 
@@ -86,6 +84,8 @@ def preflight(config: SynthesizeConfig) -> None:
     if not 0 <= config.speech_ratio <= 1:
         raise StageConfigError(f"speech_ratio must be within 0..1, got {config.speech_ratio}")
     interleave.check_shard_options(config)
+    from sylm_data.train import t2t  # torch: only once a run starts, not when the stage is listed
+
     try:
         t2t.locate(config.model)
         for code in {config.language, *config.languages}:  # a language named here must be splittable
@@ -176,6 +176,10 @@ OUTPUT_SCHEMA = stream.in_flight(sample.ROW_SCHEMA)
 
 class Synthesizer:
     def __init__(self, config: SynthesizeConfig) -> None:
+        import torch
+
+        from sylm_data.train import t2t
+
         self.config = config
         device = resolve_device(config.device)
         self.model, self.meta = t2t.load(config.model, device, torch.bfloat16 if device == "cuda" else torch.float32)
@@ -221,6 +225,8 @@ class Synthesizer:
 
     def _generate(self, requests: list[tuple[str, int, int]]) -> list[list[int]]:
         """Units per request, in request order; batches hold spans of similar length."""
+        from sylm_data.train import t2t
+
         order = sorted(range(len(requests)), key=lambda index: len(requests[index][0]))
         units: list[list[int]] = [[] for _ in requests]
         for start in range(0, len(order), self.config.generate_batch):

@@ -12,15 +12,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
-import torch
-from safetensors.torch import load_file
 
 from sylm_data.pipeline.stage import Rejected, Stage, StageConfigError
 from sylm_data.schemas import codebook, stream, tokenized, utterance
 from sylm_data.schemas.codebook import CodebookManifest
-from sylm_data.units import assign
-from sylm_data.units.encoders import FRAME_MS
-from sylm_data.units.syllables import FeatureConfig, Segmenter, actor_pool, check_encoder, decode_16k, encoder_identity
+from sylm_data.units.features import FeatureConfig, actor_pool, check_encoder, encoder_identity
 
 NAME = "tokenize"
 
@@ -56,7 +52,10 @@ def preflight(config: TokenizeConfig) -> None:
     check_encoder(config)
 
 
-def load_codebook(config: TokenizeConfig) -> tuple[CodebookManifest, torch.Tensor, torch.Tensor | None]:
+def load_codebook(config: TokenizeConfig) -> tuple:
+    """(manifest, centroids, mapping or None) of the configured codebook folder."""
+    from safetensors.torch import load_file
+
     manifest = check_codebook(config)
     weights = load_file(str(Path(config.codebook) / codebook.WEIGHTS))
     return manifest, weights["centroids"], weights.get("mapping")
@@ -67,8 +66,12 @@ OUTPUT_SCHEMA = stream.in_flight(tokenized.SCHEMA)
 
 
 class Tokenizer:
+    """Built on the workers: the encoders and torch are imported here, not when the stage is listed."""
+
     def __init__(self, config: TokenizeConfig) -> None:
-        self.segmenter = Segmenter(config)
+        from sylm_data.units import syllables
+
+        self.segmenter = syllables.Segmenter(config)
         if uses_released_codebook(config):
             encoder = self.segmenter.encoder
             self.centroids, self.mapping, self.id = encoder.centroids, encoder.mapping, encoder.codebook_id
@@ -77,6 +80,10 @@ class Tokenizer:
             self.id = manifest.id
 
     def __call__(self, batch: pa.Table) -> pa.Table:
+        from sylm_data.units import assign
+        from sylm_data.units.encoders import FRAME_MS
+        from sylm_data.units.syllables import decode_16k
+
         rows = batch.to_pylist()
         todo, waves = [], []
         for row in rows:
@@ -95,7 +102,6 @@ class Tokenizer:
             row.update({tokenized.UNITS: unit_ids, tokenized.UNIT_START_MS: [min(s, duration) for s in starts],
                         tokenized.UNIT_END_MS: [min(e, duration) for e in stops], tokenized.TOKENIZER: self.id})
         return pa.Table.from_pylist(rows, schema=OUTPUT_SCHEMA)
-
 
 
 STAGE = Stage(
