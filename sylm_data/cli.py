@@ -239,6 +239,37 @@ def quickstart(
     typer.echo(f"shards: {output / 'shards'}   inspect them: sylm-data inspect {output / 'shards'}")
 
 
+@app.command()
+def decode(
+    tokenizer: Annotated[str, typer.Argument(help="A trained model (OUTPUT/final of `train`), or the base model or tokenizer (id or folder).")],
+    sample_file: Annotated[str, typer.Argument(metavar="SAMPLE.json", help="One sample as JSON (a shard's .json member); - reads standard input.")],
+    ids: Annotated[bool, typer.Option("--ids", help="Also print the token ids.")] = False,
+) -> None:
+    """Show a sample the way `train` tokenizes it: its tokens by kind and the text the tokenizer
+    decodes them to (units and markers stay, even with skip_special_tokens: they are not special)."""
+    from transformers import AutoTokenizer
+
+    from sylm_data import offline
+    from sylm_data.train import data
+
+    try:
+        loaded = AutoTokenizer.from_pretrained(tokenizer, local_files_only=offline.local_only(tokenizer))
+    except (OSError, ValueError) as error:
+        _fail(f"cannot load tokenizer {tokenizer!r}: {offline.reason(error, tokenizer)}")
+    try:
+        document = json.loads(sys.stdin.read() if sample_file == "-" else Path(sample_file).read_text())
+        token_ids, counts, added = data.render_for_reading(document, loaded)
+    except OSError as error:
+        _fail(f"cannot read {sample_file}: {error.strerror or error}")
+    except ValueError as error:  # bad JSON, a sample off the contract, a tokenizer with part of the speech tokens
+        _fail(f"{sample_file}: {str(error).splitlines()[0]}")
+    kinds = ", ".join(f"{count} {kind}" for kind, count in counts.items())
+    typer.echo(f"{len(token_ids)} tokens: {kinds}" + ("   (speech tokens added here as `train` adds them)" if added else ""))
+    if ids:
+        typer.echo(json.dumps(token_ids))
+    typer.echo(loaded.decode(token_ids))
+
+
 eval_app = typer.Typer(no_args_is_help=True, help="Measure a stage's output against references.")
 app.add_typer(eval_app, name="eval")
 

@@ -117,6 +117,41 @@ def test_a_partly_extended_tokenizer_is_refused(lm):
         vocab.extend(model, tokenizer, 10)
 
 
+def test_generated_speech_survives_decoding_without_special_tokens_and_encodes_back(lm):
+    from transformers import AutoModelForCausalLM
+
+    tokenizer = tokenizer_of(lm)
+    speech = vocab.extend(AutoModelForCausalLM.from_pretrained(lm), tokenizer, UNITS)
+    for _, document in documents(20, seed=3):
+        ids = data.render(document, tokenizer, speech)[0][0]
+        text = tokenizer.decode(ids, skip_special_tokens=True)  # vLLM's and many pipelines' default
+        assert text.count("<|sylm_unit_") == sum(len(s["units"]) for s in document["segments"] if s["modality"] == "speech")
+        assert tokenizer(text, add_special_tokens=False)["input_ids"] == ids[:-1]  # all but EOS
+
+
+def test_decode_shows_a_sample_with_the_ids_the_trainer_gives_it(lm, tmp_path):
+    from transformers import AutoModelForCausalLM
+    from typer.testing import CliRunner
+
+    from sylm_data.cli import app
+
+    _, document = next(documents(1, seed=5))
+    sample_file = tmp_path / "sample.json"
+    sample_file.write_text(json.dumps(document))
+    trained = tokenizer_of(lm)  # as `train` leaves it: extended for every unit of the corpus, not only this sample's
+    expected = data.render(document, trained, vocab.extend(AutoModelForCausalLM.from_pretrained(lm), trained, UNITS))[0][0]
+    trained.save_pretrained(tmp_path / "final")
+    for folder, note in ((lm, True), (tmp_path / "final", False)):
+        result = CliRunner().invoke(app, ["decode", str(folder), str(sample_file), "--ids"])
+        assert result.exit_code == 0, result.output
+        summary, ids, text = result.output.strip().split("\n")
+        assert json.loads(ids) == expected and ("added here" in summary) == note
+        assert summary.startswith(f"{len(expected)} tokens: ") and text == trained.decode(expected)
+    sample_file.write_text(json.dumps({"kind": "interleaved", "segments": [{"modality": "speech", "units": ["x"]}]}))
+    result = CliRunner().invoke(app, ["decode", str(lm), str(sample_file)])
+    assert result.exit_code == 2 and "sample.json: " in result.output and len(result.output.strip().splitlines()) == 1
+
+
 def test_warmup_stable_decay():
     factors = [schedule.warmup_stable_decay(s, 100, 10, 0.2, "linear", 0.1) for s in range(100)]
     assert factors[:10] == pytest.approx([(s + 1) / 10 for s in range(10)])

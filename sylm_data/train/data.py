@@ -32,7 +32,7 @@ import torch
 from webdataset.tariterators import group_by_keys, tar_file_expander
 
 from sylm_data.schemas import sample
-from sylm_data.train.vocab import SpeechVocabulary
+from sylm_data.train.vocab import SpeechVocabulary, speech_vocabulary
 
 IGNORE = -100  # a label the loss skips
 log = logging.getLogger(__name__)
@@ -252,6 +252,24 @@ def render(document: dict, tokenizer, vocab: SpeechVocabulary) -> list[tuple[lis
     if tokenizer.eos_token_id is not None:
         ids.append(tokenizer.eos_token_id)
     return [(ids, [IGNORE] + ids[1:])]
+
+
+def render_for_reading(document: dict, tokenizer) -> tuple[list[int], dict[str, int], bool]:
+    """A sample's token ids exactly as `render` gives the trainer, their count by kind, and whether
+    the speech tokens had to be added to `tokenizer` first (a base model's) as `train` adds them:
+    markers first, then units in order, so unit u has the same id however many units there are."""
+    if not isinstance(document, dict):
+        raise ValueError("a sample is a JSON object")
+    sample.validate(document)
+    units = [unit for segment in document[sample.SEGMENTS] if segment[sample.MODALITY] == sample.SPEECH
+             for unit in segment[sample.UNITS]]
+    before = len(tokenizer)
+    vocab = speech_vocabulary(tokenizer, max(units, default=0) + 1)
+    ids = render(document, tokenizer, vocab)[0][0]
+    ends = (tokenizer.bos_token_id is not None) + (tokenizer.eos_token_id is not None)
+    markers = sum(token in (vocab.speech_marker, vocab.text_marker) for token in ids)
+    counts = {"text": len(ids) - ends - markers - len(units), "markers": markers, "units": len(units), "bos/eos": ends}
+    return ids, counts, len(tokenizer) > before
 
 
 class Packer:
