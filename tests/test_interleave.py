@@ -95,19 +95,28 @@ def one_by_one_speech(chunk_words, key, speech_ratio, span_mean, span_in_words, 
     def draw(number):
         return spans.uniforms(np.array([key], np.uint64), number)[0]
 
-    target, spoken, speech = speech_ratio * sum(chunk_words), 0, [False] * len(chunk_words)
+    count, target = len(chunk_words), speech_ratio * sum(chunk_words)
+    spoken, speech, over = 0, [False] * count, None
     for attempt in range(max_tries):
-        if spoken >= target or all(speech):
+        free = [index for index in range(count) if not speech[index]]
+        if spoken >= target or not free or (over is not None and all(spoken + chunk_words[i] > target for i in free)):
             break
         wanted = max(1, int(spans.poisson(np.array([draw(first_draw + 2 * attempt)]), span_mean)[0]))
-        start = min(int(draw(first_draw + 2 * attempt + 1) * len(chunk_words)), len(chunk_words) - 1)
-        taken, index = 0, start
-        while index < len(chunk_words) and not speech[index] and taken < wanted and spoken < target:
-            if spoken + chunk_words[index] - target > target - spoken:
+        index = min(int(draw(first_draw + 2 * attempt + 1) * count), count - 1)
+        taken = 0
+        while index < count and not speech[index] and taken < wanted:
+            if spoken + chunk_words[index] > target:
+                over = index if over is None else over
                 break
             speech[index], spoken = True, spoken + chunk_words[index]
             taken += chunk_words[index] if span_in_words else 1
             index += 1
+    last_draw = draw(first_draw + 2 * max_tries)
+    if over is not None and spoken > 0 and speech.count(False) > 1:
+        speech[over] = last_draw < (target - spoken) / chunk_words[over]
+    elif spoken == 0 and target > 0 and count > 1:
+        start = min(int(last_draw * count), count - 1)
+        speech[next(i for i in ((start + k) % count for k in range(count)) if chunk_words[i] == min(chunk_words))] = True
     return speech
 
 
@@ -161,6 +170,30 @@ def test_the_speech_ratio_over_a_corpus_is_within_two_points_of_the_target():
     rows = np.repeat(np.arange(len(utterances)), [len(u) for u in utterances])
     choice = spans.choose_speech(words, rows, spans.stream_keys(0, [f"u{i}" for i in range(len(utterances))]), 0.3, 10.0)
     assert abs(words[choice].sum() / words.sum() - 0.3) <= 0.02
+
+
+def short_utterance(rng, index: int) -> dict:
+    """8-15 words, 300 ms apart, that may be cut only between chunks of 1-5 words: a unit boundary
+    sits in those gaps and every other unit boundary inside a word."""
+    count = int(rng.integers(8, 16))
+    chunk_ends = np.cumsum(rng.integers(1, 6, size=count))
+    boundaries = sorted({300 * k + 100 for k in range(count)} | {300 * int(end) - 50 for end in chunk_ends if end < count})
+    edges = [0, *boundaries, 300 * count]
+    return row([(f"w{k}", 300 * k, 300 * k + 200) for k in range(count)],
+               [(k % 16, start, end) for k, (start, end) in enumerate(zip(edges, edges[1:]))], text=" ".join(f"w{k}" for k in range(count)),
+               id=f"manifest:s{index}")
+
+
+def test_short_utterances_keep_the_ratio_and_the_kinds():
+    rng = np.random.default_rng(1)
+    config = interleave.InterleaveConfig()
+    made = pa.Table.from_pylist(built([short_utterance(rng, index) for index in range(5000)], config))
+    kinds = made["kind"].to_pylist()
+    for kind, share in config.kinds.items():
+        assert abs(kinds.count(kind) / len(kinds) - share) <= 0.02, kind
+    mixed = made.filter(pa.compute.equal(made["kind"], "interleaved"))
+    ratio = sum(mixed["speech_words"].to_pylist()) / sum(mixed["words"].to_pylist())
+    assert abs(ratio - config.speech_ratio) <= 0.02
 
 
 def row(words, units, text="The river ran past the mill.", id="manifest:x"):
@@ -340,6 +373,7 @@ def test_shards_are_byte_identical_for_the_same_input_and_hold_the_same_samples_
     for item in read:
         sample.validate(json.loads(item["json"]))
     assert all("speech_text_ratio" in shard["stats"] for shard in index["shards"])
+    assert sum(index["stats"]["speech_share_histogram"].values()) == index["stats"]["interleaved_samples"]
     assert index["unit_vocab"] == 32 and index["tokenizer"].startswith("mfcc:0:k32:u32:")
 
 

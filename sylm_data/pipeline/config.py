@@ -49,12 +49,15 @@ class Config:
     def stage_hash(self, names: list[str]) -> str:
         """Fingerprint of what decides the rows of these stages: inputs and root are left out (the
         partitions record them) and so is each section's `SPEED_ONLY` (workers, actors, batch sizes),
-        so a resumed run may scale."""
+        so a resumed run may scale. A section's `ROWS_VERSION`, where it has one, goes in: it changes
+        when the same settings start to make different rows, so old and new rows are never mixed."""
         relevant = {}
         for name in names:
             section = self.stages[name]
             left_out = {"inputs", "root", *getattr(section, "SPEED_ONLY", ())}
             relevant[name] = {key: value for key, value in dataclasses.asdict(section).items() if key not in left_out}
+            if hasattr(section, "ROWS_VERSION"):
+                relevant[name]["rows_version"] = section.ROWS_VERSION
         relevant["seed"] = self.run.seed
         return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
 

@@ -184,21 +184,28 @@ def _padded(values: np.ndarray, rows: np.ndarray, count: int, fill) -> tuple[np.
 def choose_speech(chunk_words: np.ndarray, chunk_rows: np.ndarray, keys: np.ndarray, speech_ratio: float,
                   span_mean: float, span_in_words: bool = True, first_draw: int = 0, max_tries: int = 100) -> np.ndarray:
     """Which chunks become speech (one flag per chunk). The chunks of utterance i (chunk_rows == i,
-    consecutive) draw from stream keys[i], from draw `first_draw` on. Spans of Poisson(span_mean)
-    words (or chunks, e.g. sentences, when not `span_in_words`) go at random free places until
-    the speech words reach `speech_ratio` of all words. A span stops where taking one more chunk
-    would land farther from the target than stopping, so the ratio is unbiased over a corpus
-    rather than always overshot. All utterances place their t-th span together."""
+    consecutive) draw from stream keys[i], from draw `first_draw` on.
+
+    Spans of Poisson(span_mean) words (or chunks, e.g. sentences, when not `span_in_words`) go at
+    random free places, each taking chunks while the speech stays within the target, `speech_ratio`
+    of the words: the set just under it. The first chunk refused for going over makes the set just
+    over it, which is taken with probability (target − under) / that chunk's words, so a sample's
+    expected speech is its target exactly and the ratio over a corpus is unbiased whatever the
+    chunk sizes. The over chunk is never taken when it would leave no text. An utterance none of
+    whose chunks fits under its target (every chunk above 30% of a short one, say) still gets its
+    smallest chunk, so that it stays interleaved: the one place the policy overshoots. All
+    utterances place their t-th span together."""
     count = len(keys)
     words, columns, sizes = _padded(np.asarray(chunk_words, np.int64), chunk_rows, count, 0)
     speech, _, _ = _padded(np.zeros(len(chunk_rows), bool), chunk_rows, count, True)  # padding: never free
     target = speech_ratio * np.bincount(chunk_rows, weights=chunk_words, minlength=count)
     spoken, free = np.zeros(count, np.int64), sizes.copy()
+    over = np.full(count, -1)  # each utterance's first refused chunk (its column), -1 until one is
+    never = np.iinfo(np.int64).max // 2
     for attempt in range(max_tries):
-        live = np.flatnonzero((spoken < target) & (free > 0))
-        # an utterance none of whose free chunks fits any more is done: no span could grow in it
-        smallest = np.where(speech[live], np.iinfo(np.int64).max // 2, words[live]).min(axis=1, initial=np.iinfo(np.int64).max // 2)
-        live = live[spoken[live] + smallest - target[live] <= target[live] - spoken[live]]
+        smallest_free = np.where(speech, never, words).min(axis=1, initial=never)
+        # go on while a free chunk fits, or, once none does, until one has been refused
+        live = np.flatnonzero((spoken < target) & (free > 0) & ((spoken + smallest_free <= target) | (over < 0)))
         if not live.size:
             break
         wanted = np.maximum(poisson(uniforms(keys[live], first_draw + 2 * attempt), span_mean), 1)
@@ -206,15 +213,28 @@ def choose_speech(chunk_words: np.ndarray, chunk_rows: np.ndarray, keys: np.ndar
         placed = ~speech[live, at]
         rows, at, wanted, taken = live[placed], at[placed], wanted[placed], np.zeros(placed.sum(), np.int64)
         while rows.size:
-            size, so_far, goal = words[rows, at], spoken[rows], target[rows]
-            # take the chunk when that lands nearer the target than stopping short of it
-            go = ~speech[rows, at] & (taken < wanted) & (so_far < goal) & (so_far + size - goal <= goal - so_far)
+            size, open_ = words[rows, at], ~speech[rows, at] & (taken < wanted)
+            fits = spoken[rows] + size <= target[rows]
+            refused = open_ & ~fits & (over[rows] < 0)
+            over[rows[refused]] = at[refused]
+            go = open_ & fits
             rows, at, wanted, taken, size = rows[go], at[go], wanted[go], taken[go], size[go]
             speech[rows, at] = True
             spoken[rows] += size
             free[rows] -= 1
             taken += size if span_in_words else 1
             at += 1
+    rounded = np.flatnonzero((over >= 0) & (spoken > 0) & (free > 1))
+    size = words[rounded, over[rounded]]
+    up = uniforms(keys[rounded], first_draw + 2 * max_tries) < (target[rounded] - spoken[rounded]) / size
+    speech[rounded[up], over[rounded[up]]] = True
+    unspoken = np.flatnonzero((spoken == 0) & (target > 0) & (sizes > 1))
+    if unspoken.size:
+        # the smallest chunk, the first of equals after a random place
+        start = below(uniforms(keys[unspoken], first_draw + 2 * max_tries), sizes[unspoken])
+        place = (np.arange(words.shape[1]) - start[:, None]) % np.maximum(sizes[unspoken], 1)[:, None]
+        order = np.where(speech[unspoken], never, words[unspoken] * words.shape[1] + place)
+        speech[unspoken, order.argmin(axis=1)] = True
     return speech[chunk_rows, columns]
 
 

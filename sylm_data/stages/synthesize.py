@@ -46,6 +46,7 @@ NAME = "synthesize"
 
 @dataclass
 class SynthesizeConfig:
+    ROWS_VERSION: ClassVar[int] = 2  # 2: speech spans by randomised rounding (spans.choose_speech)
     SPEED_ONLY: ClassVar[tuple[str, ...]] = ("batch_size", "actors", "gpus_per_actor")
     source: str = "text"  # JSONL or Parquet with a `text` column (sources/text.py)
     inputs: list[str] = field(default_factory=list)  # local paths/globs or hf://OWNER/NAME/PATTERN
