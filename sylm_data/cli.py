@@ -218,6 +218,26 @@ def inspect(
 
 
 @app.command()
+def report(
+    path: Annotated[Path, typer.Argument(help="An output DIR (DIR/ingest/, DIR/align/, …, DIR/rejects/, DIR/runs/).")],
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="The HTML file to write (default: DIR/report.html).")] = None,
+    samples: Annotated[int, typer.Option(help="Utterances in the viewer, at most 8 (the page embeds their audio, at most 2 MB each).")] = 3,
+) -> None:
+    """Write one self-contained HTML page about DIR: the funnel per stage with example ids per
+    reject reason, histograms (duration, words/s, units/s, speech share), the language and source
+    mix, and a viewer of a few utterances (audio player, waveform with word and unit boundaries,
+    the interleaved document). It loads nothing from the network. Its size is mostly the viewer's
+    audio: at most 8 samples; audio over 2 MB is drawn but not embedded."""
+    from sylm_data import report as report_module
+
+    try:
+        written = report_module.write(path, output, samples)
+    except (report_module.ReportError, OSError) as error:
+        _fail(str(error))
+    typer.echo(f"wrote {written} ({written.stat().st_size / 1e6:.2f} MB)")
+
+
+@app.command()
 def quickstart(
     output: Annotated[Path, typer.Option("--output", "-o", help="Output folder.")] = Path("out"),
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show Ray's and the libraries' own output here instead of in OUTPUT/runs/RUN.log.")] = False,
