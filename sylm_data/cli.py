@@ -38,7 +38,7 @@ def run(
     output: Annotated[Path, typer.Option("--output", "-o", help="Output folder (DIR/<stage>/, DIR/rejects/, DIR/runs/).")],
     config: Annotated[Optional[Path], typer.Option(help="TOML config file.")] = None,
     stage: Annotated[Optional[list[str]], typer.Option(help="Stage to run (repeatable); default: the configured stages.")] = None,
-    source: Annotated[Optional[str], typer.Option(help="Source kind for ingest: emilia, emilia-yodas, yodas2, manifest.")] = None,
+    source: Annotated[Optional[str], typer.Option(help="Source kind for ingest: emilia, emilia-yodas, yodas2, manifest, lhotse.")] = None,
     input: Annotated[Optional[list[str]], typer.Option("--input", "-i", help="Input path, glob or hf://OWNER/NAME[@REVISION]/PATTERN (repeatable): speech corpora for ingest, a text corpus for synthesize.")] = None,
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override a config key: SECTION.KEY=VALUE (repeatable).")] = None,
     address: Annotated[Optional[str], typer.Option(help="Ray address (auto, ray://HOST:PORT); default: embedded local Ray.")] = None,
@@ -324,6 +324,46 @@ def eval_t2t(
     except (OSError, ValueError) as error:
         _fail(str(error))
     typer.echo(json.dumps(result))
+
+
+export_app = typer.Typer(no_args_is_help=True, help="Write a stage's output in another toolkit's format.")
+app.add_typer(export_app, name="export")
+
+
+@export_app.command("lhotse")
+def export_lhotse(
+    path: Annotated[Path, typer.Argument(help="An align or tokenize output folder (DIR/align, DIR/tokenize); the audio comes from DIR/ingest.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="The lhotse Shar folder to write (new, or empty).")],
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show Ray's own output here instead of in DIR/runs/RUN.log.")] = False,
+) -> None:
+    """lhotse Shar, a shard per partition: a cut per row with one supervision (text, language,
+    speaker, word alignment), the audio bytes as ingest stored them; the other columns (tokenize:
+    the units and their times) in each cut's custom fields."""
+    from sylm_data import quiet
+    from sylm_data.export import lhotse as lhotse_export
+    from sylm_data.pipeline import config as config_module
+    from sylm_data.pipeline import records, runner
+
+    cfg = config_module.load()
+    log_path = path.parent / "runs" / f"{records.new_run_id()}.log"
+    failure = None
+    with quiet.to_log(None if verbose else log_path):
+        workers = runner.Workers(None, cfg)
+        try:
+            summary = lhotse_export.export(path, output, workers.map, cfg.run.batch_rows)
+        except lhotse_export.ExportError as error:
+            failure = str(error)
+        finally:
+            workers.close()
+    if failure is not None:
+        _fail(failure)
+    typer.echo(f"{summary['cuts']:,} cuts in {summary['shards']} shards: {output}   "
+               f"read them: lhotse.CutSet.from_shar(in_dir={str(output)!r})")
+    if summary["left_out"]:
+        typer.echo(f"left out: {summary['left_out']:,} rows whose id lhotse's Shar reader cannot match to its audio "
+                   f"(e.g. {summary['example']!r})", err=True)
+    if log_path.exists():
+        typer.echo(f"log (Ray and the libraries; --verbose shows it here): {log_path}")
 
 
 def main() -> None:

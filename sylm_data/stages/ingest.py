@@ -33,7 +33,7 @@ DEFAULT_FILLER_WORDS = {
 @dataclass
 class IngestConfig:
     SPEED_ONLY: ClassVar[tuple[str, ...]] = ("workers", "cpus_per_worker")
-    source: str = "emilia"  # emilia | emilia-yodas | yodas2 | manifest
+    source: str = "emilia"  # emilia | emilia-yodas | yodas2 | manifest | lhotse
     inputs: list[str] = field(default_factory=list)  # local paths/globs or hf://OWNER/NAME/PATTERN
     root: str | None = None  # the dataset folder partition ids are relative to; default: each glob's static prefix
     min_duration_ms: int = 300
@@ -200,7 +200,7 @@ STAGE = Stage(
     name=NAME,
     consumes=SOURCES,
     contract=utterance.SCHEMA,
-    description="source corpora (Emilia, Emilia-YODAS, YODAS2, manifest) -> utterance rows",
+    description="source corpora (Emilia, Emilia-YODAS, YODAS2, manifest, lhotse) -> utterance rows",
     config_type=IngestConfig,
     make_transform=lambda config: functools.partial(transform, config=config),
     map_options=lambda config: MapOptions(concurrency=config.workers, num_cpus=config.cpus_per_worker),
