@@ -1,0 +1,11 @@
+"""Label-quality checks for one transcript: pure functions of (text, language) that return a float
+score, higher = worse, each with a reject reason (`REASON_*`) and a default threshold (`DEFAULT_MAX_*`,
+reject above it) beside it.
+
+- `hallucination`: n-gram loops (`loop_share`) and boilerplate phrases (`boilerplate_share`)
+- `language`: the declared language against text language ID (`language_mismatch`,
+  `code_switch_share`)
+- `inappropriate`: listed words (`inappropriate_share`)
+- `restarts`: restarts and self-corrections (`restart_rate`)
+- `minhash`: near-duplicate transcripts (`signature`, `band_keys`, `clusters`), for a shuffle by band key
+"""
