@@ -28,7 +28,7 @@ from sylm_data.sources.tar import split_key
 from tests.conftest import emilia_members, read_parquet, write_tar
 
 GOOD = Record(key="K", audio=b"\xff\xfb", audio_name="K.mp3", text="hi", language="en", speaker="S1", quality=3.2,
-              declared_duration_ms=1500, meta={"wav": "K.mp3"})
+              declared_duration_ms=1500, recording="R", recording_start_ms=1200, segment_index=3, meta={"wav": "K.mp3"})
 
 
 def stored(record: Record) -> pa.Table:
@@ -58,6 +58,10 @@ def test_a_good_record_comes_back_equal():
     ("meta", None, {}),
     ("audio", bytearray(b"ab"), b"ab"),
     ("text", None, None),
+    ("recording", 17, "17"),
+    ("recording_start_ms", 0, 0),
+    ("recording_start_ms", 1200.4, 1200),
+    ("segment_index", 3.0, 3),
 ])
 def test_values_of_a_near_type_are_coerced(name, value, coerced):
     record = checked(with_field(name, value))
@@ -101,6 +105,17 @@ def test_values_of_a_near_type_are_coerced(name, value, coerced):
     ("meta", {1: "a", "b": 2}, "meta: the object is not JSON (TypeError"),
     ("meta", ["wav"], "meta: a list is not an object"),
     ("audio", "K.mp3", "audio: 'K.mp3' is not bytes"),
+    ("recording", "", "recording: empty"),
+    ("recording", "a\nb", "recording: 'a\\nb' holds a control character"),
+    ("recording", ["R"], "recording: a list is not a string"),
+    ("recording_start_ms", -1, "start_ms: -1 ms is not within 0 ms .. 24 h"),
+    ("recording_start_ms", MAX_DURATION_MS + 1, f"start_ms: {MAX_DURATION_MS + 1} ms is not within 0 ms .. 24 h"),
+    ("recording_start_ms", math.nan, "start_ms: nan is not a finite number"),
+    ("recording_start_ms", "12", "start_ms: '12' is not a number"),
+    ("segment_index", 1.5, "segment: 1.5 is not a segment number"),
+    ("segment_index", -1, "segment: -1 is not a segment number"),
+    ("segment_index", 2**63, "segment: 9223372036854775808 is not a segment number"),
+    ("segment_index", True, "segment: True is not a number"),
 ])
 def test_each_rule_rejects_the_value_and_names_it(name, value, detail):
     record = with_field(name, value)
@@ -111,6 +126,13 @@ def test_each_rule_rejects_the_value_and_names_it(name, value, detail):
     assert got.audio is None and got.text is None and got.meta == {}  # a reject carries no values
     stored(got)  # key and detail can be written, whatever the value was
     assert asdict(record) == before, "checked must not change its argument"
+
+
+def test_a_place_without_a_recording_is_rejected():
+    got = checked(with_field("recording", None))
+    assert (got.reject, got.detail) == (Reason.BAD_METADATA, "start_ms: 1200 is given without a recording")
+    no_start = Record(**asdict(GOOD) | {"recording": None, "recording_start_ms": None})
+    assert checked(no_start).detail == "segment: 3 is given without a recording"
 
 
 def test_a_deeply_nested_meta_is_rejected_not_raised():
@@ -159,6 +181,8 @@ def test_checked_never_raises_and_what_it_returns_can_be_stored(values):
     assert (got.reject is None) == (got.detail is None)
     if got.reject is None:
         assert got.declared_duration_ms is None or 1 <= got.declared_duration_ms <= MAX_DURATION_MS
+        assert got.recording_start_ms is None or 0 <= got.recording_start_ms <= MAX_DURATION_MS
+        assert got.recording is not None or got.recording_start_ms is got.segment_index is None
 
 
 # --- readers: one bad sample is that sample's reject, and reading goes on ------------------------
@@ -267,6 +291,26 @@ def test_manifest_bad_values_reject_their_line(tmp_path, utterances):
     assert got == [("ok", None), ("42", None), ("nan", Reason.BAD_METADATA), ("quality", Reason.BAD_METADATA),
                    ("path", Reason.BAD_METADATA), ("nul", Reason.MISSING_AUDIO), ("a list", Reason.BAD_METADATA),
                    ("m-L0000008", None), ("m-L0000009", Reason.BAD_METADATA)]
+
+
+def test_manifest_recording_fields_are_checked_like_the_others(tmp_path, utterances):
+    (tmp_path / "a.mp3").write_bytes(utterances[0].audio)
+    base = {"audio": "a.mp3", "text": "hi", "language": "en"}
+    lines = [{"id": "start", "recording": "r", "start_ms": 1500.6}, {"id": "segment", "recording": 7, "segment": 2},
+             {"id": "none"}, {"id": "nan", "recording": "r", "start_ms": math.nan},
+             {"id": "list", "recording": ["r"], "start_ms": 0}, {"id": "fraction", "recording": "r", "segment": 0.5},
+             {"id": "alone", "start_ms": 10}]
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text("".join(json.dumps(base | line) + "\n" for line in lines))
+    records = checked_records("manifest", str(manifest))
+    assert [(r.key, r.recording, r.recording_start_ms, r.segment_index) for r in records[:3]] == [
+        ("start", "r", 1501, None), ("segment", "7", None, 2), ("none", None, None, None)]
+    assert [(r.key, r.reject, r.detail) for r in records[3:]] == [
+        ("nan", Reason.BAD_METADATA, "start_ms: nan is not a finite number"),
+        ("list", Reason.BAD_METADATA, "recording: a list is not a string"),
+        ("fraction", Reason.BAD_METADATA, "segment: 0.5 is not a segment number (a whole number, 0 or more)"),
+        ("alone", Reason.BAD_METADATA, "start_ms: 10 is given without a recording")]
+    assert all("recording" not in r.meta for r in records[:3])
 
 
 def test_yodas2_transcripts_that_are_not_strings_reject_their_utterance(tmp_path, utterances):

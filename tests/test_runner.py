@@ -204,3 +204,19 @@ def test_a_stage_reads_the_previous_output_or_runs_fused_and_kept_with_the_same_
         runner.run(make_config(tars), ["ingest", "shout"], str(tmp_path / "other"), keep=["align"])
     with pytest.raises(registry.PlanError, match="stages are"):
         registry.plan(["ingest", "align-with-typo"])
+
+
+def test_rows_of_an_older_contract_read_with_its_new_nullable_columns_null(tmp_path):
+    from sylm_data.pipeline import partitions
+    from sylm_data.schemas import aligned
+    from sylm_data.sources import Partition
+    from tests.conftest import commit_rows
+
+    old = [field for field in aligned.SCHEMA if field.name not in (utterance.RECORDING, utterance.RECORDING_START_MS)]
+    row = {"id": "manifest:a", "source": "manifest", "audio_format": "wav", "sample_rate": 16000, "duration_ms": 900,
+           "text": "hi", "language": "en", "segment_index": 3, "words": [], "aligner": "pocketsphinx", "word_unit": "word"}
+    commit_rows(tmp_path / "align", "p0", pa.Table.from_pylist([row], schema=pa.schema(old)))
+    [batch] = partitions.read_stage_partition(Partition("p0", "manifest", str(tmp_path / "align" / "p0")), aligned.SCHEMA, 8)
+    [read] = batch.to_pylist()
+    assert read[utterance.RECORDING] is None and read[utterance.RECORDING_START_MS] is None and read[utterance.SEGMENT_INDEX] == 3
+    assert batch.schema == stream.in_flight(aligned.SCHEMA)

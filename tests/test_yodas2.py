@@ -162,6 +162,8 @@ def test_utterances_come_in_start_order_and_may_overlap(tmp_path):
     records = list(READERS["yodas2"].read(READERS["yodas2"].partitions([str(archive)])[0]))
     assert [record.key for record in records] == [  # by start, then end
         "b-00000-00000000-00000350", "b-00001-00000100-00000200", "b-00003-00000300-00000320", "b-00002-00000300-00000400"]
+    assert [(record.recording, record.recording_start_ms) for record in records] == [
+        ("b", 0), ("b", 1000), ("b", 3000), ("b", 3000)]
     reference = audio.decode(wav(signal)).samples
     for record in records:
         _, start_ms, end_ms = parse_utterance_id(record.key)

@@ -47,6 +47,9 @@ def source_row(partition: Partition, record: Record, reader_stage: str) -> dict:
         source_record.SPEAKER: record.speaker,
         source_record.QUALITY: record.quality,
         source_record.DECLARED_DURATION_MS: record.declared_duration_ms,
+        source_record.RECORDING: None if record.recording is None else record_id(partition.source, record.recording),
+        source_record.RECORDING_START_MS: record.recording_start_ms,
+        source_record.SEGMENT_INDEX: record.segment_index,
         source_record.META: json.dumps(record.meta, ensure_ascii=False, sort_keys=True) if record.meta else None,
         stream.PARTITION: partition.id,
         stream.PARTITION_TOTAL: 0,
@@ -147,16 +150,25 @@ def read_stage_partition(partition: Partition, contract: pa.Schema, batch_rows: 
                          "the ingest output was changed after this stage ran; run ingest and this stage again")
 
 
+def conformed(table: pa.Table, contract: pa.Schema) -> pa.Table:
+    """Stored rows as `contract` types them; a nullable column the rows were written without (by an
+    older version of their contract) is null, what it means when the source did not say."""
+    for field in contract:
+        if field.name not in table.column_names and field.nullable:
+            table = table.append_column(field, pa.nulls(table.num_rows, field.type))
+    return table.select(contract.names).cast(contract)
+
+
 def _batches(files: list[Path], contract: pa.Schema, batch_rows: int) -> Iterator[pa.Table]:
     for file in files:
         for record_batch in pq.ParquetFile(file).iter_batches(batch_size=batch_rows):
-            yield pa.Table.from_batches([record_batch]).cast(contract)
+            yield conformed(pa.Table.from_batches([record_batch]), contract)
 
 
 def _joined(files: list[Path], audio_folder: Path, contract: pa.Schema, batch_rows: int) -> Iterator[pa.Table]:
     """The rows (small: no audio) in the order of the ingest partition's files, which are streamed
     a batch at a time with their audio, so memory holds one batch of audio."""
-    rows = pa.concat_tables([pq.read_table(file).cast(contract) for file in files]) if files else contract.empty_table()
+    rows = pa.concat_tables([conformed(pq.read_table(file), contract) for file in files]) if files else contract.empty_table()
     place = {sample_id: index for index, sample_id in enumerate(rows["id"].to_pylist())}
     for file in sorted(audio_folder.glob("*.parquet")):
         for record_batch in pq.ParquetFile(file).iter_batches(batch_size=batch_rows, columns=["id", stream.AUDIO.name]):

@@ -7,7 +7,7 @@ A record the reader could not unpack arrives already rejected (see `schemas.stre
 import pyarrow as pa
 
 NAME = "source_record"
-VERSION = 1
+VERSION = 2  # 2: recording, recording_start_ms, segment_index
 
 ID = "id"
 SOURCE = "source"
@@ -18,6 +18,9 @@ LANGUAGE = "language"  # as the source spells it; ingest normalises to ISO 639-1
 SPEAKER = "speaker"
 QUALITY = "quality"
 DECLARED_DURATION_MS = "declared_duration_ms"  # what the source claims; checked against the audio
+RECORDING = "recording"  # the recording the sample was cut from, namespaced by source like ids
+RECORDING_START_MS = "recording_start_ms"  # its start in the recording, where the source knows it
+SEGMENT_INDEX = "segment_index"  # else its number in the recording's segment order, where the source has one
 META = "meta"
 
 SCHEMA = pa.schema(
@@ -31,6 +34,9 @@ SCHEMA = pa.schema(
         pa.field(SPEAKER, pa.string()),
         pa.field(QUALITY, pa.float32()),
         pa.field(DECLARED_DURATION_MS, pa.int64()),
+        pa.field(RECORDING, pa.string()),
+        pa.field(RECORDING_START_MS, pa.int64()),
+        pa.field(SEGMENT_INDEX, pa.int64()),
         pa.field(META, pa.string()),
     ],
     metadata={"sylm.contract": NAME, "sylm.version": str(VERSION)},

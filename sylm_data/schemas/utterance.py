@@ -1,12 +1,18 @@
 """The `utterance` table: one row per speech segment, the output of ingest.
 
 Audio stays the encoded bytes found in the source (mp3/flac/wav/opus); times are integer ms.
+
+`recording` names the recording an utterance was cut from, namespaced by source like ids
+(`emilia:EN_B00000_S00000`, `yodas2:<audio_id>`); its place there is `recording_start_ms` where
+the source knows its start time, `segment_index` where the source numbers the recording's
+segments in order instead. Null where the source does not say; later stages read these columns,
+never the id.
 """
 
 import pyarrow as pa
 
 NAME = "utterance"
-VERSION = 1
+VERSION = 2  # 2: recording, recording_start_ms, segment_index (nullable)
 
 ID = "id"
 SOURCE = "source"
@@ -18,6 +24,9 @@ TEXT = "text"
 LANGUAGE = "language"
 SPEAKER = "speaker"
 QUALITY = "quality"
+RECORDING = "recording"
+RECORDING_START_MS = "recording_start_ms"
+SEGMENT_INDEX = "segment_index"
 META = "meta"
 
 SCHEMA = pa.schema(
@@ -33,6 +42,9 @@ SCHEMA = pa.schema(
         pa.field(LANGUAGE, pa.string(), nullable=False),
         pa.field(SPEAKER, pa.string()),
         pa.field(QUALITY, pa.float32()),
+        pa.field(RECORDING, pa.string()),
+        pa.field(RECORDING_START_MS, pa.int64()),
+        pa.field(SEGMENT_INDEX, pa.int64()),
         pa.field(META, pa.string()),  # JSON object of the remaining source fields
     ],
     metadata={"sylm.contract": NAME, "sylm.version": str(VERSION)},

@@ -35,6 +35,9 @@ class Record:
     speaker: str | None = None
     quality: float | None = None
     declared_duration_ms: int | None = None
+    recording: str | None = None  # as the source names it; the pipeline namespaces it by source, as it does keys
+    recording_start_ms: int | None = None
+    segment_index: int | None = None
     meta: dict = field(default_factory=dict)
     reject: Reason | None = None
     detail: str | None = None

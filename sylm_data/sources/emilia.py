@@ -5,6 +5,10 @@ Emilia-YODAS json: _id, text, duration, speaker, language, dnsmos, phone_count.
 Fields beyond the common ones stay in `meta` as found (Emilia's `wav` path, `phone_count`), the
 speaker label too (Emilia: the id up to `_W…`, per source unit; Emilia-YODAS: `EN_<video>_SPEAKER_00`,
 pyannote's label within one video); Emilia-YODAS rows also get their YouTube `video_id`.
+
+The recording and the segment's place in it come from the key: Emilia `EN_B00000_S00000_W000003`
+is segment 3 of recording `EN_B00000_S00000` (W counts a source unit's segments in time order);
+Emilia-YODAS `EN_<video>_W000003` is segment 3 of the video. A key of another form has neither.
 """
 
 import json
@@ -18,14 +22,17 @@ from sylm_data.sources.tar import Group, Truncation, iter_groups
 
 AUDIO_EXTENSIONS = ("mp3", "flac", "wav", "opus", "ogg", "m4a", "webm")
 _KNOWN_FIELDS = {"id", "_id", "text", "duration", "speaker", "language", "dnsmos"}
-# Emilia-YODAS keys: {LANG}_{VIDEO}_W{index}; YouTube ids hold letters, digits, '-' and '_'
-_YODAS_KEY = re.compile(r"^[A-Za-z]+_(?P<video>[A-Za-z0-9_-]+)_W\d+$")
+# {LANG}_B{batch}_S{source}_W{segment}; a W of over 18 digits would not fit the int64 column
+_EMILIA_KEY = re.compile(r"(?P<recording>[A-Za-z]+_B\d+_S\d+)_W(?P<segment>\d{1,18})", re.ASCII)
+# Emilia-YODAS keys: {LANG}_{VIDEO}_W{index}; YouTube ids hold letters, digits, '-' and '_' (the last _W is the segment)
+_YODAS_KEY = re.compile(r"[A-Za-z]+_(?P<recording>[A-Za-z0-9_-]+)_W(?P<segment>\d{1,18})", re.ASCII)
 
 
-def video_id(key: str) -> str | None:
-    """The YouTube video id of an Emilia-YODAS key, None when the key is not of that form."""
-    match = _YODAS_KEY.match(key)
-    return match["video"] if match else None
+def place(key: str, yodas: bool) -> tuple[str, int] | None:
+    """(recording, segment index) of an Emilia or Emilia-YODAS key (the recording of an
+    Emilia-YODAS key is its YouTube video id), None when the key is not of that form."""
+    match = (_YODAS_KEY if yodas else _EMILIA_KEY).fullmatch(key)
+    return (match["recording"], int(match["segment"])) if match else None
 
 
 def _audio_extension(group: Group) -> str | None:
@@ -66,8 +73,9 @@ class EmiliaReader(Reader):
         except (ValueError, RecursionError) as error:  # RecursionError: nested too deep to parse
             return Record(key=group.key, reject=Reason.BAD_METADATA, detail=str(error)[:200])
         meta = {name: value for name, value in fields.items() if name not in _KNOWN_FIELDS}
-        if self.yodas and video_id(group.key):
-            meta["video_id"] = video_id(group.key)
+        recording, segment_index = place(group.key, self.yodas) or (None, None)
+        if self.yodas and recording is not None:
+            meta["video_id"] = recording
         # values as found: `fields.checked` coerces or rejects them
         return Record(
             key=group.key,
@@ -78,5 +86,7 @@ class EmiliaReader(Reader):
             speaker=fields.get("speaker"),
             quality=fields.get("dnsmos"),
             declared_duration_ms=milliseconds(fields.get("duration")),
+            recording=recording,
+            segment_index=segment_index,
             meta=meta,
         )

@@ -12,6 +12,10 @@ one place that decides what they may be. The rules:
   so a broken score must not become a pass.
 - declared_duration_ms: a finite number (not a bool) of milliseconds, rounded to an int of
   1 ms .. 24 h, or None (the int64 column never overflows; a longer claim is not a duration).
+- recording: what a key may be, or None.
+- recording_start_ms: a finite number (not a bool) of milliseconds, rounded to an int of 0 .. 24 h,
+  or None. segment_index: a whole number (not a bool) of 0 .. 2**63 - 1, or None. Either one
+  needs a recording: a place in no named recording orders nothing.
 - meta: a dict that JSON encodes with finite numbers only, or None (which becomes {}).
 - audio: bytes or None.
 - every string: valid UTF-8 (a JSON `\\ud800` escape or a tar name with undecodable bytes is not).
@@ -54,7 +58,7 @@ def checked(record: Record) -> Record:
     except _Unusable as problem:
         return Record(key=_usable_key(record.key), reject=Reason.BAD_METADATA, detail=f"key: {problem}")
     try:
-        return replace(
+        coerced = replace(
             record,
             key=key,
             audio=_audio(record.audio),
@@ -64,8 +68,13 @@ def checked(record: Record) -> Record:
             speaker=_speaker(record.speaker),
             quality=_quality(record.quality),
             declared_duration_ms=_duration_ms(record.declared_duration_ms),
+            recording=_recording(record.recording),
+            recording_start_ms=_start_ms(record.recording_start_ms),
+            segment_index=_segment_index(record.segment_index),
             meta=_meta(record.meta),
         )
+        _check_place(coerced)
+        return coerced
     except _Unusable as problem:
         return Record(key=key, reject=Reason.BAD_METADATA, detail=str(problem))
 
@@ -180,6 +189,40 @@ def _duration_ms(value: object) -> int | None:
     if rounded < 1:
         raise _Unusable(f"duration: {_shown(number)} ms is not at least 1 ms")
     return rounded
+
+
+def _recording(value: object) -> str | None:
+    if value is None:
+        return None
+    try:
+        return _key(value)
+    except _Unusable as problem:
+        raise _Unusable(f"recording: {problem}") from None
+
+
+def _start_ms(value: object) -> int | None:
+    if value is None:
+        return None
+    number = _finite("start_ms", value)
+    if not 0 <= number <= MAX_DURATION_MS:
+        raise _Unusable(f"start_ms: {_shown(number)} ms is not within 0 ms .. 24 h")
+    return round(number)
+
+
+def _segment_index(value: object) -> int | None:
+    if value is None:
+        return None
+    number = _finite("segment", value)
+    if (isinstance(number, float) and not number.is_integer()) or not 0 <= number < 2**63:
+        raise _Unusable(f"segment: {_shown(number)} is not a segment number (a whole number, 0 or more)")
+    return int(number)
+
+
+def _check_place(record: Record) -> None:
+    if record.recording is None:
+        for name, value in (("start_ms", record.recording_start_ms), ("segment", record.segment_index)):
+            if value is not None:
+                raise _Unusable(f"{name}: {value} is given without a recording")
 
 
 def _meta(value: object) -> dict:

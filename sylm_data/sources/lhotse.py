@@ -14,6 +14,11 @@ lhotse does that itself (`cuts.trim_to_supervisions().to_shar(...)` writes one r
 The supervision's word alignment goes to `meta["words"]` as {text, start_ms, end_ms} (times from
 the start of the cut, as lhotse keeps them), the cut's and the supervision's custom fields to
 `meta["custom"]` and `meta["supervision_custom"]` as found.
+
+A row names no recording and no place in one (`Record.recording` stays None): a cut read here is
+its whole recording, which orders nothing, and a Shar of supervisions cut out of a long recording
+(`trim_to_supervisions().to_shar()`) keeps that recording's id on every cut but sets every cut's
+start to 0, so their order in it is lost.
 """
 
 import copy

@@ -1,6 +1,9 @@
-"""A local manifest: JSONL lines of {audio, text, language, [id], [speaker], [quality], …}.
+"""A local manifest: JSONL lines of {audio, text, language, [id], [speaker], [quality], [duration],
+[recording], [start_ms], [segment], …}.
 
-`audio` (or `audio_path`) is a path relative to the manifest's folder; other fields go to meta.
+`audio` (or `audio_path`) is a path relative to the manifest's folder; `duration` is in seconds.
+`recording` names the recording a line's audio was cut from, `start_ms` its start there or
+`segment` its number in the recording's order; other fields go to meta.
 """
 
 import json
@@ -12,7 +15,8 @@ from sylm_data.schemas.reject import Reason
 from sylm_data.sources.base import Partition, Reader, Record, expand, local_path, partition_id
 from sylm_data.sources.fields import milliseconds
 
-_KNOWN_FIELDS = {"id", "audio", "audio_path", "text", "language", "speaker", "quality", "duration"}
+_KNOWN_FIELDS = {"id", "audio", "audio_path", "text", "language", "speaker", "quality", "duration",
+                 "recording", "start_ms", "segment"}
 
 
 class ManifestReader(Reader):
@@ -61,5 +65,8 @@ class ManifestReader(Reader):
             speaker=fields.get("speaker"),
             quality=fields.get("quality"),
             declared_duration_ms=milliseconds(fields.get("duration")),
+            recording=fields.get("recording"),
+            recording_start_ms=fields.get("start_ms"),
+            segment_index=fields.get("segment"),
             meta={name: value for name, value in fields.items() if name not in _KNOWN_FIELDS},
         )

@@ -13,6 +13,7 @@ cut without decoding it). A recording is decoded as it streams out of the archiv
 goes, in start order, so memory holds the longest utterance, not the recording (`audio.cut`).
 A segment ending past the decoded audio is cut short there with `overrun_ms` in its meta (the
 official loader slices without checking); ingest decides how much overrun it accepts.
+Each segment names its recording (the audio id) and its start in it (`Record.recording_start_ms`).
 """
 
 import json
@@ -213,6 +214,8 @@ def _segment(utterance: _Utterance, samples, stream: audio.AudioStream, meta: di
         text=utterance.text,
         language=language,
         declared_duration_ms=cut_ms,
+        recording=meta["audio_id"],
+        recording_start_ms=start_ms,
         meta=meta,
     )
 

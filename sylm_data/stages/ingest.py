@@ -33,6 +33,7 @@ DEFAULT_FILLER_WORDS = {
 @dataclass
 class IngestConfig:
     SPEED_ONLY: ClassVar[tuple[str, ...]] = ("workers", "cpus_per_worker")
+    ROWS_VERSION: ClassVar[int] = 2  # 2: rows carry recording, recording_start_ms and segment_index
     source: str = "emilia"  # emilia | emilia-yodas | yodas2 | manifest | lhotse
     inputs: list[str] = field(default_factory=list)  # local paths/globs or hf://OWNER/NAME/PATTERN
     root: str | None = None  # the dataset folder partition ids are relative to; default: each glob's static prefix
@@ -157,6 +158,9 @@ def ingest_record(record: dict, config: IngestConfig) -> dict:
         utterance.LANGUAGE: language,
         utterance.SPEAKER: record[source_record.SPEAKER],
         utterance.QUALITY: quality,
+        utterance.RECORDING: record[source_record.RECORDING],
+        utterance.RECORDING_START_MS: record[source_record.RECORDING_START_MS],
+        utterance.SEGMENT_INDEX: record[source_record.SEGMENT_INDEX],
         utterance.META: record[source_record.META],
     }
 
