@@ -389,16 +389,12 @@ def test_partitions_commit_as_they_finish(ingest_reference, align_reference):
 # --- 6. a killed run resumed with other speed settings ----------------------------------------
 
 
-@pytest.mark.parametrize(
-    "pipeline, scaled",
-    [(INGEST, ("ingest.workers=2", "run.batch_rows=3")),
-     # a CPU more than the two aligners take: with none spare the read tasks never start (see the test below)
-     (ALIGN, ("ingest.workers=2", "run.batch_rows=3", "align.actors=2", "align.batch_size=3", "run.num_cpus=3"))],
-    ids=["ingest", "ingest+align"],
-)
-def test_a_killed_run_resumes_with_other_speed_settings(tmp_path, request, pipeline, scaled):
-    corpus = request.getfixturevalue("ingest_corpus" if pipeline is INGEST else "align_corpus")
-    reference = request.getfixturevalue("ingest_reference" if pipeline is INGEST else "align_reference")
+def test_a_killed_run_resumes_with_other_speed_settings(tmp_path, align_corpus, align_reference):
+    """The driver and every Ray process killed mid-run (ingest and align fused), then resumed with more
+    read workers and aligner actors and smaller batches."""
+    pipeline, corpus, reference = ALIGN, align_corpus, align_reference
+    # a CPU more than the two aligners take: with none spare the read tasks never start (see the test below)
+    scaled = ("ingest.workers=2", "run.batch_rows=3", "align.actors=2", "align.batch_size=3", "run.num_cpus=3")
     out, log = tmp_path / "out", tmp_path / "killed.log"
     inputs = str(corpus.folder / "*.tar")
     with running(run_command(pipeline, inputs, out), log) as process:

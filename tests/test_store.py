@@ -125,7 +125,7 @@ def ingest_command(corpus: Path, out: Path) -> list[str]:
 @pytest.mark.slow
 def test_a_full_disk_is_one_line_and_the_rerun_after_freeing_space_completes(tmp_path, utterances, small_disk):
     corpus = tmp_path / "corpus"
-    layouts.write_emilia(corpus, utterances * 6, shard_size=2)
+    layouts.write_emilia(corpus, utterances * 6, shard_size=6)
     assert sum(f.stat().st_size for f in corpus.iterdir()) > 2 * 3 * 2**20 / 3
     reference = tmp_path / "reference"
     subprocess.run(ingest_command(corpus, reference), check=True, capture_output=True)
