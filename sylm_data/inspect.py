@@ -6,8 +6,9 @@ import tarfile
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
-
+import pyarrow.compute as pc
 
 from sylm_data.pipeline import records
 from sylm_data.pipeline.output import read_rows
@@ -70,6 +71,8 @@ def _rows(path: Path, table, samples: int) -> str:
         count = sum(len(u) for u in table[tokenized.UNITS].to_pylist())
         seconds = sum(table[utterance.DURATION_MS].to_pylist()) / 1000
         lines.append(f"  units: {count:,} ({count / seconds:.1f} per second); tokenizer {table[tokenized.TOKENIZER][0]}")
+    if utterance.LABEL_SCORES in table.column_names and table.num_rows:
+        lines.append("  label scores (median / 90th percentile / max): " + _label_scores(table[utterance.LABEL_SCORES]))
     shown = [name for name in table.column_names if name != utterance.AUDIO]
     for row in table.select(shown).slice(0, samples).to_pylist():
         if utterance.TEXT not in row:
@@ -82,6 +85,17 @@ def _rows(path: Path, table, samples: int) -> str:
             timed = " ".join(f"{w['text']}@{w['start_ms'] / 1000:.2f}" for w in row[aligned.WORDS][:8])
             lines.append(f"      {timed}{' …' if len(row[aligned.WORDS]) > 8 else ''}")
     return "\n".join(lines)
+
+
+def _label_scores(column) -> str:
+    """Each label-quality score's median, 90th percentile and maximum over the rows that have it."""
+    parts = []
+    for name in utterance.SCORES.names:
+        values = np.array(pc.struct_field(column, name).drop_null(), np.float64)
+        if values.size:
+            median, high = np.quantile(values, [0.5, 0.9])
+            parts.append(f"{name} {median:.2f}/{high:.2f}/{values.max():.2f}")
+    return ", ".join(parts) or "none"
 
 
 def _is_list(table, column: str) -> bool:

@@ -21,6 +21,7 @@ from sylm_data.pipeline.partitions import read_source_partition
 from sylm_data.sample import MANIFEST, REFERENCE
 from sylm_data.schemas import aligned as aligned_schema
 from sylm_data.schemas import stream
+from sylm_data.schemas.utterance import SCORES
 from sylm_data.sources import READERS
 from sylm_data.stages import align, ingest
 from tests.conftest import read_parquet
@@ -76,7 +77,7 @@ def test_words_missing_from_the_dictionary_still_align(utterance_rows, pocketsph
     assert abs(aligned["words"][2]["start_ms"] - speech.words[2].start_ms) <= 100
 
 
-def test_the_recording_and_place_pass_through_align(utterance_rows, pocketsphinx_aligner):
+def test_the_recording_place_and_label_scores_pass_through_align(utterance_rows, pocketsphinx_aligner):
     place = {"recording": pa.array(["manifest:talk"] * 2), "recording_start_ms": pa.array([0, 4250], pa.int64()),
              "segment_index": pa.array([None, 1], pa.int64())}
     rows = utterance_rows.slice(0, 2)
@@ -84,6 +85,8 @@ def test_the_recording_and_place_pass_through_align(utterance_rows, pocketsphinx
         rows = rows.set_column(rows.schema.get_field_index(name), name, values)
     out = stream.accepted(pocketsphinx_aligner(rows), aligned_schema.SCHEMA)
     assert out.select(list(place)).to_pydict() == {name: values.to_pylist() for name, values in place.items()}
+    scores = rows["label_scores"].to_pylist()
+    assert out["label_scores"].to_pylist() == scores and all(set(s) == set(SCORES.names) for s in scores)
 
 
 def test_languages_the_backend_lacks_are_rejected(utterance_rows, pocketsphinx_aligner):

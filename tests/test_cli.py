@@ -98,6 +98,7 @@ def test_run_with_a_config_file_filters_and_inspect_shows_the_rejects(tmp_path, 
     assert result.exit_code == 0, result.output
     kept, rejected = read_parquet(out / "ingest"), read_parquet(out / "rejects" / "ingest")
     assert kept.num_rows + rejected.num_rows == 8 and rejected.num_rows > 0
+    assert "label scores (median / 90th percentile / max): loop_share 0.00/0.00/0.00" in cli.invoke(app, ["inspect", str(out / "ingest")]).output
     assert set(rejected["reason"].to_pylist()) == {"too_long"}
     record = json.loads(next((out / "runs").glob("*.json")).read_text())
     assert record["config"]["ingest"]["min_duration_ms"] == 500 and record["config"]["ingest"]["source"] == "yodas2"

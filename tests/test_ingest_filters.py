@@ -10,6 +10,8 @@ from sylm_data.sample import MANIFEST
 from sylm_data.sources import READERS
 from sylm_data.stages import ingest
 from sylm_data.pipeline.stage import Rejected
+from sylm_data.quality import scores
+from sylm_data.schemas import utterance
 from sylm_data.stages.ingest import IngestConfig
 
 
@@ -76,8 +78,8 @@ def test_duration_and_quality_filters(utterances):
     with pytest.raises(Rejected) as long:
         ingest.check_audio(good.audio, None, IngestConfig(max_duration_ms=1_000))
     assert long.value.reason == "too_long"
-    record = {"text": good.text, "language": "en", "quality": 2.1, "audio": good.audio,
-              "declared_duration_ms": declared, "speaker": None, "meta": None}
+    record = {"text": good.text, "language": "en", "quality": 2.1, "audio": good.audio, "declared_duration_ms": declared,
+              "speaker": None, "recording": None, "recording_start_ms": None, "segment_index": None, "meta": None}
     with pytest.raises(Rejected) as low:
         ingest.ingest_record(record, IngestConfig(min_quality=3.0))
     assert low.value.reason == "low_quality"
@@ -99,3 +101,31 @@ def test_an_unexpected_error_on_one_sample_is_a_stage_error_reject(utterances, m
     batch = next(read_source_partition(partition, "ingest", 3))
     reasons = ingest.transform(batch, IngestConfig())["reject_reason"].to_pylist()
     assert reasons == [None, "stage_error", None]
+
+
+@pytest.mark.parametrize("text, reason", [
+    ("thank you so much thank you so much thank you so much thank you so much", "hallucination_loop"),
+    ("thanks for watching", "boilerplate_phrase"),
+    ("der Fluss lief an der alten Mühle vorbei und dann kam er zum Meer", "language_mismatch"),
+    ("so I I went to the the shop and and we we bought it", "restarts"),
+])
+def test_label_scores_are_kept_and_one_over_its_bound_is_a_reject(text, reason):
+    config = IngestConfig()
+    with pytest.raises(Rejected) as rejected:
+        ingest.label_scores(text, "en", config)
+    assert rejected.value.reason == reason
+    unbounded = IngestConfig(**{check.threshold: None for check in scores.CHECKS})
+    kept = ingest.label_scores(text, "en", unbounded)
+    assert set(kept) == set(utterance.SCORES.names) and max(kept.values()) > 0
+
+
+def test_a_clean_transcript_passes_with_low_scores_and_a_user_list_adds_words(tmp_path):
+    text = "The river ran past the old mill before it reached the sea."
+    kept = ingest.label_scores(text, "en", IngestConfig())
+    assert kept == {name: 0.0 for name in utterance.SCORES.names if name != "language_mismatch"} | {
+        "language_mismatch": kept["language_mismatch"]} and kept["language_mismatch"] < 0.5
+    words = tmp_path / "words.tsv"
+    words.write_text("en\tmill\n")
+    assert ingest.label_scores(text, "en", IngestConfig(inappropriate_file=str(words)))["inappropriate_share"] > 0
+    with pytest.raises(Rejected, match="inappropriate_share"):
+        ingest.label_scores(text, "en", IngestConfig(inappropriate_file=str(words), max_inappropriate_share=0.0))

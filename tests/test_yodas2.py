@@ -268,7 +268,7 @@ def test_a_long_recording_is_never_held_whole(tmp_path):
 @pytest.mark.parametrize(("subset", "language"), [("iw000", "he"), ("sh000", "sr"), ("in000", "id"), ("jw000", "jv")])
 def test_subsets_named_with_youtubes_withdrawn_codes_get_their_language(tmp_path, utterances, subset, language):
     (archive,) = layouts.write_yodas2(tmp_path, utterances[:2], subset=subset, per_recording=2)
-    rows = ingested(archive, ingest.IngestConfig(max_foreign_letter_share=1.0))
+    rows = ingested(archive, ingest.IngestConfig(max_foreign_letter_share=1.0, max_language_mismatch=None, max_code_switch_share=None))
     assert [(row[stream.REJECT_REASON], row["language"]) for row in rows] == [(None, language)] * 2
 
 

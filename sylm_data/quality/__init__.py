@@ -1,6 +1,6 @@
 """Label-quality checks for one transcript: pure functions of (text, language) that return a float
-score, higher = worse, each with a reject reason (`REASON_*`) and a default threshold (`DEFAULT_MAX_*`,
-reject above it) beside it.
+score, higher = worse, each with a default threshold (`DEFAULT_MAX_*`, reject above it) beside it;
+`scores` runs them all for the `label_scores` column and names each one's reject reason.
 
 - `hallucination`: n-gram loops (`loop_share`) and boilerplate phrases (`boilerplate_share`)
 - `language`: the declared language against text language ID (`language_mismatch`,

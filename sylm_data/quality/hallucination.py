@@ -8,8 +8,6 @@ import numpy as np
 from sylm_data.quality import wordlists
 from sylm_data.quality.words import UNSPACED, language_of, words
 
-REASON_LOOP = "hallucination_loop"
-REASON_BOILERPLATE = "boilerplate_phrase"
 # a third of the words going round in a loop: the recogniser was stuck, the text no longer follows the audio
 DEFAULT_MAX_LOOP_SHARE = 0.3
 # mostly boilerplate: a recogniser's filler over silence or a caption credit, not what was said

@@ -5,7 +5,6 @@ import os
 from sylm_data.quality import wordlists
 from sylm_data.quality.words import language_of, words
 
-REASON = "inappropriate_words"
 # any listed word: the shipped lists hold only words that are unfit in every context
 DEFAULT_MAX_SHARE = 0.0
 

@@ -9,8 +9,6 @@ from py3langid.langid import MODEL_FILE, LanguageIdentifier
 from sylm_data import languages
 from sylm_data.quality.words import UNSPACED, language_of, spans
 
-REASON_MISMATCH = "language_mismatch"
-REASON_CODE_SWITCH = "code_switching"
 # P(declared) under 1%: no right label of 120 short (2-8 word) sentences fell that low, 97% of wrong ones did
 DEFAULT_MAX_MISMATCH = 0.99
 # a third of the words in another language: a bilingual or mislabelled transcript, not a loanword

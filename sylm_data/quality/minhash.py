@@ -14,7 +14,6 @@ from collections.abc import Hashable, Iterable, Sequence
 
 import numpy as np
 
-REASON = "near_duplicate"
 # signatures agreeing on half their values: one word changed in a ten-word transcript still agrees on ~64%
 DEFAULT_MIN_SIMILARITY = 0.5
 

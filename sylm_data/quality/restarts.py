@@ -5,7 +5,6 @@ import unicodedata
 
 from sylm_data.quality.words import UNSPACED, language_of, spans
 
-REASON = "restarts"
 # more than one restart in five words: more broken start than sentence; one natural "no no" in a
 # five-word utterance passes
 DEFAULT_MAX_RATE = 0.2

@@ -50,6 +50,13 @@ class Reason(StrEnum):
     FOREIGN_SCRIPT = "foreign_script"
     FILLER_WORDS = "filler_words"
     STUTTER = "stutter"
+    # label quality (sylm_data/quality): a score over its threshold
+    HALLUCINATION_LOOP = "hallucination_loop"
+    BOILERPLATE_PHRASE = "boilerplate_phrase"
+    LANGUAGE_MISMATCH = "language_mismatch"
+    CODE_SWITCHING = "code_switching"
+    INAPPROPRIATE_WORDS = "inappropriate_words"
+    RESTARTS = "restarts"
     # quality filters
     TOO_SHORT = "too_short"
     TOO_LONG = "too_long"

@@ -7,12 +7,15 @@ Audio stays the encoded bytes found in the source (mp3/flac/wav/opus); times are
 the source knows its start time, `segment_index` where the source numbers the recording's
 segments in order instead. Null where the source does not say; later stages read these columns,
 never the id.
+
+`label_scores` holds one score per label-quality check of the transcript (`sylm_data/quality`;
+higher = worse), kept on every row that passes so that thresholds can be chosen later.
 """
 
 import pyarrow as pa
 
 NAME = "utterance"
-VERSION = 2  # 2: recording, recording_start_ms, segment_index (nullable)
+VERSION = 2  # 2: recording, recording_start_ms, segment_index, label_scores (nullable)
 
 ID = "id"
 SOURCE = "source"
@@ -27,7 +30,17 @@ QUALITY = "quality"
 RECORDING = "recording"
 RECORDING_START_MS = "recording_start_ms"
 SEGMENT_INDEX = "segment_index"
+LABEL_SCORES = "label_scores"
 META = "meta"
+
+LOOP_SHARE = "loop_share"  # share of words inside an n-gram loop
+BOILERPLATE_SHARE = "boilerplate_share"  # share of words inside a boilerplate phrase
+LANGUAGE_MISMATCH = "language_mismatch"  # 1 - P(declared language) by text language ID
+CODE_SWITCH_SHARE = "code_switch_share"  # share of words in another language
+INAPPROPRIATE_SHARE = "inappropriate_share"  # share of listed inappropriate words
+RESTART_RATE = "restart_rate"  # restarts and self-corrections per word
+SCORES = pa.struct([(name, pa.float32()) for name in (LOOP_SHARE, BOILERPLATE_SHARE, LANGUAGE_MISMATCH, CODE_SWITCH_SHARE,
+                                                       INAPPROPRIATE_SHARE, RESTART_RATE)])
 
 SCHEMA = pa.schema(
     [
@@ -45,6 +58,7 @@ SCHEMA = pa.schema(
         pa.field(RECORDING, pa.string()),
         pa.field(RECORDING_START_MS, pa.int64()),
         pa.field(SEGMENT_INDEX, pa.int64()),
+        pa.field(LABEL_SCORES, SCORES),
         pa.field(META, pa.string()),  # JSON object of the remaining source fields
     ],
     metadata={"sylm.contract": NAME, "sylm.version": str(VERSION)},

@@ -16,6 +16,8 @@ import pyarrow as pa
 
 from sylm_data import audio, languages
 from sylm_data.pipeline.stage import SOURCES, MapOptions, Rejected, Stage, StageConfigError
+from sylm_data.quality import hallucination, restarts, scores
+from sylm_data.quality import language as language_id
 from sylm_data.schemas import source_record, stream, utterance
 from sylm_data.schemas.reject import Reason
 from sylm_data.sources import AUDIO_SOURCES, yodas2
@@ -33,7 +35,7 @@ DEFAULT_FILLER_WORDS = {
 @dataclass
 class IngestConfig:
     SPEED_ONLY: ClassVar[tuple[str, ...]] = ("workers", "cpus_per_worker")
-    ROWS_VERSION: ClassVar[int] = 2  # 2: rows carry recording, recording_start_ms and segment_index
+    ROWS_VERSION: ClassVar[int] = 2  # 2: rows carry recording, recording_start_ms, segment_index and label_scores
     source: str = "emilia"  # emilia | emilia-yodas | yodas2 | manifest | lhotse
     inputs: list[str] = field(default_factory=list)  # local paths/globs or hf://OWNER/NAME/PATTERN
     root: str | None = None  # the dataset folder partition ids are relative to; default: each glob's static prefix
@@ -47,6 +49,16 @@ class IngestConfig:
     max_filler_share: float = 0.3  # filler words over all words
     max_repeat_run: int = 3  # the same word this many times in a row is fine, once more is a stutter
     filler_words: dict[str, list[str]] = field(default_factory=lambda: dict(DEFAULT_FILLER_WORDS))
+    # label quality (sylm_data/quality): every score is kept in label_scores; one over its bound is a
+    # reject; None keeps the score without filtering
+    max_loop_share: float | None = hallucination.DEFAULT_MAX_LOOP_SHARE
+    max_boilerplate_share: float | None = hallucination.DEFAULT_MAX_BOILERPLATE_SHARE
+    max_language_mismatch: float | None = language_id.DEFAULT_MAX_MISMATCH
+    max_code_switch_share: float | None = language_id.DEFAULT_MAX_CODE_SWITCH_SHARE
+    max_inappropriate_share: float | None = None  # a choice of policy, not of label quality: scored only
+    max_restart_rate: float | None = restarts.DEFAULT_MAX_RATE
+    boilerplate_file: str | None = None  # LANGUAGE<TAB>PHRASE lines added to the shipped list
+    inappropriate_file: str | None = None  # LANGUAGE<TAB>WORD lines (WORD* matches its beginning too)
     # declared and measured duration may differ by this much (mp3 padding), or 5%, whichever is more
     duration_tolerance_ms: int = 250
     # a YODAS2 segment may end this far past its recording's audio: it is cut where the audio ends
@@ -98,6 +110,16 @@ def check_text(text: str, language: str, config: IngestConfig) -> None:
         raise Rejected(Reason.STUTTER, f"a word repeated {run} times in a row")
 
 
+def label_scores(text: str, language_code: str, config: IngestConfig) -> dict[str, float]:
+    """The transcript's label-quality scores; the first over its bound rejects the utterance."""
+    found = scores.label_scores(text, language_code, {"boilerplate": config.boilerplate_file,
+                                                      "inappropriate": config.inappropriate_file})
+    over = scores.first_over(found, vars(config))
+    if over is not None:
+        raise Rejected(*over)
+    return found
+
+
 def check_language(code: str | None, config: IngestConfig) -> str:
     language = languages.normalize(code)
     if language is None:
@@ -147,6 +169,7 @@ def ingest_record(record: dict, config: IngestConfig) -> dict:
     if config.min_quality is not None and quality is not None and quality < config.min_quality:
         raise Rejected(Reason.LOW_QUALITY, f"quality {quality:.2f} < {config.min_quality}")
     check_text(text, language, config)
+    quality_of_label = label_scores(text, language, config)
     data = record[source_record.AUDIO]
     decoded = check_audio(data, record[source_record.DECLARED_DURATION_MS], config)
     return {
@@ -161,6 +184,7 @@ def ingest_record(record: dict, config: IngestConfig) -> dict:
         utterance.RECORDING: record[source_record.RECORDING],
         utterance.RECORDING_START_MS: record[source_record.RECORDING_START_MS],
         utterance.SEGMENT_INDEX: record[source_record.SEGMENT_INDEX],
+        utterance.LABEL_SCORES: quality_of_label,
         utterance.META: record[source_record.META],
     }
 
