@@ -193,6 +193,11 @@ def test_a_stage_reads_the_previous_output_or_runs_fused_and_kept_with_the_same_
     assert all(set(m["rejected"]) <= {"ingest/bad_metadata", "ingest/missing_metadata", "ingest/unknown_language",
                                       "ingest/unreadable_input", "shout/align_failed"} for m in shout_marker.values())
     assert {m["config_hash"] for m in shout_marker.values()} == {make_config(tars).stage_hash(["ingest", "shout"])}
+    # a stage's hash chains from the rows it reads: the same alone as fused, so a stage run alone is done
+    assert {m["config_hash"] for m in _markers(separate, "shout").values()} == {m["config_hash"] for m in shout_marker.values()}
+    lines.clear()
+    runner.run(make_config(tars), ["shout", "whisper"], str(fused), log=lines.append)
+    assert "5 partitions, 5 already done" in lines[0]
     # and a run of the next stage reads the kept rows as it reads a final stage's
     later = tmp_path / "later"
     for folder in ("ingest", "shout"):

@@ -46,20 +46,30 @@ class Config:
             name: dataclasses.asdict(section) for name, section in self.stages.items()
         }
 
-    def stage_hash(self, names: list[str]) -> str:
-        """Fingerprint of what decides the rows of these stages: inputs and root are left out (the
-        partitions record them) and so is each section's `SPEED_ONLY` (workers, actors, batch sizes),
-        so a resumed run may scale. A section's `ROWS_VERSION`, where it has one, goes in: it changes
-        when the same settings start to make different rows, so old and new rows are never mixed."""
-        relevant = {}
+    def stage_hashes(self, names: list[str], upstream: str | None = None) -> dict[str, str]:
+        """Each stage's fingerprint of what decides its rows: its section and the fingerprint of the
+        rows it reads, that of the stage before it or, for the first, `upstream` (the hash recorded in
+        the folder it reads; None when it reads the sources). Chained so, a stage run on its own over
+        a folder gets the hash it had when run fused with the stages that wrote that folder.
+
+        Inputs and root are left out (the partitions record them) and so is each section's
+        `SPEED_ONLY` (workers, actors, batch sizes), so a resumed run may scale. A section's
+        `ROWS_VERSION`, where it has one, goes in: it changes when the same settings start to make
+        different rows, so old and new rows are never mixed."""
+        hashes, previous = {}, upstream
         for name in names:
             section = self.stages[name]
             left_out = {"inputs", "root", *getattr(section, "SPEED_ONLY", ())}
-            relevant[name] = {key: value for key, value in dataclasses.asdict(section).items() if key not in left_out}
+            relevant = {key: value for key, value in dataclasses.asdict(section).items() if key not in left_out}
             if hasattr(section, "ROWS_VERSION"):
-                relevant[name]["rows_version"] = section.ROWS_VERSION
-        relevant["seed"] = self.run.seed
-        return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
+                relevant["rows_version"] = section.ROWS_VERSION
+            chained = {name: relevant, "seed": self.run.seed} | ({"upstream": previous} if previous else {})
+            previous = hashes[name] = hashlib.sha256(json.dumps(chained, sort_keys=True).encode()).hexdigest()[:16]
+        return hashes
+
+    def stage_hash(self, names: list[str], upstream: str | None = None) -> str:
+        """The fingerprint of the last of `names` (see `stage_hashes`)."""
+        return self.stage_hashes(names, upstream)[names[-1]]
 
 
 def _runtime_types(annotation) -> tuple[type, ...]:

@@ -166,12 +166,22 @@ def _kept(names: list[str], keep: list[str]) -> list[str]:
     return [name for name in names[:-1] if name in chosen]
 
 
+def _upstream_hash(first: Stage, layout: OutputLayout) -> str | None:
+    """The config hash recorded in the folder the run's first stage reads (None: it reads sources)."""
+    if first.consumes == SOURCES:
+        return None
+    found = {marker["config_hash"] for marker in layout.markers(first.consumes).values()}
+    if len(found) > 1:
+        raise RunError(f"{layout.stage_dir(first.consumes)} holds partitions of {len(found)} configs: "
+                       "run the stages that wrote it again into a new --output")
+    return found.pop() if found else None
+
+
 def _run_locked(config, stages, kept, layout, run_id, run_lock, address, log, retry_rejects) -> RunResult:
     names = [stage.name for stage in stages]
     final = stages[-1]
     written = [*kept, final.name]  # in commit order: the final stage's marker is the partition's commit point
-    # each written stage's marker is the one a run of the stages up to it would write
-    hashes = {name: config.stage_hash(names[: names.index(name) + 1]) for name in written}
+    hashes = config.stage_hashes(names, _upstream_hash(stages[0], layout))
     all_partitions = _input_partitions(stages[0], config, layout)
     committed = {name: layout.markers(name) for name in written}
     for name in written:
@@ -218,7 +228,8 @@ def _run_locked(config, stages, kept, layout, run_id, run_lock, address, log, re
             finally:
                 summaries.close()  # stops Ray Data's executor before Ray shuts down, also on an error
         layout.drop_staging(run_id, final.name, names, kept)
-        record = _record(run_id, config, names, layout, final.name, tallies, all_partitions, len(done), started)
+        record = _record(run_id, config, names, hashes[final.name], layout, final.name, tallies, all_partitions, len(done),
+                         started)
         record["kept"] = {name: str(layout.stage_dir(name)) for name in kept}
         if final.finalize is not None:
             log(f"{final.name}: finalizing")
@@ -457,7 +468,7 @@ def _progress_line(committed: int, pending: int, tallies: dict[str, PartitionTal
     )
 
 
-def _record(run_id, config, names, layout, final_name, tallies, all_partitions, n_skipped, started) -> dict:
+def _record(run_id, config, names, config_hash, layout, final_name, tallies, all_partitions, n_skipped, started) -> dict:
     wall_s = time.time() - started
     this_run = [t for t in tallies.values() if t.complete]
     rejected_now = sum((t.rejected for t in this_run), Counter())
@@ -470,7 +481,7 @@ def _record(run_id, config, names, layout, final_name, tallies, all_partitions, 
         "stages": names,
         "output": str(layout.stage_dir(final_name)),
         "config": config.to_dict(),
-        "config_hash": config.stage_hash(names),
+        "config_hash": config_hash,
         "versions": records.package_versions(),
         "partitions": {"total": len(all_partitions), "skipped_done": n_skipped, "processed": len(this_run)},
         "this_run": records.stage_counts(names, rows, rejected_now),
