@@ -1,4 +1,5 @@
-"""The sylm-data command end to end: quickstart, run with a config, inspect, stages, errors."""
+"""The sylm-data command end to end: run with a config, inspect, stages, errors (tests/test_readme.py
+runs the quickstart and inspects its output)."""
 
 import json
 import subprocess
@@ -29,35 +30,6 @@ def test_the_cli_answers_without_importing_torch_or_ray(args):
              f"print('IMPORTED', sorted({{name.split('.')[0] for name in sys.modules}} & {set(heavy)!r}))")
     result = subprocess.run([sys.executable, "-c", probe, *args], capture_output=True, text=True, check=True)
     assert result.stdout.strip().splitlines()[-1] == "IMPORTED []"
-
-
-@pytest.mark.slow
-def test_quickstart_runs_the_bundled_sample_and_inspect_reads_it(tmp_path):
-    out = tmp_path / "out"
-    done = subprocess.run([sys.executable, "-m", "sylm_data.cli", "quickstart", "--output", str(out)],
-                          capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert "ingest: 24 in, 24 out; rejected: none" in done.stdout
-    # quiet: Ray's, DeepSpeed's and the other libraries' lines go to the runs' logs, not to the terminal
-    assert done.stderr == "", done.stderr[-2000:]
-    noise = ("deprecated", "core_worker", "(raylet)", "Progress bars", "[WARNING]", "WARNING", "Traceback")
-    assert not [line for line in done.stdout.splitlines() if any(word in line for word in noise)], done.stdout
-    # the fused tokenize + interleave run kept tokenize's rows: the pairs stage can read them
-    assert read_parquet(out / "tokenize").num_rows == 24 and len(list((out / "tokenize" / "_done").glob("*.json"))) == 3
-    assert f"kept: {out / 'tokenize'}" in done.stdout
-    aligned, rejected = read_parquet(out / "align"), read_parquet(out / "rejects" / "align")
-    assert aligned.num_rows + rejected.num_rows == 24 and aligned.num_rows >= 22
-    # the audio is stored once, in the ingest rows; align's rows join it by id
-    assert read_parquet(out / "ingest").num_rows == 24 and "audio" not in aligned.column_names
-    summary = cli.invoke(app, ["inspect", str(out)])
-    assert summary.exit_code == 0
-    assert f"{aligned.num_rows} rows" in summary.output and "language: en" in summary.output
-    assert "The@" in summary.output  # words with their start times
-    assert "units" in summary.output and "speech_text_ratio" in summary.output
-    shown = cli.invoke(app, ["inspect", str(out / "shards")])
-    assert "24 samples" in shown.output and "<speech" in shown.output
-    assert f"inspect them: sylm-data inspect {out / 'shards'}" in done.stdout
-    assert "The river ran past the old mill" in summary.output
 
 
 def test_library_output_goes_to_the_log_and_the_command_keeps_the_terminal(tmp_path):
