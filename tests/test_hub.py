@@ -267,7 +267,8 @@ def test_the_run_record_names_the_commit_each_repo_was_read_at(fake_hub, tmp_pat
     for name, partition in (("a", earlier), ("b", now), ("c", {"path": f"hf://{REPO}/EN/old.tar"})):
         (done / f"{name}.json").write_text(json.dumps({"partition": partition, "rows_in": 4, "rejected": {}}))
     config = config_module.load()
-    record = runner._record("run-1", config, ["ingest"], layout, "ingest", {}, partitions, 3, time.time())
+    record = runner._record("run-1", config, ["ingest"], config.stage_hash(["ingest"]), layout, "ingest", {}, partitions, 3,
+                            time.time())
     assert record["hub_commits"] == {REPO: V2}
     assert record["hub_commits_in_output"] == {REPO: [V1, V2]}  # the output mixes two commits: visible
     assert record["partitions"]["total"] == 2
@@ -278,8 +279,9 @@ def test_the_run_record_names_the_commit_each_repo_was_read_at(fake_hub, tmp_pat
 def test_a_run_without_hub_inputs_has_no_hub_commits(tmp_path, utterances):
     tars = layouts.write_emilia(tmp_path / "local", utterances[:4], shard_size=4)
     partitions = READERS["emilia"].partitions([str(tars[0])])
-    record = runner._record("run-1", config_module.load(), ["ingest"], OutputLayout(tmp_path / "out"), "ingest", {},
-                            partitions, 0, time.time())
+    config = config_module.load()
+    record = runner._record("run-1", config, ["ingest"], config.stage_hash(["ingest"]), OutputLayout(tmp_path / "out"),
+                            "ingest", {}, partitions, 0, time.time())
     assert "hub_commits" not in record
 
 
