@@ -18,6 +18,7 @@ has at least that many shards: a plain WebDataset reader deals whole shards to D
 and a worker dealt none raises (or, with `empty_check=False`, idles).
 """
 
+import functools
 import io
 import json
 import os
@@ -51,7 +52,8 @@ class ShardWriter:
         self._summed: set[str] = set()  # the stat names written (derived ones are recomputed, not summed)
 
     def write(self, key: str, members: dict[str, bytes], stats: dict[str, float] | None = None) -> None:
-        """One sample: `members` maps an extension ("json", "mp3") to its bytes; `stats` are summed per shard."""
+        """One sample: `members` maps an extension ("json", "mp3") to its bytes; `stats` are summed per
+        shard (`add_stat`: numbers, or counts by name such as a histogram's bins)."""
         if not key or "." in key:
             raise ValueError(f"sample key {key!r} must be non-empty and contain no dot")
         if key in self._keys:
@@ -72,7 +74,7 @@ class ShardWriter:
         self._current["bytes"] += size
         totals = self._current["stats"]
         for name, value in (stats or {}).items():
-            totals[name] = totals.get(name, 0) + value
+            totals[name] = add_stat(totals.get(name), value)
 
     def _open_shard(self) -> None:
         name = f"{self.prefix}-{len(self.shards):06d}.tar"
@@ -107,9 +109,20 @@ class ShardWriter:
             (self.folder / f".{self._current['name']}.partial").unlink(missing_ok=True)
 
 
+def add_stat(total: float | dict | None, value: float | dict) -> float | dict:
+    """A stat summed over samples or shards: numbers add, and so do dicts of counts, name by name."""
+    if isinstance(value, dict):
+        merged = dict(total or {})
+        for name, count in value.items():
+            merged[name] = merged.get(name, 0) + count
+        return merged
+    return (total or 0) + value
+
+
 def write_index(folder: Path, shards: list[dict], summed: list[str], extra_index: dict, derive) -> dict:
     """index.json for `shards` (in their order), swapped in atomically."""
-    totals = {name: sum(shard["stats"].get(name, 0) for shard in shards) for name in summed}
+    totals = {name: functools.reduce(add_stat, (shard["stats"][name] for shard in shards if name in shard["stats"]), None)
+              for name in summed}
     index = {
         "format": "sylm-data shards",
         "version": 1,

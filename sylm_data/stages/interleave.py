@@ -277,15 +277,9 @@ def _flat(values) -> np.ndarray:
     return values.to_numpy(zero_copy_only=False).astype(np.int64)
 
 
-SPEECH_SHARE = "speech_share_"  # + a tenth: interleaved samples whose speech share of words is in [it, it + 0.1)
-
-
 def _ratio(stats: dict) -> dict:
-    """The corpus speech:text ratio of interleaved samples, and how their own speech shares spread."""
     words = stats.get("interleaved_words", 0)
-    histogram = {f"{low / 10:.1f}-{(low + 1) / 10:.1f}": stats.get(f"{SPEECH_SHARE}{low / 10:.1f}", 0) for low in range(10)}
-    return {"speech_text_ratio": round(stats.get("interleaved_speech_words", 0) / words, 4) if words else None,
-            "speech_share_histogram": histogram}
+    return {"speech_text_ratio": round(stats.get("interleaved_speech_words", 0) / words, 4) if words else None}
 
 
 def config_digest(config) -> str:
@@ -316,8 +310,9 @@ def shard_members(table: pa.Table):
     for key, document, kind, words, speech_words, units in zip(*columns):
         stats = {f"{kind}_samples": 1, "words": words, "units": units}
         if kind == "interleaved":
-            share_bin = min(int(10 * speech_words / words), 9) / 10 if words else 0.0
-            stats |= {"interleaved_words": words, "interleaved_speech_words": speech_words, f"{SPEECH_SHARE}{share_bin:.1f}": 1}
+            tenth = min(int(10 * speech_words / words), 9) if words else 0
+            stats |= {"interleaved_words": words, "interleaved_speech_words": speech_words,
+                      "speech_share_histogram": {f"{tenth / 10:.1f}-{(tenth + 1) / 10:.1f}": 1}}
         yield key, {"json": document.encode()}, stats
 
 
