@@ -13,29 +13,30 @@ class Check(NamedTuple):
     score: str  # its field in `label_scores`
     threshold: str  # the ingest setting that bounds it
     reason: Reason
-    measure: Callable[[str, str, dict], float]  # (text, language, user word lists) -> score
+    measure: Callable[..., float]  # (text, language[, a user word-list file]) -> score
+    word_list: str | None = None  # the name of the user list `measure` takes
 
 
 CHECKS = (
-    Check(utterance.LOOP_SHARE, "max_loop_share", Reason.HALLUCINATION_LOOP,
-          lambda text, code, lists: hallucination.loop_share(text, code)),
-    Check(utterance.BOILERPLATE_SHARE, "max_boilerplate_share", Reason.BOILERPLATE_PHRASE,
-          lambda text, code, lists: hallucination.boilerplate_share(text, code, lists.get("boilerplate"))),
-    Check(utterance.LANGUAGE_MISMATCH, "max_language_mismatch", Reason.LANGUAGE_MISMATCH,
-          lambda text, code, lists: language.language_mismatch(text, code)),
-    Check(utterance.CODE_SWITCH_SHARE, "max_code_switch_share", Reason.CODE_SWITCHING,
-          lambda text, code, lists: language.code_switch_share(text, code)),
+    Check(utterance.LOOP_SHARE, "max_loop_share", Reason.HALLUCINATION_LOOP, hallucination.loop_share),
+    Check(utterance.BOILERPLATE_SHARE, "max_boilerplate_share", Reason.BOILERPLATE_PHRASE, hallucination.boilerplate_share,
+          "boilerplate"),
+    Check(utterance.LANGUAGE_MISMATCH, "max_language_mismatch", Reason.LANGUAGE_MISMATCH, language.language_mismatch),
+    Check(utterance.CODE_SWITCH_SHARE, "max_code_switch_share", Reason.CODE_SWITCHING, language.code_switch_share),
     Check(utterance.INAPPROPRIATE_SHARE, "max_inappropriate_share", Reason.INAPPROPRIATE_WORDS,
-          lambda text, code, lists: inappropriate.inappropriate_share(text, code, lists.get("inappropriate"))),
-    Check(utterance.RESTART_RATE, "max_restart_rate", Reason.RESTARTS,
-          lambda text, code, lists: restarts.restart_rate(text, code)),
+          inappropriate.inappropriate_share, "inappropriate"),
+    Check(utterance.RESTART_RATE, "max_restart_rate", Reason.RESTARTS, restarts.restart_rate),
 )
 
 
 def label_scores(text: str, language_code: str, lists: dict[str, str | None]) -> dict[str, float]:
     """Every check's score of a transcript; `lists`: user word-list files by name (boilerplate,
     inappropriate), added to the shipped lists."""
-    return {check.score: round(float(check.measure(text, language_code, lists)), 4) for check in CHECKS}
+    scores = {}
+    for check in CHECKS:
+        user_list = (lists.get(check.word_list),) if check.word_list else ()
+        scores[check.score] = round(float(check.measure(text, language_code, *user_list)), 4)
+    return scores
 
 
 def first_over(scores: dict[str, float], thresholds: dict[str, float | None]) -> tuple[Reason, str] | None:

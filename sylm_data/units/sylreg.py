@@ -31,6 +31,7 @@ from torch import nn
 
 from sylm_data import offline
 from sylm_data.schemas.tokenized import tokenizer_id
+from sylm_data.units.features import SYLREG_DTYPES
 
 HUB_ID = "ryota-komatsu/SylReg-Distill"
 CONFIG_FILE = "config.json"
@@ -290,7 +291,8 @@ class Data2VecAudio(nn.Module):
         return x, lengths
 
 
-DTYPES = {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16}
+# "auto": the checkpoint's own dtype
+DTYPES = {name: None if name == "auto" else getattr(torch, name) for name in SYLREG_DTYPES}
 
 
 def checkpoint_dtype(config: dict, state: dict[str, torch.Tensor]) -> torch.dtype:
