@@ -10,6 +10,7 @@ same Parquet and write the stage's finished sample bytes to tar with the same sh
 """
 
 import argparse
+import json
 import tempfile
 import time
 from pathlib import Path
@@ -63,7 +64,10 @@ def main() -> None:
         for index, batch in enumerate(pq.ParquetFile(scratch / "tokenized.parquet").iter_batches(4096)):
             out = interleave.transform(pa.Table.from_batches([batch]), config)
             pq.write_table(stream.accepted(out, sample.ROW_SCHEMA), scratch / "interleave" / "p" / f"{index:05d}.parquet")
-        interleave.write_shards(config, scratch / "interleave")
+        written = sum(pq.read_metadata(path).num_rows for path in (scratch / "interleave" / "p").glob("*.parquet"))
+        (scratch / "interleave" / "_done").mkdir()  # the partition's commit marker, as the runner writes it
+        (scratch / "interleave" / "_done" / "p.json").write_text(json.dumps({"run_id": "bench", "rows_out": written}))
+        interleave.write_shards(config, scratch / "interleave", lambda function, items: [function(item) for item in items])
         stage_s = time.perf_counter() - start
         samples = read_rows(scratch / "interleave").sort_by(sample.ROW_KEY)
         shard_bytes = sum(p.stat().st_size for p in (scratch / "shards").glob("*.tar"))
