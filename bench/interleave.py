@@ -1,12 +1,13 @@
 """Interleave throughput against an I/O floor, side by side in one run.
 
-    python bench/interleave.py [--rows 100000] [--granularity word|sentence]
+    python bench/interleave.py [--rows 100000] [--granularity word|sentence] [--context utterance|recording]
 
 Input: synthetic tokenized rows (14 words in two sentences, 1-2 units per word on a contiguous
-20 ms grid) in Parquet.
+20 ms grid) in Parquet; in recording context, 20 consecutive segments per recording.
 Stage: read the Parquet, build every sample (chunking, spans, JSON), write the rows and then the
-shards, as the stage's transform and its shard writer do (in one process, no Ray). Floor: read the
-same Parquet and write the stage's finished sample bytes to tar with the same shard writer.
+shards, as the stage's transform and its shard writer do (in one process, no Ray; in recording
+context the shuffle by recording and the documents too). Floor: read the same Parquet and write
+the stage's finished sample bytes to tar with the same shard writer.
 """
 
 import argparse
@@ -19,6 +20,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from sylm_data.documents import recordings
 from sylm_data.pipeline.output import read_rows
 from sylm_data.pipeline.shards import ShardWriter
 from sylm_data.schemas import sample, stream
@@ -26,6 +28,9 @@ from sylm_data.stages import interleave
 
 TEXT = "The river ran past the old mill. Before it reached the sea, it slowed."
 WORDS = [word.strip(".,") for word in TEXT.split()]
+
+
+SEGMENTS_PER_RECORDING = 20
 
 
 def synthetic_rows(count: int) -> pa.Table:
@@ -43,7 +48,9 @@ def synthetic_rows(count: int) -> pa.Table:
             position += length
         rows.append({"id": f"synthetic:{index:08d}", "source": "synthetic", "text": TEXT,
                      "language": "en", "words": words, "units": units, "unit_start_ms": starts, "unit_end_ms": ends,
-                     "tokenizer": "synthetic:0:k8192:u8192:0",
+                     "tokenizer": "synthetic:0:k8192:u8192:0", "duration_ms": position,
+                     "recording": f"synthetic:r{index // SEGMENTS_PER_RECORDING:07d}",
+                     "segment_index": index % SEGMENTS_PER_RECORDING, "recording_start_ms": None, "speaker": None,
                      stream.PARTITION: "p", stream.PARTITION_TOTAL: 0, stream.REJECT_STAGE: None,
                      stream.REJECT_REASON: None, stream.REJECT_DETAIL: None})
     return pa.Table.from_pylist(rows)
@@ -53,8 +60,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=100_000)
     parser.add_argument("--granularity", choices=["word", "sentence"], default="word")
+    parser.add_argument("--context", choices=["utterance", "recording"], default="utterance")
     args = parser.parse_args()
-    config = interleave.InterleaveConfig(granularity=args.granularity, shard_bytes=64 * 2**20)
+    config = interleave.InterleaveConfig(granularity=args.granularity, context=args.context, shard_bytes=64 * 2**20)
     with tempfile.TemporaryDirectory() as scratch:
         scratch = Path(scratch)
         pq.write_table(synthetic_rows(args.rows), scratch / "tokenized.parquet", row_group_size=4096)
@@ -69,7 +77,9 @@ def main() -> None:
         (scratch / "interleave" / "_done" / "p.json").write_text(json.dumps({"run_id": "bench", "rows_out": written}))
         interleave.write_shards(config, scratch / "interleave", lambda function, items: [function(item) for item in items])
         stage_s = time.perf_counter() - start
-        samples = read_rows(scratch / "interleave").sort_by(sample.ROW_KEY)
+        made = scratch / (recordings.DOCUMENTS if args.context == "recording" else "interleave")
+        samples = read_rows(made).sort_by(sample.ROW_KEY)
+        ratio = json.loads((scratch / "shards" / "index.json").read_text())["stats"]["speech_text_ratio"]
         shard_bytes = sum(p.stat().st_size for p in (scratch / "shards").glob("*.tar"))
 
         start = time.perf_counter()
@@ -79,7 +89,8 @@ def main() -> None:
                 writer.write(key, {"json": document.encode()})
         floor_s = time.perf_counter() - start
 
-    print(f"{args.rows:,} rows -> {samples.num_rows:,} samples, {shard_bytes / 1e6:.0f} MB of shards")
+    print(f"{args.rows:,} rows -> {samples.num_rows:,} samples ({args.context} context), {shard_bytes / 1e6:.0f} MB of shards, "
+          f"speech ratio {ratio}")
     print(f"{'':<40} {'wall s':>8} {'samples/s':>10} {'MB/s':>7} {'x floor':>8}")
     for name, seconds in (("interleave stage (transform + shards)", stage_s), ("floor: read Parquet, write tar", floor_s)):
         print(f"{name:<40} {seconds:>8.2f} {samples.num_rows / seconds:>10,.0f} {shard_bytes / 1e6 / seconds:>7.1f} {seconds / floor_s:>8.2f}")

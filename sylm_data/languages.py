@@ -103,3 +103,11 @@ def punctuated_ends(text: str, words: list[str], marks: set[str], offsets: list[
 @functools.lru_cache(maxsize=8)
 def _mark_pattern(marks: frozenset[str]) -> re.Pattern:
     return re.compile("[" + re.escape("".join(sorted(marks))) + "]")
+
+
+WRITTEN_WITHOUT_SPACES = frozenset({"zh", "yue", "ja", "th", "lo", "km", "my", "bo"})
+
+
+def word_joiner(language: str) -> str:
+    """What goes between two pieces of text of `language` written one after the other."""
+    return "" if language in WRITTEN_WITHOUT_SPACES else " "

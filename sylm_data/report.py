@@ -29,6 +29,7 @@ from sylm_data import audio
 from sylm_data.pipeline import partitions, registry
 from sylm_data.pipeline.output import OutputLayout
 from sylm_data.schemas import aligned, reject, sample, tokenized, utterance
+from sylm_data.documents import recordings
 from sylm_data.stages import ingest, interleave
 
 DEFAULT_SAMPLES = 3
@@ -400,12 +401,14 @@ def _rejects(layout: OutputLayout, stages: list[str]) -> dict[tuple[str, str], R
 
 
 def _partition_documents(layout: OutputLayout, partition: str):
-    """(sample key, document) of a partition: from its interleave rows, else from its shards."""
+    """(sample key, document) of a partition: from its interleave rows, else from its shards. The
+    members of recording documents are not samples: their documents hold other partitions' utterances."""
     folder = layout.stage_dir(interleave.NAME) / partition
     if folder.is_dir():
-        for table in _stream(folder, [sample.ROW_KEY, sample.ROW_JSON]):
+        for table in _stream(folder, [sample.ROW_KEY, sample.ROW_KIND, sample.ROW_JSON]):
             for row in table.to_pylist():
-                yield row[sample.ROW_KEY], json.loads(row[sample.ROW_JSON])
+                if row[sample.ROW_KIND] != sample.MEMBER:
+                    yield row[sample.ROW_KEY], json.loads(row[sample.ROW_JSON])
         return
     for shard in sorted(layout.shards_dir.glob(f"{partition}-*.tar")):
         with tarfile.open(shard) as archive:
@@ -496,16 +499,19 @@ def build(folder: Path, samples: int = DEFAULT_SAMPLES) -> str:
     if not written and not runs:
         raise ReportError(f"{folder} holds no committed stage output and no run records: is it an output DIR of `sylm-data run`?")
     sections = [funnel_html(latest_counts(runs, order), _rejects(layout, order))]
-    with_durations = [stage for stage in written if utterance.DURATION_MS in registry.STAGES[stage].contract.names]
+    with_durations = [stage for stage in written  # utterance rows: sample rows of recording documents have durations too
+                      if {utterance.DURATION_MS, utterance.TEXT} <= set(registry.STAGES[stage].contract.names)]
     histograms, mixes = [], []
     if with_durations:
         found, mix = _utterance_stats(layout.stage_dir(with_durations[-1]))
         histograms += found
         mixes += [mix_table(f"{name} ({with_durations[-1]} rows)", counts) for name, counts in mix.items() if counts]
     if interleave.NAME in written:
-        share, kinds = _interleave_stats(layout.stage_dir(interleave.NAME))
+        documents = layout.markers(recordings.DOCUMENTS)  # recording context: the samples are the documents
+        sample_stage = recordings.DOCUMENTS if documents else interleave.NAME
+        share, kinds = _interleave_stats(layout.stage_dir(sample_stage))
         histograms += [share] if share.n else []
-        mixes.append(mix_table("kind (interleave rows)", kinds))
+        mixes.append(mix_table(f"kind ({sample_stage} rows)", kinds))
     if histograms:
         source = f"rows of DIR/{with_durations[-1]}" if with_durations else ""
         sections.append(f'<section id="histograms"><h2>Distributions <small>{escape(source)}</small></h2>'

@@ -13,7 +13,8 @@ from sylm_data.pipeline import config as config_module
 from sylm_data.pipeline import runner
 from sylm_data.sample import MANIFEST
 from sylm_data.schemas import sample, stream, tokenized
-from sylm_data.stages import interleave, spans
+from sylm_data.documents import render, spans
+from sylm_data.stages import interleave
 from tests.conftest import commit_rows, serial
 
 
@@ -238,7 +239,7 @@ def test_samples_follow_the_contract_and_keep_the_transcript():
     [speech_only] = built([row(WORDS, UNITS)], interleave.InterleaveConfig(kinds={"speech": 1.0}))
     assert json.loads(speech_only["json"]) == {"segments": [{"modality": "speech", "text": None, "units": [5, 6, 7, 8, 9, 10]}],
                                                "kind": "speech", "language": "en", "source_id": speech_only["id"],
-                                               "synthetic": None}  # every key, null where absent: one schema
+                                               "source_ids": [speech_only["id"]], "synthetic": None}  # every key, null where absent: one schema
     assert speech_only["speech_words"] == 6 and speech_only["units"] == 6
     [text_only] = built([row(WORDS, UNITS, text="  The river ran past the mill. ")], interleave.InterleaveConfig(kinds={"text": 1.0}))
     assert json.loads(text_only["json"])["segments"] == [{"modality": "text", "text": "The river ran past the mill.", "units": None}]
@@ -302,7 +303,7 @@ def test_documents_are_what_the_compact_json_encoder_writes(words, kind):
     units = [(index, 200 * index, 200 * (index + 1)) for index in range(len(words))]
     [made] = built([row(timed, units, text=" ".join(words) + ' "end"\\', id='m:"\é\n')],
                    interleave.InterleaveConfig(kinds={kind: 1.0}, span_mean=1))
-    assert made["json"] == interleave.COMPACT_JSON.encode(json.loads(made["json"]))
+    assert made["json"] == render.COMPACT_JSON.encode(json.loads(made["json"]))
     sample.validate(json.loads(made["json"]))
 
 

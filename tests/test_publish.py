@@ -11,6 +11,7 @@ import webdataset as wds
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from sylm_data.documents import render
 from sylm_data.pipeline import shards
 from sylm_data.schemas import sample, stream
 from sylm_data.stages import interleave, pairs
@@ -167,7 +168,7 @@ def test_min_shards_splits_a_folder_so_that_no_dataloader_worker_is_left_without
 
 def test_min_shards_counts_the_samples_each_pairs_folder_keeps(tmp_path):
     rows = [row(WORDS, UNITS, id=f"manifest:{n:03d}") for n in range(100)]
-    out = interleave.transform(tokenized_rows(rows), pairs.PairsConfig(), plan=pairs.plan_pairs)
+    out = render.build_samples(tokenized_rows(rows), pairs.PairsConfig(), pairs.plan_pairs, pairs.NAME)
     commit_rows(tmp_path / "pairs", "p", stream.accepted(out, sample.ROW_SCHEMA))
     summary = pairs.write_shards(pairs.PairsConfig(heldout_share=0.2, min_shards=5, shard_bytes=2**30), tmp_path / "pairs", serial)
     for name in ("pairs-shards", "pairs-heldout"):

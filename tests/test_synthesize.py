@@ -11,12 +11,13 @@ import pytest
 import torch
 
 from sylm_data.align import split
+from sylm_data.documents import render
 from sylm_data.pipeline import config as config_module
 from sylm_data.pipeline import runner
 from sylm_data.pipeline.shards import ShardWriter
 from sylm_data.pipeline.stage import Rejected, StageConfigError
 from sylm_data.schemas import sample, source_record, stream
-from sylm_data.stages import interleave, pairs, synthesize
+from sylm_data.stages import pairs, synthesize
 from sylm_data.train import config as train_config
 from sylm_data.train import data, loop, t2t
 from tests.conftest import commit_rows, serial
@@ -34,7 +35,7 @@ def pronounce(word: str) -> list[int]:
 def test_pairs_keep_every_word_and_unit_once_in_text_then_speech_order():
     batch = [row(WORDS, UNITS, id=f"manifest:{n}") for n in range(20)]
     config = pairs.PairsConfig(span_mean=2)
-    out = interleave.transform(pa.Table.from_pylist(batch), config, plan=pairs.plan_pairs).to_pylist()
+    out = render.build_samples(pa.Table.from_pylist(batch), config, pairs.plan_pairs, pairs.NAME).to_pylist()
     spans_seen = set()
     for item in out:
         document = json.loads(item["json"])
@@ -175,7 +176,7 @@ def test_the_text_reader_reads_parquet_and_refuses_a_file_without_text(tmp_path)
 
 def test_the_pairs_stage_splits_held_out_utterances_and_bounds_units_per_word(tmp_path):
     batch = [row(WORDS, UNITS, id=f"manifest:{n}") for n in range(200)]
-    out = interleave.transform(pa.Table.from_pylist(batch), pairs.PairsConfig(), plan=pairs.plan_pairs)
+    out = render.build_samples(pa.Table.from_pylist(batch), pairs.PairsConfig(), pairs.plan_pairs, pairs.NAME)
     commit_rows(tmp_path / "pairs", "p", stream.accepted(out, sample.ROW_SCHEMA))
     summary = pairs.write_shards(pairs.PairsConfig(heldout_share=0.1), tmp_path / "pairs", serial)
     assert summary["pairs-shards"] + summary["pairs-heldout"] == 200 and 5 <= summary["pairs-heldout"] <= 40
@@ -230,7 +231,7 @@ def test_chinese_and_japanese_go_through_pairs_and_synthesize_with_no_spaces_put
         pytest.importorskip("nagisa")
     transcript = TRANSCRIPTS[language]
     batch = [aligned_row(transcript, language, f"manifest:{n}") for n in range(20)]
-    out = interleave.transform(pa.Table.from_pylist(batch), pairs.PairsConfig(span_mean=3), plan=pairs.plan_pairs)
+    out = render.build_samples(pa.Table.from_pylist(batch), pairs.PairsConfig(span_mean=3), pairs.plan_pairs, pairs.NAME)
     for document in map(json.loads, out[sample.ROW_JSON].to_pylist()):
         assert "".join(segment["text"] for segment in document["segments"][0::2]) == transcript
     commit_rows(tmp_path / "pairs", "p", stream.accepted(out, sample.ROW_SCHEMA))

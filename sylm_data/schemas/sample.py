@@ -3,12 +3,15 @@
     {"segments": [{"modality": "text", "text": "…", "units": null},
                   {"modality": "speech", "text": null, "units": [12, 873, …]}],
      "kind": "interleaved" | "speech" | "text" | "pairs", "language": "en", "source_id": "<utterance id>",
-     "synthetic": null | "<model id>"}
+     "source_ids": ["<utterance id>", …], "synthetic": null | "<model id>"}
 
 Every segment has the same three keys (the other modality's value null) and every sample has
 `synthetic` (the text-to-token model's id in samples whose units it generated, else null), so a
 reader that guesses one schema from the first samples (Hugging Face `datasets`, Arrow, pandas)
-sees all of them. Version 1 left the other modality's key and `synthetic` out; readers take both.
+sees all of them. `source_ids` lists every utterance a sample holds, in order: one, except in a
+document built from consecutive utterances of a recording (`interleave.context = "recording"`),
+whose `source_id` is its first. Version 1 left the other modality's key and `synthetic` out,
+version 2 `source_ids`; readers take all of them.
 
 The trainer renders segments into token ids; the shard never depends on an LLM tokenizer.
 """
@@ -16,7 +19,7 @@ The trainer renders segments into token ids; the shard never depends on an LLM t
 import pyarrow as pa
 
 NAME = "sample"
-VERSION = 2  # 2: every segment has text and units, every sample synthetic (null where absent)
+VERSION = 3  # 2: every segment has text and units, every sample synthetic (null where absent); 3: source_ids
 
 SEGMENTS = "segments"
 MODALITY = "modality"
@@ -26,8 +29,10 @@ UNITS = "units"
 KIND = "kind"
 LANGUAGE = "language"
 SOURCE_ID = "source_id"
+SOURCE_IDS = "source_ids"
 KINDS = ("interleaved", "speech", "text")  # what interleave and synthesize write
 PAIRS = "pairs"  # text, speech, text, speech, …: each text and the units that say it (text-to-token training)
+MEMBER = "member"  # a row of DIR/interleave in recording context: one utterance's chunks, part of a document to come
 SYNTHETIC = "synthetic"  # in samples synthesize made: the text-to-token model's id
 
 
@@ -56,6 +61,10 @@ def validate(sample: dict) -> None:
     for field, allowed in ((LANGUAGE, (str,)), (SOURCE_ID, (str,)), (SYNTHETIC, (str, type(None)))):
         if not isinstance(sample.get(field), allowed):
             raise ValueError(f"{field} must be a string" + (" or null" if len(allowed) > 1 else ""))
+    source_ids = sample.get(SOURCE_IDS, [sample[SOURCE_ID]])
+    if not isinstance(source_ids, list) or not source_ids or source_ids[0] != sample[SOURCE_ID] \
+            or not all(isinstance(item, str) for item in source_ids):
+        raise ValueError(f"{SOURCE_IDS} must be a list of strings starting with {SOURCE_ID}")
 
 
 def render(sample: dict) -> str:
@@ -74,7 +83,7 @@ SEGMENT_TYPE = pa.struct([pa.field(MODALITY, pa.string()), pa.field(TEXT, pa.str
                           pa.field(UNITS, pa.list_(pa.int32()))])
 DOCUMENT_TYPE = pa.struct([pa.field(SEGMENTS, pa.list_(SEGMENT_TYPE)), pa.field(KIND, pa.string()),
                            pa.field(LANGUAGE, pa.string()), pa.field(SOURCE_ID, pa.string()),
-                           pa.field(SYNTHETIC, pa.string())])
+                           pa.field(SOURCE_IDS, pa.list_(pa.string())), pa.field(SYNTHETIC, pa.string())])
 # A row of Hugging Face `datasets`' webdataset builder: the key, the tar it came from, the parsed `.json`
 DATASETS_ROW = pa.schema([pa.field("__key__", pa.string()), pa.field("__url__", pa.string()),
                           pa.field("json", DOCUMENT_TYPE)])
@@ -114,10 +123,11 @@ def dataset_card(index: dict, title: str) -> str:
         '{"segments": [{"modality": "text", "text": "The river", "units": null},',
         '              {"modality": "speech", "text": null, "units": [12, 873, 5]}],',
         ' "kind": "interleaved", "language": "en", "source_id": "emilia:EN_B00000_S00000_W000000",',
-        ' "synthetic": null}',
+        ' "source_ids": ["emilia:EN_B00000_S00000_W000000"], "synthetic": null}',
         "```", "",
         "`kind` is interleaved, speech, text or pairs; units are ids into the unit vocabulary (not LLM tokens);",
-        "`synthetic` names the text-to-token model that generated a sample's units (null for real speech).", "",
+        "`synthetic` names the text-to-token model that generated a sample's units (null for real speech);",
+        "`source_ids` lists the utterances a sample holds (several in a document of a whole recording).", "",
         "| | |", "| --- | --- |", *(f"| {name} | {value} |" for name, value in facts if value is not None), "",
         "```python",
         "from datasets import load_dataset, load_dataset_builder",
@@ -147,6 +157,13 @@ ROW_WORDS = "words"
 ROW_SPEECH_WORDS = "speech_words"
 ROW_UNITS = "units"
 ROW_TOKENIZER = "tokenizer"  # the tokenized rows' tokenizer id: names the unit vocabulary
+# where a member row's utterance sits (recording context; null in every other row): documents are
+# assembled from these
+ROW_RECORDING = "recording"
+ROW_RECORDING_START_MS = "recording_start_ms"
+ROW_DURATION_MS = "duration_ms"
+ROW_SEGMENT_INDEX = "segment_index"
+ROW_SPEAKER = "speaker"
 ROW_SCHEMA = pa.schema(
     [
         pa.field(ROW_KEY, pa.string(), nullable=False),
@@ -158,6 +175,11 @@ ROW_SCHEMA = pa.schema(
         pa.field(ROW_SPEECH_WORDS, pa.int64(), nullable=False),
         pa.field(ROW_UNITS, pa.int64(), nullable=False),
         pa.field(ROW_TOKENIZER, pa.string(), nullable=False),
+        pa.field(ROW_RECORDING, pa.string()),
+        pa.field(ROW_RECORDING_START_MS, pa.int64()),
+        pa.field(ROW_DURATION_MS, pa.int64()),
+        pa.field(ROW_SEGMENT_INDEX, pa.int64()),
+        pa.field(ROW_SPEAKER, pa.string()),
     ],
     metadata={"sylm.contract": "sample_row", "sylm.version": str(VERSION)},
 )

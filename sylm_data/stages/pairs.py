@@ -10,6 +10,7 @@ a text segment followed by the speech segment that says it: one `pairs` sample p
 import functools
 import hashlib
 from dataclasses import dataclass
+from typing import ClassVar
 from pathlib import Path
 
 import numpy as np
@@ -18,13 +19,15 @@ import pyarrow.compute as pc
 
 from sylm_data.pipeline.stage import Stage, StageConfigError
 from sylm_data.schemas import sample
-from sylm_data.stages import interleave, spans
+from sylm_data.documents import publish, render, spans
+from sylm_data.documents.utterances import Plan, Utterances, utterance_chunks
 
 NAME = "pairs"
 
 
 @dataclass
 class PairsConfig:
+    ROWS_VERSION: ClassVar[int] = 2  # 2: samples list their source_ids
     granularity: str = "word"  # word | sentence
     span_mean: float = 10.0  # Poisson mean of a span: words (word) or sentences (sentence)
     tolerance_ms: int = 10  # as interleave: where unit and word boundaries may meet
@@ -39,18 +42,18 @@ def preflight(config: PairsConfig) -> None:
         raise StageConfigError(f"granularity must be word or sentence, not {config.granularity!r}")
     if not 0 <= config.heldout_share < 1 or config.span_mean <= 0:
         raise StageConfigError("heldout_share must be within 0..1 (below 1) and span_mean above 0")
-    interleave.check_shard_options(config)
+    publish.check_shard_options(config)
 
 
-def plan_pairs(utterances: interleave.Utterances, rows: np.ndarray, config: PairsConfig) -> interleave.Plan:
+def plan_pairs(utterances: Utterances, rows: np.ndarray, config: PairsConfig) -> Plan:
     """Each utterance's chunks grouped into consecutive Poisson spans, each span a text segment
     followed by the speech segment that says it."""
     keys = spans.stream_keys(config.seed, [utterances.ids[row] for row in rows.tolist()])
-    chunked = interleave.utterance_chunks(utterances, rows, config.granularity)
+    chunked = utterance_chunks(utterances, rows, config.granularity)
     span_of = spans.consecutive_spans(chunked.words, np.searchsorted(rows, chunked.rows), keys, config.span_mean,
                                       span_in_words=config.granularity == "word")
     grouped, _ = spans.runs(chunked, span_of)
-    return interleave.Plan([sample.PAIRS] * len(rows), grouped.take(np.repeat(np.arange(len(grouped.rows)), 2)),
+    return Plan([sample.PAIRS] * len(rows), grouped.take(np.repeat(np.arange(len(grouped.rows)), 2)),
                            np.tile([False, True], len(grouped.rows)))
 
 
@@ -64,7 +67,7 @@ def describe_pairs(table: pa.Table) -> dict:
     if not table.num_rows:
         return {}
     ratio = pc.divide(pc.cast(table[sample.ROW_UNITS], pa.float64()), pc.cast(table[sample.ROW_WORDS], pa.float64()))
-    return interleave.sample_vocabulary(table) | {sample.INDEX_MAX_UNITS_PER_WORD: round(pc.max(ratio).as_py(), 3)}
+    return publish.sample_vocabulary(table) | {sample.INDEX_MAX_UNITS_PER_WORD: round(pc.max(ratio).as_py(), 3)}
 
 
 def write_shards(config: PairsConfig, folder: Path, parallel) -> dict:
@@ -74,8 +77,8 @@ def write_shards(config: PairsConfig, folder: Path, parallel) -> dict:
 
     summary = {}
     for name, keep in (("pairs-shards", lambda table: pc.invert(held(table))), ("pairs-heldout", held)):
-        index = interleave.publish_samples(folder, folder.parent / name, config.shard_bytes,
-                                           {"config_hash": interleave.config_digest(config)}, parallel, keep=keep,
+        index = publish.publish_samples(folder, folder.parent / name, config.shard_bytes,
+                                           {"config_hash": publish.config_digest(config)}, parallel, keep=keep,
                                            describe=describe_pairs, largest=(sample.INDEX_MAX_UNITS_PER_WORD,),
                                            min_shards=config.min_shards, title=f"sylm-data text-to-token pairs: {name}")
         summary[name] = index["total_samples"]
@@ -88,7 +91,7 @@ STAGE = Stage(
     contract=sample.ROW_SCHEMA,
     description="tokenized rows -> (text, units) pairs -> DIR/pairs-shards/ + DIR/pairs-heldout/ (text-to-token training)",
     config_type=PairsConfig,
-    make_transform=lambda config: functools.partial(interleave.transform, config=config, plan=plan_pairs),
+    make_transform=lambda config: functools.partial(render.build_samples, config=config, plan=plan_pairs, stage=NAME),
     preflight=preflight,
     finalize=write_shards,
 )

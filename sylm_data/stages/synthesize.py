@@ -39,14 +39,14 @@ from sylm_data.pipeline.stage import (
 )
 from sylm_data.schemas import sample, source_record, stream
 from sylm_data.schemas.reject import Reason
-from sylm_data.stages import interleave, spans
+from sylm_data.documents import publish, render, spans
 
 NAME = "synthesize"
 
 
 @dataclass
 class SynthesizeConfig:
-    ROWS_VERSION: ClassVar[int] = 2  # 2: speech spans by randomised rounding (spans.choose_speech)
+    ROWS_VERSION: ClassVar[int] = 3  # 2: speech spans by randomised rounding (spans.choose_speech); 3: source_ids
     SPEED_ONLY: ClassVar[tuple[str, ...]] = ("batch_size", "actors", "gpus_per_actor")
     source: str = "text"  # JSONL or Parquet with a `text` column (sources/text.py)
     inputs: list[str] = field(default_factory=list)  # local paths/globs or hf://OWNER/NAME/PATTERN
@@ -84,7 +84,7 @@ def preflight(config: SynthesizeConfig) -> None:
         raise StageConfigError(f"granularity must be word or sentence, not {config.granularity!r}")
     if not 0 <= config.speech_ratio <= 1:
         raise StageConfigError(f"speech_ratio must be within 0..1, got {config.speech_ratio}")
-    interleave.check_shard_options(config)
+    publish.check_shard_options(config)
     from sylm_data.train import t2t  # torch: only once a run starts, not when the stage is listed
 
     try:
@@ -254,9 +254,9 @@ class Synthesizer:
             segments[-1][sample.TEXT] = text[bounds[text_from] : bounds[end]].strip()
         kind = "interleaved" if speech_words else "text"
         document = {sample.SEGMENTS: segments, sample.KIND: kind, sample.LANGUAGE: language, sample.SOURCE_ID: sample_id,
-                    sample.SYNTHETIC: self.meta["id"]}
+                    sample.SOURCE_IDS: [sample_id], sample.SYNTHETIC: self.meta["id"]}
         return {sample.ROW_KIND: kind, sample.ROW_LANGUAGE: language,
-                sample.ROW_JSON: interleave.COMPACT_JSON.encode(document),
+                sample.ROW_JSON: render.COMPACT_JSON.encode(document),
                 sample.ROW_WORDS: len(bounds) - 1, sample.ROW_SPEECH_WORDS: speech_words, sample.ROW_UNITS: unit_count,
                 sample.ROW_TOKENIZER: self.meta["tokenizer"]}
 
@@ -270,13 +270,13 @@ def describe_synthetic(table: pa.Table) -> dict:
     if not table.num_rows:
         return {}
     model_id = json.loads(table[sample.ROW_JSON][0].as_py())[sample.SYNTHETIC]  # one run, one model: the config hash sees to it
-    return interleave.sample_vocabulary(table) | {sample.SYNTHETIC: model_id}
+    return publish.sample_vocabulary(table) | {sample.SYNTHETIC: model_id}
 
 
 def write_shards(config: SynthesizeConfig, folder: Path, parallel) -> dict:
     """The committed samples into DIR/shards-synthetic, partition by partition."""
-    index = interleave.publish_samples(folder, folder.parent / "shards-synthetic", config.shard_bytes,
-                                       {"config_hash": interleave.config_digest(config)}, parallel, describe=describe_synthetic,
+    index = publish.publish_samples(folder, folder.parent / "shards-synthetic", config.shard_bytes,
+                                       {"config_hash": publish.config_digest(config)}, parallel, describe=describe_synthetic,
                                        min_shards=config.min_shards, title="sylm-data synthetic speech–text samples")
     return {"shards": len(index["shards"]), "samples": index["total_samples"],
             "speech_text_ratio": index["stats"].get("speech_text_ratio")}

@@ -1,0 +1,103 @@
+"""Sample rows (DIR/<stage>/, `schemas/sample.py`) into WebDataset shard folders: each committed
+partition's rows in key order, written by a worker, with the index and the dataset card
+(`pipeline.shards.publish`). Shared by every stage that writes samples."""
+
+import functools
+import hashlib
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from sylm_data.pipeline import shards
+from sylm_data.pipeline.output import OutputLayout, read_rows
+from sylm_data.pipeline.stage import StageConfigError
+from sylm_data.schemas import sample, tokenized
+
+
+def check_shard_options(config) -> None:
+    """The shard-writing options every sample stage's config has."""
+    if config.shard_bytes <= 0 or config.min_shards < 1:
+        raise StageConfigError(f"shard_bytes must be above 0 and min_shards at least 1, got {config.shard_bytes} "
+                               f"and {config.min_shards}")
+
+
+def _ratio(stats: dict) -> dict:
+    words = stats.get("interleaved_words", 0)
+    return {"speech_text_ratio": round(stats.get("interleaved_speech_words", 0) / words, 4) if words else None}
+
+
+def config_digest(config) -> str:
+    return hashlib.sha256(repr(sorted(vars(config).items())).encode()).hexdigest()[:16]
+
+
+def partition_samples(folder: Path, partition: str) -> pa.Table:
+    """One committed partition's sample rows, in key order."""
+    table = read_rows(folder / partition) if (folder / partition).exists() else pa.table({})
+    return table.sort_by(sample.ROW_KEY) if table.num_rows else sample.ROW_SCHEMA.empty_table()
+
+
+def sample_vocabulary(table: pa.Table) -> dict:
+    """The unit tokenizer the rows name, and its vocabulary size; rows of two tokenizers are refused."""
+    if not table.num_rows:
+        return {}
+    tokenizers = pc.unique(table[sample.ROW_TOKENIZER]).to_pylist()
+    if len(tokenizers) != 1:
+        raise ValueError(f"samples of {len(tokenizers)} tokenizers ({', '.join(sorted(tokenizers)[:3])}): "
+                         "their unit ids mean different things; tokenize all partitions with one codebook")
+    return {sample.INDEX_TOKENIZER: tokenizers[0], sample.INDEX_UNIT_VOCAB: tokenized.unit_vocabulary(tokenizers[0])}
+
+
+def shard_members(table: pa.Table):
+    """(key, members, stats) per sample row, in the table's order."""
+    columns = [table[name].to_pylist() for name in (sample.ROW_KEY, sample.ROW_JSON, sample.ROW_KIND,
+                                                     sample.ROW_WORDS, sample.ROW_SPEECH_WORDS, sample.ROW_UNITS)]
+    for key, document, kind, words, speech_words, units in zip(*columns):
+        stats = {f"{kind}_samples": 1, "words": words, "units": units}
+        if kind == "interleaved":
+            tenth = min(int(10 * speech_words / words), 9) if words else 0
+            stats |= {"interleaved_words": words, "interleaved_speech_words": speech_words,
+                      "speech_share_histogram": {f"{tenth / 10:.1f}-{(tenth + 1) / 10:.1f}": 1}}
+        yield key, {"json": document.encode()}, stats
+
+
+def kept_samples(folder: Path, partition: str, keep=None) -> pa.Table:
+    """One committed partition's sample rows that `keep(table)` selects (all without it), in key order."""
+    table = partition_samples(folder, partition)
+    return table.filter(keep(table)) if keep is not None and table.num_rows else table
+
+
+def write_partition_shards(folder: Path, target: Path, shard_bytes: int, item: tuple[str, dict], keep=None,
+                           describe=sample_vocabulary) -> dict:
+    """On a worker: one partition's sample rows (those `keep(table)` selects) into `target`."""
+    partition, stamp = item
+    table = kept_samples(folder, partition, keep)
+    return shards.write_partition(target, partition, shard_members(table), shard_bytes, stamp, describe(table), _ratio,
+                                  max_samples=stamp.get(SAMPLES_PER_SHARD))
+
+
+SAMPLES_PER_SHARD = "samples_per_shard"  # in a partition's stamp, when min_shards caps the shards
+
+
+def _kept_count(folder: Path, keep, partition: str) -> int:
+    return kept_samples(folder, partition, keep).num_rows
+
+
+def publish_samples(folder: Path, target: Path, shard_bytes: int, extra_index: dict, parallel, keep=None,
+                    describe=sample_vocabulary, largest: tuple[str, ...] = (), min_shards: int = 1,
+                    title: str = "sylm-data samples") -> dict:
+    """The committed partitions of a sample-row stage into the shard folder `target`, with its
+    dataset card (see `pipeline.shards.publish`): only partitions committed since the last
+    publish are written, unless the cap `min_shards` sets on samples per shard has moved."""
+    markers = OutputLayout(folder.parent).markers(folder.name)
+    stamps = {partition: {"run": marker["run_id"], "config": extra_index["config_hash"]} for partition, marker in markers.items()}
+    if not any(marker["rows_out"] for marker in markers.values()):
+        raise ValueError(f"{folder} holds no samples: nothing to shard")
+    if min_shards > 1:  # the folder's own sample count: a `keep` filter is counted on the workers
+        counts = ([marker["rows_out"] for marker in markers.values()] if keep is None
+                  else parallel(functools.partial(_kept_count, folder, keep), sorted(markers)))
+        cap = shards.samples_per_shard(sum(counts), min_shards)
+        stamps = {partition: stamp | {SAMPLES_PER_SHARD: cap} for partition, stamp in stamps.items()}
+    write = functools.partial(write_partition_shards, folder, target, shard_bytes, keep=keep, describe=describe)
+    return shards.publish(target, stamps, write, parallel, extra_index | {sample.INDEX_VERSION: sample.VERSION},
+                          derive=_ratio, largest=largest, card=functools.partial(sample.dataset_card, title=title))

@@ -1,0 +1,74 @@
+"""Samples as JSON text: a plan's segments of some utterances rendered byte for byte as
+`COMPACT_JSON` writes the sample contract (`schemas/sample.py`), the units through Arrow's string
+kernels, never Python ints."""
+
+import json
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from sylm_data.documents import spans
+from sylm_data.documents.utterances import Plan, Utterances, read_batch, sample_rows
+from sylm_data.schemas import sample
+
+COMPACT_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))  # the byte layout render writes
+
+
+def render(utterances: Utterances, rows: np.ndarray, plan: Plan) -> tuple[pa.Array, np.ndarray, np.ndarray]:
+    """The JSON documents of utterances `rows` (byte for byte what COMPACT_JSON writes of them), and
+    each one's speech words and units. Units go through Arrow's string kernels, never Python ints."""
+    segments, speech = plan.segments, plan.speech
+    document_of = np.searchsorted(rows, segments.rows)
+    spoken = np.flatnonzero(speech)
+    lengths = (segments.end_unit - segments.first_unit)[spoken]
+    starts = (utterances.unit_bounds[segments.rows] + segments.first_unit)[spoken]
+    # each speech segment's unit positions in the flat unit array, one range after another
+    flat = np.repeat(starts - (np.cumsum(lengths) - lengths), lengths) + np.arange(lengths.sum())
+    unit_lists = pa.ListArray.from_arrays(_offsets(lengths), pc.cast(utterances.unit_ids.take(flat), pa.string()))
+    speech_json = pc.binary_join_element_wise('{"modality":"speech","text":null,"units":[', pc.binary_join(unit_lists, ","),
+                                              "]}", "")
+    texts = segment_texts(utterances, segments.take(np.flatnonzero(~speech)))
+    text_json = pa.array(['{"modality":"text","text":' + _quoted(text) + ',"units":null}' for text in texts], pa.string())
+    order = np.empty(len(speech), np.int64)
+    order[spoken], order[~speech] = np.arange(len(spoken)), len(spoken) + np.arange(len(texts))
+    segment_lists = pa.ListArray.from_arrays(_offsets(np.bincount(document_of, minlength=len(rows))),
+                                             pa.concat_arrays([speech_json, text_json]).take(order))
+    source_ids = pa.array([_quoted(utterances.ids[row]) for row in rows.tolist()], pa.string())
+    documents = pc.binary_join_element_wise(
+        '{"segments":[', pc.binary_join(segment_lists, ","), '],"kind":"', pa.array(plan.kinds, pa.string()),
+        '","language":', pa.array([_quoted(utterances.languages[row]) for row in rows.tolist()], pa.string()),
+        ',"source_id":', source_ids, ',"source_ids":[', source_ids, '],"synthetic":null}', "")
+    speech_words = np.bincount(document_of[spoken], weights=segments.words[spoken], minlength=len(rows))
+    units = np.bincount(document_of[spoken], weights=lengths, minlength=len(rows))
+    return documents, speech_words.astype(np.int64), units.astype(np.int64)
+
+
+_quoted = json.encoder.encode_basestring  # a JSON string literal, non-ASCII kept (as COMPACT_JSON writes it)
+
+
+def _offsets(sizes: np.ndarray) -> pa.Array:
+    return pa.array(np.concatenate([[0], np.cumsum(sizes)]), pa.int32())
+
+
+def segment_texts(utterances: Utterances, pieces: spans.Pieces) -> list[str]:
+    """Each text piece as the transcript writes it (its punctuation kept), from its first word."""
+    texts, word_bounds = [], utterances.word_bounds.tolist()
+    for row, first, end in zip(pieces.rows.tolist(), pieces.first_word.tolist(), pieces.end_word.tolist()):
+        text = utterances.texts[row]
+        if first == 0 and end == word_bounds[row + 1] - word_bounds[row]:  # the whole transcript: only its first word is looked for
+            texts.append(text[max(text.find(utterances.word_texts[word_bounds[row]]), 0):].strip())
+        else:
+            offsets = utterances.offsets(row)
+            texts.append(text[offsets[first] : offsets[end]].strip())
+    return texts
+
+
+def build_samples(batch: pa.Table, config, plan, stage: str) -> pa.Table:
+    """One sample row per usable utterance: `plan(utterances, rows, config)` chooses the samples'
+    kinds and segments, rendered as JSON vectorised over the batch."""
+    read = read_batch(batch, config.tolerance_ms, stage)
+    chosen = plan(read.utterances, read.rows, config)
+    documents, speech_words, unit_counts = render(read.utterances, read.rows, chosen)
+    return sample_rows(read, {sample.ROW_KIND: chosen.kinds, sample.ROW_JSON: documents,
+                              sample.ROW_SPEECH_WORDS: speech_words, sample.ROW_UNITS: unit_counts})

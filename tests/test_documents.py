@@ -1,0 +1,233 @@
+"""Documents of whole recordings (`interleave.context = "recording"`): where a document starts,
+that it holds every word of its utterances once and in order, that the shards do not depend on
+the partitioning, and the whole flow on espeak recordings with a missing segment, a long gap, two
+speakers and a recording split over two inputs."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import webdataset as wds
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from sylm_data.documents import recordings
+from sylm_data.documents.recordings import Place
+from sylm_data.pipeline import config as config_module
+from sylm_data.pipeline import runner
+from sylm_data.pipeline.output import read_rows
+from sylm_data.sample import MANIFEST
+from sylm_data.schemas import sample, stream
+from sylm_data.stages import interleave
+from tests.conftest import commit_rows, serial
+from tests.test_interleave import UNITS, WORDS, row, tokenized_rows
+
+RECORDING = interleave.InterleaveConfig(context="recording", shard_bytes=6000)
+
+
+def place(recording="r", start_ms=None, duration_ms=1000, segment_index=None, speaker=None, language="en") -> Place:
+    return Place(recording, start_ms, duration_ms, segment_index, speaker, language)
+
+
+def test_a_document_starts_at_a_new_recording_a_missing_segment_a_gap_a_speaker_and_the_length_bound():
+    starts = recordings.document_starts
+    assert starts([place(segment_index=i) for i in (0, 1, 2, 4, 5)], 60_000, 3_000, False) == [True, False, False, True, False]
+    assert starts([place(start_ms=s) for s in (0, 1_500, 2_600, 9_000)], 60_000, 3_000, False) == [True, False, False, True]
+    assert starts([place("a", segment_index=0), place("b", segment_index=1), place(None), place(None)], 60_000, 3_000, False) \
+        == [True, True, True, True]
+    speakers = [place(segment_index=i, speaker=s) for i, s in enumerate("aab")]
+    assert starts(speakers, 60_000, 3_000, False) == [True, False, False]
+    assert starts(speakers, 60_000, 3_000, True) == [True, False, True]
+    assert starts([place(segment_index=i, duration_ms=400) for i in range(5)], 1_000, 3_000, False) \
+        == [True, False, True, False, True]
+    assert starts([place(segment_index=0), place(segment_index=1, language="de")], 60_000, 3_000, False) == [True, True]
+
+
+@st.composite
+def member_lists(draw):
+    """Members in order (chunks of one to four words, units as many), with document starts."""
+    members, word, unit = [], 0, 0
+    for _ in range(draw(st.integers(1, 12))):
+        chunks = []
+        for _ in range(draw(st.integers(1, 5))):
+            words = draw(st.integers(1, 4))
+            units = draw(st.integers(1, 3))
+            chunks.append([" ".join(f"w{word + i}" for i in range(words)), words,
+                           ",".join(str(unit + i) for i in range(units))])
+            word, unit = word + words, unit + units
+        members.append(chunks)
+    starts = [True] + draw(st.lists(st.booleans(), min_size=len(members) - 1, max_size=len(members) - 1))
+    return members, starts
+
+
+@settings(max_examples=150, deadline=None)
+@given(member_lists(), st.sampled_from(["word", "sentence"]), st.integers(0, 5))
+def test_every_word_of_a_document_comes_once_in_order_as_text_or_speech(drawn, granularity, seed):
+    members, starts = drawn
+    ids = [f"u{index:03d}" for index in range(len(members))]
+    config = interleave.InterleaveConfig(context="recording", granularity=granularity, span_mean=2, seed=seed)
+    documents = recordings.render_documents(ids, ["en"] * len(ids), members, starts, seed,
+                                            lambda *arguments: interleave.choose_document_speech(*arguments, config=config))
+    assert [document["first"] for document in documents] == [i for i, opens in enumerate(starts) if opens]
+    held = []
+    for number, document in enumerate(documents):
+        parsed = json.loads(document["json"])
+        sample.validate(parsed)
+        held += parsed["source_ids"]
+        end = documents[number + 1]["first"] if number + 1 < len(documents) else len(members)
+        chunks = [chunk for member in members[document["first"]:end] for chunk in member]
+        # walk the chunks: each segment is a run of whole chunks, text as written, units in order
+        at, spoken_words, units = 0, 0, 0
+        for segment in parsed["segments"]:
+            assert at < len(chunks)
+            if segment["modality"] == "speech":
+                assert segment["units"], "a speech segment without units"
+                taken = []
+                while at < len(chunks) and len(taken) < len(segment["units"]):
+                    taken += [int(unit) for unit in chunks[at][2].split(",")]
+                    spoken_words += chunks[at][1]
+                    at += 1
+                assert taken == segment["units"]
+                units += len(taken)
+            else:
+                taken = []
+                while at < len(chunks) and " ".join(taken) != segment["text"]:
+                    taken.append(chunks[at][0])
+                    at += 1
+                assert " ".join(taken) == segment["text"]
+        assert at == len(chunks)  # every chunk once
+        modalities = [segment["modality"] for segment in parsed["segments"]]
+        assert all(a != b for a, b in zip(modalities, modalities[1:]))  # runs of one modality are one segment
+        assert document["words"] == sum(chunk[1] for chunk in chunks)
+        assert (document["speech_words"], document["units"]) == (spoken_words, units)
+        assert parsed["kind"] == document["kind"] and (parsed["kind"] == "interleaved") == (len(set(modalities)) == 2)
+    assert held == ids
+
+
+def member_table(rows: list[dict]):
+    return stream.accepted(interleave.transform(tokenized_rows(rows), RECORDING), sample.ROW_SCHEMA)
+
+
+def recording_rows(count: int) -> list[dict]:
+    """Utterances of a few recordings (segment indices, with one missing), and two of none."""
+    rows = []
+    for number in range(count):
+        recording = f"manifest:talk-{number % 4}" if number < count - 2 else None
+        rows.append(row(WORDS, UNITS, id=f"manifest:u{number:03d}") | {
+            "recording": recording, "segment_index": number // 4 + (number // 4 >= 5) if recording else None,
+            "recording_start_ms": None, "duration_ms": 1200, "speaker": "s"})
+    return rows
+
+
+def test_document_shards_are_the_same_bytes_however_the_members_were_partitioned(tmp_path):
+    rows = recording_rows(42)
+    one, three = tmp_path / "one" / "interleave", tmp_path / "three" / "interleave"
+    commit_rows(one, "p0", member_table(rows))
+    for part in range(3):
+        commit_rows(three, f"p{part}", member_table(rows[part::3]))
+    small = interleave.InterleaveConfig(context="recording", shard_bytes=6000, members_per_bucket=16)
+    summaries = [interleave.write_shards(small, folder, serial) for folder in (one, three)]
+    assert summaries[0] == summaries[1]
+    tars = sorted((tmp_path / "one" / "shards").glob("*.tar"))
+    assert len(tars) > 1
+    assert [path.name for path in tars] == [path.name for path in sorted((tmp_path / "three" / "shards").glob("*.tar"))]
+    for path in tars:
+        assert path.read_bytes() == (tmp_path / "three" / "shards" / path.name).read_bytes()
+    documents = read_rows(tmp_path / "one" / recordings.DOCUMENTS)
+    held = [source for text in documents[sample.ROW_JSON].to_pylist() for source in json.loads(text)["source_ids"]]
+    assert sorted(held) == sorted(r["id"] for r in rows)  # every member in exactly one document
+    # talk-0 .. talk-3 hold segments 0-4 then 6-10: two documents each, plus the two without a recording
+    assert documents.num_rows == 4 * 2 + 2
+    assert not (tmp_path / "one" / recordings.DOCUMENTS / recordings.SHUFFLE).exists()
+
+    again = interleave.write_shards(small, one, serial)  # nothing changed: the documents are kept
+    assert again == summaries[0]
+
+
+# espeak utterances of the bundled sample as recordings: "talk-a" numbered by segment with segment 4
+# missing and split over two manifest files; "talk-b" with start times, a 10 s silence before its
+# fifth utterance and a second speaker from its seventh; the rest stand alone
+TALK_A = [(index, segment) for index, segment in zip(range(10), [0, 1, 2, 3, 5, 6, 7, 8, 9, 10])]
+TALK_B = list(range(10, 18))
+
+
+def recording_manifests(folder: Path) -> list[Path]:
+    lines = [json.loads(line) for line in MANIFEST.read_text().splitlines()]
+    for entry in lines:
+        entry["audio"] = str(MANIFEST.parent / entry["audio"])
+    for index, segment in TALK_A:
+        lines[index] |= {"recording": "talk-a", "segment": segment, "speaker": "cal"}
+    start = 0
+    for number, index in enumerate(TALK_B):
+        start += 10_000 if number == 4 else 300
+        lines[index] |= {"recording": "talk-b", "start_ms": start, "speaker": "ann" if number < 6 else "bob"}
+        start += 4_000  # longer than any sample sentence
+    parts = [lines[0:6] + lines[18:21], lines[6:18], lines[21:]]
+    paths = []
+    for number, part in enumerate(parts):
+        paths.append(folder / f"part{number}.jsonl")
+        paths[-1].write_text("".join(json.dumps(entry) + "\n" for entry in part))
+    return paths
+
+
+@pytest.mark.usefixtures("ray_session")
+def test_recording_documents_from_espeak_recordings(tmp_path):
+    inputs = recording_manifests(tmp_path)
+    cfg = config_module.load(None, ["align.backend='pocketsphinx'", "codebook.clusters=32", "codebook.encoder='mfcc'",
+                                    "tokenize.encoder='mfcc'", f"tokenize.codebook='{tmp_path / 'out' / 'codebook'}'",
+                                    "interleave.context='recording'", "interleave.same_speaker=true",
+                                    "interleave.max_gap_ms=3000"])
+    cfg.stages["ingest"].source = "manifest"
+    cfg.stages["ingest"].inputs = [str(path) for path in inputs]
+    out = tmp_path / "out"
+    quiet = {"log": lambda line: None}
+    runner.run(cfg, ["ingest", "align"], str(out), **quiet)
+    runner.run(cfg, ["codebook"], str(out), **quiet)
+    record = runner.run(cfg, ["tokenize", "interleave"], str(out), **quiet).record
+    members = read_rows(out / "interleave")
+    assert set(members[sample.ROW_KIND].to_pylist()) == {sample.MEMBER}
+    index = json.loads((out / "shards" / "index.json").read_text())
+    shards = [str(out / "shards" / entry["name"]) for entry in index["shards"]]
+    documents = [json.loads(item["json"]) for item in wds.WebDataset(shards, shardshuffle=False)]
+    assert len(documents) == index["total_samples"] == record["finalized"]["samples"]
+    member_ids = set(members[sample.ROW_KEY].to_pylist())
+    held = [source for document in documents for source in document["source_ids"]]
+    assert sorted(held) == sorted(member_ids)  # each member in exactly one document
+
+    names = [f"manifest:espeak-{index:04d}" for index in range(24)]
+    groups = [[names[i] for i, _ in TALK_A[:4]], [names[i] for i, _ in TALK_A[4:]],  # the missing segment 4
+              [names[i] for i in TALK_B[:4]], [names[i] for i in TALK_B[4:6]], [names[i] for i in TALK_B[6:]]]
+    groups += [[name] for name in names[18:]]
+    for document in documents:
+        sample.validate(document)
+        assert any(_consecutive_in(document["source_ids"], group) for group in groups), document["source_ids"]
+    for group in groups:  # a group all of whose utterances came through is one document
+        if member_ids >= set(group):
+            assert group in [document["source_ids"] for document in documents]
+    assert sum(len(document["source_ids"]) > 1 for document in documents) >= 3
+
+
+def _consecutive_in(held: list[str], group: list[str]) -> bool:
+    return held[0] in group and group[group.index(held[0]):group.index(held[0]) + len(held)] == held
+
+
+def test_recording_context_is_refused_with_a_bad_bound():
+    from sylm_data.pipeline.stage import StageConfigError
+
+    with pytest.raises(StageConfigError, match="max_document_ms"):
+        interleave.preflight(interleave.InterleaveConfig(context="recording", max_document_ms=0))
+    with pytest.raises(StageConfigError, match="context"):
+        interleave.preflight(interleave.InterleaveConfig(context="book"))
+
+
+def test_member_rows_carry_their_chunks_and_place():
+    rows = recording_rows(6)
+    table = member_table(rows)
+    first = table.to_pylist()[0]
+    chunks = json.loads(first[sample.ROW_JSON])
+    assert first[sample.ROW_KIND] == sample.MEMBER and first[sample.ROW_RECORDING] == "manifest:talk-0"
+    assert " ".join(chunk[0] for chunk in chunks) == "The river ran past the mill."
+    assert sum(chunk[1] for chunk in chunks) == len(WORDS)
+    assert [int(u) for chunk in chunks for u in chunk[2].split(",")] == [u for u, _, _ in UNITS]
+    assert np.array_equal(table[sample.ROW_SEGMENT_INDEX].to_pylist()[:4], [0, 0, 0, 0])
