@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pytest
 import webdataset as wds
 from hypothesis import given, settings
@@ -61,22 +62,34 @@ def member_lists(draw):
     return members, starts
 
 
+def record(chunks: list) -> str:
+    """A member record (`recordings.member_rows`) of chunks `[text, words, "u,u"]`, words spaced."""
+    words = " ".join(chunk[0] for chunk in chunks).split(" ")
+    text = " ".join(words)
+    offsets = np.cumsum([0] + [len(word) + 1 for word in words]).tolist()
+    offsets[-1] = len(text)
+    fields = [[chunk[1] for chunk in chunks], [len(chunk[2].split(",")) for chunk in chunks], offsets]
+    return "\t".join([*(",".join(map(str, values)) for values in fields), ",".join(chunk[2] for chunk in chunks), text])
+
+
 @settings(max_examples=150, deadline=None)
 @given(member_lists(), st.sampled_from(["word", "sentence"]), st.integers(0, 5))
 def test_every_word_of_a_document_comes_once_in_order_as_text_or_speech(drawn, granularity, seed):
     members, starts = drawn
     ids = [f"u{index:03d}" for index in range(len(members))]
     config = interleave.InterleaveConfig(context="recording", granularity=granularity, span_mean=2, seed=seed)
-    documents = recordings.render_documents(ids, ["en"] * len(ids), members, starts, seed,
-                                            lambda *arguments: interleave.choose_document_speech(*arguments, config=config))
-    assert [document["first"] for document in documents] == [i for i, opens in enumerate(starts) if opens]
+    made = recordings.render_documents(ids, ["en"] * len(ids), pa.array([record(chunks) for chunks in members]), starts,
+                                       seed, lambda *arguments: interleave.choose_document_speech(*arguments, config=config))
+    firsts = made["first"].tolist()
+    assert firsts == [i for i, opens in enumerate(starts) if opens]
     held = []
-    for number, document in enumerate(documents):
-        parsed = json.loads(document["json"])
+    for number, first in enumerate(firsts):
+        document = {name: made[name][number] for name in ("kind", "words", "speech_words", "units")}
+        parsed = json.loads(made["json"][number].as_py())
         sample.validate(parsed)
         held += parsed["source_ids"]
-        end = documents[number + 1]["first"] if number + 1 < len(documents) else len(members)
-        chunks = [chunk for member in members[document["first"]:end] for chunk in member]
+        end = firsts[number + 1] if number + 1 < len(firsts) else len(members)
+        chunks = [chunk for member in members[first:end] for chunk in member]
         # walk the chunks: each segment is a run of whole chunks, text as written, units in order
         at, spoken_words, units = 0, 0, 0
         for segment in parsed["segments"]:
@@ -225,9 +238,11 @@ def test_member_rows_carry_their_chunks_and_place():
     rows = recording_rows(6)
     table = member_table(rows)
     first = table.to_pylist()[0]
-    chunks = json.loads(first[sample.ROW_JSON])
+    members = recordings.read_members(table[sample.ROW_JSON])
     assert first[sample.ROW_KIND] == sample.MEMBER and first[sample.ROW_RECORDING] == "manifest:talk-0"
-    assert " ".join(chunk[0] for chunk in chunks) == "The river ran past the mill."
-    assert sum(chunk[1] for chunk in chunks) == len(WORDS)
-    assert [int(u) for chunk in chunks for u in chunk[2].split(",")] == [u for u, _, _ in UNITS]
+    assert members.texts[0] == "The river ran past the mill."
+    assert members.chunk_words[members.chunk_member == 0].sum() == len(WORDS)
+    assert members.chunk_units[members.chunk_member == 0].sum() == len(UNITS)
+    assert members.units.to_pylist()[:len(UNITS)] == [str(u) for u, _, _ in UNITS]
+    assert members.offsets[:len(WORDS) + 1].tolist() == [0, 4, 10, 14, 19, 23, 28]
     assert np.array_equal(table[sample.ROW_SEGMENT_INDEX].to_pylist()[:4], [0, 0, 0, 0])

@@ -31,7 +31,6 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from sylm_data.documents import publish, spans
-from sylm_data.documents.render import segment_texts
 from sylm_data.documents.utterances import read_batch, sample_rows, utterance_chunks
 from sylm_data.languages import word_joiner
 from sylm_data.pipeline.output import OutputLayout, read_rows
@@ -43,31 +42,72 @@ BUCKET = "bucket"
 _quoted = json.encoder.encode_basestring
 
 
+def _csv(values: np.ndarray, sizes: np.ndarray) -> pa.Array:
+    """Integers grouped by `sizes`, each group as one comma-separated string (Arrow's kernels)."""
+    offsets = pa.array(np.concatenate([[0], np.cumsum(sizes)]), pa.int32())
+    return pc.binary_join(pa.ListArray.from_arrays(offsets, pc.cast(pa.array(values), pa.string())), ",")
+
+
+# A member record (the `json` column of a member row): five fields joined by tabs, the transcript
+# last (it may hold a tab): chunk word counts, chunk unit counts, word offsets (where each word
+# starts in the transcript, then its length), units; each a comma-separated list. Arrow's string
+# kernels write and read it for a whole batch at once, where JSON would be parsed row by row.
+_FIELDS = 5
+
+
 def member_rows(batch: pa.Table, config, stage: str) -> pa.Table:
-    """One member row per usable utterance: its chunks as JSON `[[text, words, "u,u,…"], …]` (the
-    units already as the text a speech segment holds) and its place in its recording."""
+    """One member row per usable utterance: its record (chunks cut as utterance context cuts them,
+    words, units and transcript) and its place in its recording."""
     read = read_batch(batch, config.tolerance_ms, stage)
     utterances, rows = read.utterances, read.rows
     chunked = utterance_chunks(utterances, rows, config.granularity)
-    lengths = chunked.end_unit - chunked.first_unit
-    starts = utterances.unit_bounds[chunked.rows] + chunked.first_unit
-    flat = np.repeat(starts - (np.cumsum(lengths) - lengths), lengths) + np.arange(lengths.sum())
-    offsets = pa.array(np.concatenate([[0], np.cumsum(lengths)]), pa.int32())
-    unit_texts = pc.binary_join(pa.ListArray.from_arrays(offsets, pc.cast(utterances.unit_ids.take(flat), pa.string())), ",")
-    chunks = [f"[{_quoted(text)},{words},\"{units}\"]" for text, words, units in
-              zip(segment_texts(utterances, chunked), chunked.words.tolist(), unit_texts.to_pylist())]
     per_row = np.bincount(np.searchsorted(rows, chunked.rows), minlength=len(rows))
-    bounds = np.concatenate([[0], np.cumsum(per_row)]).tolist()
-    members = ["[" + ",".join(chunks[bounds[i]:bounds[i + 1]]) + "]" for i in range(len(rows))]
+    word_sizes, unit_sizes = utterances.word_sizes[rows], utterances.unit_sizes[rows]
+    offsets = np.array([offset for row in rows.tolist() for offset in utterances.offsets(row)], np.int64)
+    unit_at = np.repeat(utterances.unit_bounds[rows] - (np.cumsum(unit_sizes) - unit_sizes), unit_sizes) + np.arange(unit_sizes.sum())
+    texts = pa.array([utterances.texts[row] for row in rows.tolist()], pa.string())
+    records = pc.binary_join_element_wise(
+        _csv(chunked.words, per_row), _csv(chunked.end_unit - chunked.first_unit, per_row), _csv(offsets, word_sizes + 1),
+        pc.binary_join(pa.ListArray.from_arrays(pa.array(np.concatenate([[0], np.cumsum(unit_sizes)]), pa.int32()),
+                                                pc.cast(utterances.unit_ids.take(unit_at), pa.string())), ","),
+        texts, "\t")
     table, taken = read.table, pa.array(rows)
     return sample_rows(read, {
-        sample.ROW_KIND: [sample.MEMBER] * len(rows), sample.ROW_JSON: members,
-        sample.ROW_SPEECH_WORDS: np.zeros(len(rows), np.int64), sample.ROW_UNITS: utterances.unit_sizes[rows],
+        sample.ROW_KIND: [sample.MEMBER] * len(rows), sample.ROW_JSON: records,
+        sample.ROW_SPEECH_WORDS: np.zeros(len(rows), np.int64), sample.ROW_UNITS: unit_sizes,
         sample.ROW_RECORDING: table[utterance.RECORDING].take(taken),
         sample.ROW_RECORDING_START_MS: table[utterance.RECORDING_START_MS].take(taken),
         sample.ROW_DURATION_MS: table[utterance.DURATION_MS].take(taken),
         sample.ROW_SEGMENT_INDEX: table[utterance.SEGMENT_INDEX].take(taken),
         sample.ROW_SPEAKER: table[utterance.SPEAKER].take(taken)})
+
+
+class Members(NamedTuple):
+    """Member records read flat (`read_members`): chunk c of the members belongs to member
+    chunk_member[c]; each member's words, word offsets and units are a range of the flat arrays."""
+    texts: list[str]
+    chunk_member: np.ndarray
+    chunk_words: np.ndarray
+    chunk_units: np.ndarray
+    offsets: np.ndarray  # flat word offsets, words + 1 per member
+    offset_bounds: np.ndarray
+    units: pa.Array  # flat, as strings
+    unit_bounds: np.ndarray
+
+
+def read_members(records: pa.Array) -> Members:
+    fields = pc.split_pattern(records, "\t", max_splits=_FIELDS - 1)
+    columns = [pc.list_element(fields, index) for index in range(_FIELDS)]
+
+    def numbers(column) -> tuple[pa.Array, np.ndarray]:
+        lists = pc.split_pattern(column, ",")
+        return pc.list_flatten(lists), pc.list_value_length(lists).to_numpy(zero_copy_only=False).astype(np.int64)
+
+    (chunk_words, chunks), (chunk_units, _), (offsets, offset_sizes), (units, unit_sizes) = map(numbers, columns[:4])
+    as_int = lambda values: pc.cast(values, pa.int64()).to_numpy(zero_copy_only=False)  # noqa: E731
+    return Members(columns[4].to_pylist(), np.repeat(np.arange(len(chunks)), chunks), as_int(chunk_words),
+                   as_int(chunk_units), as_int(offsets), np.concatenate([[0], np.cumsum(offset_sizes)]), units,
+                   np.concatenate([[0], np.cumsum(unit_sizes)]))
 
 
 class Place(NamedTuple):
@@ -106,48 +146,100 @@ def document_starts(places: list[Place], max_document_ms: int, max_gap_ms: int, 
 ChooseSpeech = Callable[[np.ndarray, np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
 
 
-def render_documents(ids: list[str], language: list[str], members: list[list], starts: list[bool], seed: int,
-                     choose: ChooseSpeech) -> list[dict]:
-    """The documents of members in order (`members[i]`: its chunks `[text, words, units text]`;
-    `starts`: `document_starts`): per document its key (first member id), the ids it holds, its
-    kind, JSON, words, speech words and units."""
-    owner = np.cumsum(starts) - 1
+def render_documents(ids: list[str], languages: list[str], records: pa.Array, starts: list[bool], seed: int,
+                     choose: ChooseSpeech) -> dict[str, list | np.ndarray]:
+    """The documents of members in order (`records`: member records; `starts`: `document_starts`):
+    each one's first member (its key), kind, JSON, words, speech words and units. Chunks of one
+    modality in a row make one segment, across utterances too: units joined, texts joined by the
+    language's word joiner. Vectorised over the members, as utterance context renders a batch."""
+    members = read_members(records)
+    document_of = np.cumsum(starts) - 1
     firsts = np.flatnonzero(starts)
+    count = len(firsts)
     keys = spans.stream_keys(seed, [ids[first] for first in firsts.tolist()])
-    chunk_owner = np.repeat(owner, [len(chunks) for chunks in members])
-    chunks = [chunk for chunks in members for chunk in chunks]
-    kinds, speech = choose(keys, np.array([chunk[1] for chunk in chunks], np.int64), chunk_owner)
-    chunk_bounds = np.concatenate([[0], np.cumsum(np.bincount(chunk_owner, minlength=len(firsts)))]).tolist()
-    member_bounds = np.concatenate([firsts, [len(ids)]]).tolist()
-    documents = []
-    for number, first in enumerate(firsts.tolist()):
-        segments, runs_speech, words, speech_words, units = [], [], 0, 0, 0
-        for at in range(chunk_bounds[number], chunk_bounds[number + 1]):
-            text, count, unit_text = chunks[at]
-            spoken = bool(speech[at])
-            words += count
-            if spoken:
-                speech_words += count
-                units += unit_text.count(",") + 1 if unit_text else 0
-            if runs_speech and runs_speech[-1] == spoken:
-                segments[-1].append(unit_text if spoken else text)
-            else:
-                runs_speech.append(spoken)
-                segments.append([unit_text if spoken else text])
-        kind = str(kinds[number])
-        if kind == "interleaved" and len(runs_speech) == 1:  # no span fitted, or one chunk: a plain sample
-            kind = "speech" if runs_speech[0] else "text"
-        joiner = word_joiner(language[first])
-        rendered = [('{"modality":"speech","text":null,"units":[' + ",".join(part for part in parts if part) + "]}")
-                    if spoken else '{"modality":"text","text":' + _quoted(joiner.join(parts)) + ',"units":null}'
-                    for parts, spoken in zip(segments, runs_speech)]
-        held = ids[first:member_bounds[number + 1]]
-        document = ('{"segments":[' + ",".join(rendered) + '],"kind":"' + kind + '","language":' + _quoted(language[first])
-                    + ',"source_id":' + _quoted(held[0]) + ',"source_ids":[' + ",".join(map(_quoted, held))
-                    + '],"synthetic":null}')
-        documents.append({"key": held[0], "first": first, "kind": kind, "json": document, "words": words,
-                          "speech_words": speech_words, "units": units})
-    return documents
+    owner = document_of[members.chunk_member]
+    kinds, speech = choose(keys, members.chunk_words, owner)
+    speech = np.asarray(speech, bool)
+    # each chunk's words and units as ranges within its member
+    first_word = _within(members.chunk_words, members.chunk_member)
+    first_unit = _within(members.chunk_units, members.chunk_member)
+    opens = np.ones(len(owner), bool)
+    opens[1:] = (owner[1:] != owner[:-1]) | (speech[1:] != speech[:-1])
+    segment_of = np.cumsum(opens) - 1
+    segment_speech, segment_owner = speech[opens], owner[opens]
+    # speech segments: their chunks' units, one range after another in the flat unit strings
+    spoken = np.flatnonzero(speech)
+    lengths = members.chunk_units[spoken]
+    starts_at = members.unit_bounds[members.chunk_member[spoken]] + first_unit[spoken]
+    flat = np.repeat(starts_at - (np.cumsum(lengths) - lengths), lengths) + np.arange(lengths.sum())
+    segment_units = np.bincount(segment_of[spoken], weights=lengths, minlength=len(segment_speech)).astype(np.int64)
+    unit_lists = pa.ListArray.from_arrays(pa.array(np.concatenate([[0], np.cumsum(segment_units[segment_speech])]), pa.int32()),
+                                          members.units.take(pa.array(flat, pa.int64())))
+    speech_json = pc.binary_join_element_wise('{"modality":"speech","text":null,"units":[', pc.binary_join(unit_lists, ","),
+                                              "]}", "")
+    # text segments: one slice of a transcript per run of text chunks within a member, joined
+    texts = _text_segments(members, np.flatnonzero(~speech), segment_of, first_word, languages, document_of, firsts)
+    text_json = pa.array(['{"modality":"text","text":' + _quoted(text) + ',"units":null}' for text in texts], pa.string())
+    order = np.empty(len(segment_speech), np.int64)
+    order[segment_speech] = np.arange(segment_speech.sum())
+    order[~segment_speech] = segment_speech.sum() + np.arange((~segment_speech).sum())
+    per_document = np.bincount(segment_owner, minlength=count)
+    segment_lists = pa.ListArray.from_arrays(pa.array(np.concatenate([[0], np.cumsum(per_document)]), pa.int32()),
+                                             pa.concat_arrays([speech_json, text_json.cast(speech_json.type)]).take(order))
+    kinds = np.asarray(kinds).astype(object)
+    single = (kinds == "interleaved") & (per_document == 1)  # no span fitted, or one chunk: a plain sample
+    first_segment = np.concatenate([[0], np.cumsum(per_document)[:-1]])
+    kinds[single] = np.where(segment_speech[first_segment[single]], "speech", "text")
+    quoted_ids = pa.array([_quoted(item) for item in ids], pa.string())
+    held = pc.binary_join(pa.ListArray.from_arrays(pa.array(np.concatenate([firsts, [len(ids)]]), pa.int32()), quoted_ids), ",")
+    head_ids = quoted_ids.take(pa.array(firsts))
+    documents = pc.binary_join_element_wise(
+        '{"segments":[', pc.binary_join(segment_lists, ","), '],"kind":"', pa.array(kinds.tolist(), pa.string()),
+        '","language":', pa.array([_quoted(languages[first]) for first in firsts.tolist()], pa.string()),
+        ',"source_id":', head_ids, ',"source_ids":[', held, '],"synthetic":null}', "")
+    words = np.bincount(owner, weights=members.chunk_words, minlength=count)
+    speech_words = np.bincount(owner[spoken], weights=members.chunk_words[spoken], minlength=count)
+    units = np.bincount(owner[spoken], weights=lengths, minlength=count)
+    return {"first": firsts, "kind": kinds.tolist(), "json": documents, "words": words.astype(np.int64),
+            "speech_words": speech_words.astype(np.int64), "units": units.astype(np.int64)}
+
+
+def _within(sizes: np.ndarray, group: np.ndarray) -> np.ndarray:
+    """Where each item starts within its group, for items of `sizes` grouped (consecutively) by `group`."""
+    ends = np.cumsum(sizes)
+    starts = ends - sizes
+    group_start = np.zeros(len(sizes), np.int64)
+    if len(sizes):
+        opens = np.ones(len(sizes), bool)
+        opens[1:] = group[1:] != group[:-1]
+        group_start = np.maximum.accumulate(np.where(opens, starts, 0))
+    return starts - group_start
+
+
+def _text_segments(members: Members, chunks: np.ndarray, segment_of: np.ndarray, first_word: np.ndarray,
+                   languages: list[str], document_of: np.ndarray, firsts: np.ndarray) -> list[str]:
+    """The text of each text segment, in order: per member, the transcript from the first word of
+    its run of text chunks to the end of the last, trimmed; runs of one segment in several members
+    joined by the document's word joiner."""
+    if not len(chunks):
+        return []
+    member, segment = members.chunk_member[chunks], segment_of[chunks]
+    opens = np.ones(len(chunks), bool)
+    opens[1:] = (member[1:] != member[:-1]) | (segment[1:] != segment[:-1])
+    closes = np.ones(len(chunks), bool)
+    closes[:-1] = opens[1:]
+    first, last = chunks[opens], chunks[closes]
+    bases = members.offset_bounds[members.chunk_member[first]]
+    begin = members.offsets[bases + first_word[first]]
+    end = members.offsets[bases + first_word[last] + members.chunk_words[last]]
+    texts, pieces_of = [], segment[opens].tolist()
+    for number, (row, start, stop) in enumerate(zip(members.chunk_member[first].tolist(), begin.tolist(), end.tolist())):
+        piece = members.texts[row][start:stop].strip()
+        if number and pieces_of[number] == pieces_of[number - 1]:
+            texts[-1] += word_joiner(languages[firsts[document_of[row]]]) + piece
+        else:
+            texts.append(piece)
+    return texts
 
 
 def bucket_count(members: int, members_per_bucket: int) -> int:
@@ -201,17 +293,16 @@ def assemble_bucket(bucket: int, shuffle_dir: str, target: str, buckets: int, st
             sample.ROW_RECORDING, sample.ROW_RECORDING_START_MS, sample.ROW_DURATION_MS, sample.ROW_SEGMENT_INDEX,
             sample.ROW_SPEAKER, sample.ROW_LANGUAGE)))]
         starts = document_starts(places, *limits)
-        members = [json.loads(member) for member in table[sample.ROW_JSON].to_pylist()]
-        documents = render_documents(columns[sample.ROW_KEY], columns[sample.ROW_LANGUAGE], members, starts, seed, choose)
-        firsts = pa.array([document["first"] for document in documents])
-        durations = np.add.reduceat(np.array(columns[sample.ROW_DURATION_MS], np.int64), firsts.to_numpy())
-        heads = table.take(firsts)
+        documents = render_documents(columns[sample.ROW_KEY], columns[sample.ROW_LANGUAGE],
+                                     table[sample.ROW_JSON].combine_chunks(), starts, seed, choose)
+        firsts = documents["first"]
+        durations = np.add.reduceat(np.array(columns[sample.ROW_DURATION_MS], np.int64), firsts)
+        heads = table.take(pa.array(firsts))
         rows = pa.table({
-            sample.ROW_KEY: [document["key"] for document in documents], sample.ROW_SOURCE: heads[sample.ROW_SOURCE],
-            sample.ROW_KIND: [document["kind"] for document in documents], sample.ROW_LANGUAGE: heads[sample.ROW_LANGUAGE],
-            sample.ROW_JSON: [document["json"] for document in documents],
-            **{column: [document[key] for document in documents] for column, key in (
-                (sample.ROW_WORDS, "words"), (sample.ROW_SPEECH_WORDS, "speech_words"), (sample.ROW_UNITS, "units"))},
+            sample.ROW_KEY: heads[sample.ROW_KEY], sample.ROW_SOURCE: heads[sample.ROW_SOURCE],
+            sample.ROW_KIND: documents["kind"], sample.ROW_LANGUAGE: heads[sample.ROW_LANGUAGE],
+            sample.ROW_JSON: documents["json"], sample.ROW_WORDS: documents["words"],
+            sample.ROW_SPEECH_WORDS: documents["speech_words"], sample.ROW_UNITS: documents["units"],
             sample.ROW_TOKENIZER: heads[sample.ROW_TOKENIZER], sample.ROW_RECORDING: heads[sample.ROW_RECORDING],
             sample.ROW_RECORDING_START_MS: heads[sample.ROW_RECORDING_START_MS], sample.ROW_DURATION_MS: durations,
             sample.ROW_SEGMENT_INDEX: heads[sample.ROW_SEGMENT_INDEX], sample.ROW_SPEAKER: heads[sample.ROW_SPEAKER],
