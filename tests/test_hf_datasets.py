@@ -150,7 +150,7 @@ def test_the_bundled_trainer_reads_the_same_folders(tmp_path):
     documents = [data.parse(document, opened.unit_vocab) for document in data.documents_in_order(opened)]
     assert len(documents) == 30 and None not in documents
     for document in documents:
-        [(ids, _)] = data.render(document, ByteTokenizer(), vocab)
+        [(ids, _, _)] = data.render(document, ByteTokenizer(), vocab)
         assert [i - vocab.first_unit for i in ids if i >= vocab.first_unit] == units_of([document])
 
 

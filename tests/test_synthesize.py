@@ -50,7 +50,7 @@ def test_pairs_keep_every_word_and_unit_once_in_text_then_speech_order():
 
 
 def test_a_pair_renders_as_bytes_separator_units_and_eos_with_loss_on_the_units():
-    [(ids, labels)] = t2t.render_pairs({"segments": [{"modality": "text", "text": "hé"}, {"modality": "speech", "units": [3, 4]}]})
+    [(ids, labels, _)] = t2t.render_pairs({"segments": [{"modality": "text", "text": "hé"}, {"modality": "speech", "units": [3, 4]}]})
     assert ids == [104, 195, 169, t2t.SEP, t2t.FIRST_UNIT + 3, t2t.FIRST_UNIT + 4, t2t.EOS]
     assert labels == [t2t.IGNORE] * 4 + ids[4:]
 
@@ -188,7 +188,7 @@ def test_the_pairs_stage_splits_held_out_utterances_and_bounds_units_per_word(tm
         sample.validate(document)
         assert document["synthetic"] is None and all(len(segment) == 3 for segment in document["segments"])
         rendered = t2t.render_pairs(document)  # the t2t trainer reads the nulls
-        assert len(rendered) == len(document["segments"]) // 2 and all(labels[-1] == t2t.EOS for _, labels in rendered)
+        assert len(rendered) == len(document["segments"]) // 2 and all(labels[-1] == t2t.EOS for _, labels, _ in rendered)
     assert all(units for _, units, _ in t2t.heldout_pairs(tmp_path / "pairs-heldout", 100))
     assert all((tmp_path / name / "README.md").exists() for name in ("pairs-shards", "pairs-heldout"))
     assert held_ids == {f"manifest:{n}" for n in range(200) if pairs.heldout(f"manifest:{n}", pairs.PairsConfig(heldout_share=0.1))}

@@ -9,10 +9,13 @@ import subprocess
 import sys
 import tarfile
 from functools import partial
+from itertools import accumulate
 from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from sylm_data.pipeline.config import ConfigError
 from sylm_data.pipeline.shards import ShardWriter
@@ -170,28 +173,122 @@ def test_a_sample_renders_with_markers_at_switches_and_eos(lm):
     speech = vocab.SpeechVocabulary(speech_marker=500, text_marker=501, first_unit=502, units=UNITS)
     document = {"segments": [{"modality": "text", "text": "the river"}, {"modality": "speech", "units": [3, 4]},
                              {"modality": "text", "text": "past the mill"}], "kind": "interleaved"}
-    [(ids, labels)] = data.render(document, tokenizer, speech)
+    [(ids, labels, cuts)] = data.render(document, tokenizer, speech)
     encode = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
     assert ids == encode("the river") + [500, 505, 506, 501] + encode(" past the mill") + [tokenizer.eos_token_id]
     assert labels == [data.IGNORE] + ids[1:]
-    [(speech_only, _)] = data.render({"segments": [{"modality": "speech", "units": [0]}]}, tokenizer, speech)
-    assert speech_only == [500, 502, tokenizer.eos_token_id]
+    first = len(encode("the river"))
+    assert cuts == [first, first + 3]  # each segment after the first starts at its marker
+    [(speech_only, _, no_cuts)] = data.render({"segments": [{"modality": "speech", "units": [0]}]}, tokenizer, speech)
+    assert speech_only == [500, 502, tokenizer.eos_token_id] and no_cuts == []
+
+
+STRIDE, PAD = 1000, -1  # toy token = document number × STRIDE + offset, so every token says where it belongs
+
+
+def toy_document(number: int, segment_lengths: list[int]) -> data.Document:
+    ids = [number * STRIDE + offset for offset in range(sum(segment_lengths))]
+    return data.Document(ids, [data.IGNORE] + ids[1:], list(accumulate(segment_lengths))[:-1])
+
+
+def pack(packer: data.Packer, documents: list[data.Document]) -> list[tuple[list[int], list[int], list[int]]]:
+    """As a reader packs: add documents until the packer is full, then emit a sequence."""
+    emitted = []
+    for document in documents:
+        packer.add(document)
+        while packer.full():
+            emitted.append(packer.pop())
+    return emitted
 
 
 def test_packing_keeps_every_token_once_and_restarts_positions():
-    packer = data.Packer(8)
-    pieces = [list(range(100 * d, 100 * d + n)) for d, n in enumerate([3, 11, 2, 8])]
-    emitted = []
-    for piece in pieces:
-        packer.add(piece, [data.IGNORE] + piece[1:])
-        while packer.full():
-            emitted.append(packer.pop())
-    assert [len(ids) for ids, _, _ in emitted] == [8, 8, 8]
-    flat = [token for ids, _, _ in emitted for token in ids]
-    assert flat == [token for piece in pieces for token in piece][:24]
-    assert emitted[0][2] == [0, 1, 2, 0, 1, 2, 3, 4]  # second document starts at position 0
-    assert emitted[1][2] == [0, 1, 2, 3, 4, 5, 0, 1]  # the rest of document two goes on as a fresh piece
-    assert emitted[0][1][3] == data.IGNORE  # a document's first token is never a target
+    packer = data.Packer(8, PAD)
+    # 3 tokens; 11 with segments 4 + 3 + 4; 2; 8 in one segment; 10 in one segment
+    documents = [toy_document(0, [3]), toy_document(1, [4, 3, 4]), toy_document(2, [2]), toy_document(3, [8]),
+                 toy_document(4, [10]), toy_document(5, [1])]
+    emitted = pack(packer, documents)
+    assert [ids for ids, _, _ in emitted] == [
+        [0, 1, 2, 1000, 1001, 1002, 1003, PAD],  # the second document is split at its last segment start that fits
+        [1004, 1005, 1006, 1007, 1008, 1009, 1010, PAD],  # its rest starts the next sequence; the third does not fit
+        [2000, 2001, PAD, PAD, PAD, PAD, PAD, PAD],  # nor does the fourth: no segment start of it fits
+        [3000, 3001, 3002, 3003, 3004, 3005, 3006, 3007],
+        [4000, 4001, 4002, 4003, 4004, 4005, 4006, 4007],  # a segment longer than seq_len is cut inside
+    ]
+    assert emitted[0][2] == [0, 1, 2, 0, 1, 2, 3, 0] and emitted[1][2] == [0, 1, 2, 3, 4, 5, 6, 0]
+    assert emitted[0][1][3] == emitted[1][1][0] == data.IGNORE  # a piece's first token is never a target
+    assert emitted[1][1][1:7] == [1005, 1006, 1007, 1008, 1009, 1010] and set(emitted[2][1][2:]) == {data.IGNORE}
+    assert [piece.ids for piece in packer.pending] == [[4008, 4009], [5000]]
+    assert packer.pending[0].labels == [data.IGNORE, 4009]
+    assert packer.counts == {"padded_tokens": 8, "document_splits": 1, "segment_cuts": 1}
+
+
+def check_packing(documents: list[data.Document], packer: data.Packer, emitted: list) -> None:
+    """The packing policy, checked from the output: every token once and in order, each piece a fresh
+    position run whose first token is no target, whole when it fits, else split at its last segment
+    start that fits, else after padding; cut inside only a segment longer than seq_len."""
+    seq_len = packer.seq_len
+    pieces = []  # (document, first offset, end offset, index in its sequence or None while pending)
+    padding_before = {}  # index in pieces -> padding that ended the sequence before that piece
+    padded = 0
+    for ids, labels, positions in emitted:
+        assert len(ids) == len(labels) == len(positions) == seq_len
+        starts = [index for index, position in enumerate(positions) if position == 0]
+        for start, stop in zip(starts, starts[1:] + [seq_len]):
+            assert positions[start:stop] == list(range(stop - start)) and labels[start] == data.IGNORE
+            if ids[start] == PAD:
+                assert stop == seq_len and set(ids[start:]) == {PAD} and set(labels[start:]) == {data.IGNORE}
+                padding_before[len(pieces)] = stop - start
+                padded += stop - start
+                continue
+            number, offset = divmod(ids[start], STRIDE)
+            end = offset + stop - start
+            assert ids[start:stop] == documents[number].ids[offset:end]
+            assert labels[start + 1:stop] == documents[number].labels[offset + 1:end]
+            pieces.append((number, offset, end, start))
+    for piece in packer.pending:
+        number, offset = divmod(piece.ids[0], STRIDE)
+        assert piece.ids == documents[number].ids[offset:offset + len(piece.ids)] and piece.labels[0] == data.IGNORE
+        pieces.append((number, offset, offset + len(piece.ids), None))
+
+    assert [(number, offset) for number, offset, _, _ in pieces] == [  # each document once, in order, no gap
+        (number, offset) for number, document in enumerate(documents)
+        for offset in [0] + [end for n, _, end, _ in pieces if n == number and end < len(document.ids)]]
+    splits = cuts_inside = 0
+    for index, (number, offset, end, at) in enumerate(pieces):
+        document = documents[number]
+        if index in padding_before:  # the piece could not even have put its first segment there
+            next_boundary = min([cut for cut in document.cuts if cut > offset] + [len(document.ids)])
+            assert at in (0, None) and next_boundary - offset > padding_before[index]
+        if offset:
+            assert at in (0, None)  # a continuation starts a sequence
+        if end < len(document.ids) and at is not None:
+            room = seq_len - at
+            assert len(document.ids) - offset > room
+            fitting = [cut for cut in document.cuts if offset < cut <= offset + room]
+            if fitting:
+                assert end == max(fitting)
+                splits += 1
+            else:
+                assert at == 0 and end == offset + seq_len
+                cuts_inside += 1
+    assert packer.counts == {"padded_tokens": padded, "document_splits": splits, "segment_cuts": cuts_inside}
+
+
+@settings(max_examples=300, deadline=None)
+@given(seq_len=st.integers(2, 24),
+       segment_lengths=st.lists(st.lists(st.integers(1, 30), min_size=1, max_size=6), min_size=1, max_size=12))
+def test_long_documents_are_split_at_segment_starts(seq_len, segment_lengths):
+    documents = [toy_document(number, lengths) for number, lengths in enumerate(segment_lengths)]
+    packer = data.Packer(seq_len, PAD)
+    check_packing(documents, packer, pack(packer, documents))
+
+
+def test_a_pending_state_saved_before_cuts_loads():
+    old = [[[7, 8, 9], [data.IGNORE, 8, 9]], [list(range(10, 20)), [data.IGNORE] + list(range(11, 20))]]
+    packer = data.Packer(8, PAD, old)
+    assert [piece.cuts for piece in packer.pending] == [[], []] and packer.full()
+    assert packer.pop()[0] == [7, 8, 9] + [PAD] * 5  # no cut known inside the second piece: it starts the next sequence
+    assert packer.pop()[0] == list(range(10, 18)) and packer.counts["segment_cuts"] == 1
 
 
 def test_packed_documents_do_not_see_each_other(lm):
@@ -200,9 +297,9 @@ def test_packed_documents_do_not_see_each_other(lm):
 
     model = AutoModelForCausalLM.from_pretrained(lm, attn_implementation="sdpa").eval()
     first, second = list(range(10, 22)), list(range(40, 49))
-    packer = data.Packer(len(first) + len(second))
-    packer.add(first, [data.IGNORE] + first[1:])
-    packer.add(second, [data.IGNORE] + second[1:])
+    packer = data.Packer(len(first) + len(second), PAD)
+    packer.add(data.Document(first, [data.IGNORE] + first[1:], []))
+    packer.add(data.Document(second, [data.IGNORE] + second[1:], []))
     ids, labels, positions = (torch.tensor([row]) for row in packer.pop())
     with torch.no_grad():
         packed = loop.packed_loss(model, {"input_ids": ids, "labels": labels, "position_ids": positions}, "cpu")
@@ -217,7 +314,7 @@ def test_two_ranks_by_two_workers_read_disjoint_samples(lm, tmp_path, per_shard)
     tokenizer = tokenizer_of(lm)
     speech = vocab.SpeechVocabulary(1000, 1001, 1002, UNITS)
     plan = data.Plan((folder,), (1.0,), partial(data.render, tokenizer=tokenizer, vocab=speech), UNITS,
-                     seq_len=64, micro_batch=2, block=30, seed=3)
+                     seq_len=64, micro_batch=2, block=30, seed=3, pad_id=tokenizer.eos_token_id)
     seen: dict[int, list[str]] = {}
     for rank in range(2):
         loader = data.DataPosition(rank, 2, 2).loader(plan)
@@ -236,7 +333,7 @@ def test_folders_mix_by_weight_and_a_reader_resumes_from_its_state(lm, tmp_path)
     text_folder = data.open_folder(write_shards(tmp_path / "b", 200, 50, seed=2, described=False))
     speech = vocab.SpeechVocabulary(1000, 1001, 1002, UNITS)
     plan = data.Plan((speech_folder, text_folder), (0.8, 0.2), partial(data.render, tokenizer=tokenizer_of(lm), vocab=speech),
-                     UNITS, seq_len=64, micro_batch=2, block=16, seed=0)
+                     UNITS, seq_len=64, micro_batch=2, block=16, seed=0, pad_id=0)
     reader = data.Reader(plan, 0, 1)
     batches = [reader.next_batch() for _ in range(40)]
     sources = [source for batch in batches for source in batch["sources"]]
@@ -245,6 +342,42 @@ def test_folders_mix_by_weight_and_a_reader_resumes_from_its_state(lm, tmp_path)
     for expected in batches[20:]:
         again = resumed.next_batch()
         assert again["sources"] == expected["sources"] and torch.equal(again["input_ids"], expected["input_ids"])
+
+
+class ByteTokenizer:
+    """Text as UTF-8 bytes: enough of a tokenizer for `data.render`, with no model to load."""
+    bos_token_id, eos_token_id = None, 256
+
+    def __call__(self, texts, add_special_tokens=False):
+        return {"input_ids": [list(text.encode()) for text in texts]}
+
+
+def test_long_documents_resume_exactly_with_their_packing_counts(tmp_path, caplog):
+    folder = data.open_folder(write_shards(tmp_path / "shards", 60, 20))
+    speech = vocab.SpeechVocabulary(300, 301, 302, UNITS)
+    plan = data.Plan((folder,), (1.0,), partial(data.render, tokenizer=ByteTokenizer(), vocab=speech), UNITS,
+                     seq_len=24, micro_batch=2, block=16, seed=0, pad_id=ByteTokenizer.eos_token_id)
+    reader = data.Reader(plan, 0, 1)
+    batches = [reader.next_batch() for _ in range(30)]
+    counts = batches[-1]["state"]["packing"]
+    assert all(counts.values())  # 5–20 words in 24 tokens: padding, splits, and text segments of over 24 bytes
+    assert caplog.text.count("longer than data.seq_len = 24") == 1  # once per reader
+    middle = batches[14]["state"]
+    assert middle["pending"] and all(len(piece) == 3 for piece in middle["pending"])
+    resumed = data.Reader(plan, 0, 1, middle)
+    for expected in batches[15:]:
+        again = resumed.next_batch()
+        assert all(torch.equal(again[key], expected[key]) for key in ("input_ids", "labels", "position_ids"))
+    assert again["state"]["packing"] == counts
+
+    # a state saved before cuts were kept: pending pieces of [ids, labels], no counts
+    old = {key: value for key, value in middle.items() if key != "packing"}
+    old["pending"] = [[ids, labels] for ids, labels, _ in middle["pending"]]
+    batch = data.Reader(plan, 0, 1, old).next_batch()
+    first = middle["pending"][0][0][:24]
+    assert batch["input_ids"][0, :len(first)].tolist() == first and batch["position_ids"][0, 0] == 0
+    assert all(len(piece) == 3 for piece in batch["state"]["pending"])
+    assert set(batch["state"]["packing"]) == set(data.Packer.COUNTS)
 
 
 def test_damaged_samples_are_skipped_and_counted(tmp_path, caplog):
@@ -437,6 +570,9 @@ def test_the_loss_falls_and_a_resumed_run_repeats_the_uninterrupted_one(lm, shar
     loop.train(run_config(lm, shards, tmp_path / "resumed"), echo=messages.append)
     assert messages == [f"resumed from {tmp_path / 'resumed' / 'checkpoints' / 'step-00000012'} at step 12"]
     assert losses(tmp_path / "resumed") == uninterrupted
+    packing = [{name: json.loads(line)[name] for name in data.Packer.COUNTS}
+               for output in ("through", "resumed") for line in (tmp_path / output / "metrics.jsonl").read_text().splitlines()]
+    assert packing[:30] == packing[30:] and packing[29]["padded_tokens"] > 0  # the counts survive the resume
     assert sorted(p.name for p in (tmp_path / "resumed" / "checkpoints").glob("step-*")) == ["step-00000012", "step-00000030"]
 
     from transformers import AutoModelForCausalLM, AutoTokenizer

@@ -12,8 +12,14 @@ seek by), never an epoch.
 
 Documents: the folders are mixed by weight, one draw per document; a document becomes token ids
 (text through the LLM tokenizer, units as unit tokens, a marker at each modality switch, then
-EOS) and is packed with others into `seq_len` sequences. Position ids restart at each document,
-so attention stays inside it, and its first token is never a target.
+EOS) and is packed with others into `seq_len` sequences. A document that fits the room left in
+a sequence goes in whole. One that does not is split at its last segment start (before the
+segment's marker) that fits, and the rest goes on in the next sequence; when no segment start
+fits, the rest of the sequence is padding (never a target) and the document starts the next one.
+Only a single segment longer than `seq_len` is cut inside, with a warning. Each piece (a
+document, a continuation, the padding) starts its own position ids, so attention stays inside
+it, and its first token is never a target. The reader's state counts padded tokens, splits and
+cuts inside a segment.
 
 Every batch carries its reader's state after it; the training process keeps the last one per
 reader (`DataPosition`) and saves it with the checkpoint.
@@ -22,6 +28,7 @@ reader (`DataPosition`) and saves it with the checkpoint.
 import json
 import logging
 import tarfile
+from bisect import bisect_right
 from dataclasses import dataclass
 from itertools import islice, repeat
 from pathlib import Path
@@ -231,17 +238,28 @@ class FolderStream:
                 self._slots = None
 
 
-def render(document: dict, tokenizer, vocab: SpeechVocabulary) -> list[tuple[list[int], list[int]]]:
-    """A sample as one LM document, token ids and labels: markers at modality switches (a document
-    starts in text), text after the first segment with its leading space, EOS last; the first
-    token is no target."""
+class Document(NamedTuple):
+    """One LM document: token ids, their labels (IGNORE where no target; the first is), and the
+    ascending offsets after 0 where a segment starts (before its modality marker): the places the
+    packer may split it."""
+    ids: list[int]
+    labels: list[int]
+    cuts: list[int]
+
+
+def render(document: dict, tokenizer, vocab: SpeechVocabulary) -> list[Document]:
+    """A sample as one LM document: markers at modality switches (a document starts in text), text
+    after the first segment with its leading space, EOS last; a cut at each segment after the first."""
     segments = document[sample.SEGMENTS]
     texts = [(" " if i else "") + segment[sample.TEXT] for i, segment in enumerate(segments)
              if segment[sample.MODALITY] == sample.TEXT]
     encoded = iter(tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else [])
     ids = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+    cuts = []
     modality = sample.TEXT
-    for segment in segments:
+    for index, segment in enumerate(segments):
+        if index and ids:  # a cut at 0 (no BOS, an empty first segment) would split off nothing
+            cuts.append(len(ids))
         if segment[sample.MODALITY] != modality:
             modality = segment[sample.MODALITY]
             ids.append(vocab.speech_marker if modality == sample.SPEECH else vocab.text_marker)
@@ -251,7 +269,7 @@ def render(document: dict, tokenizer, vocab: SpeechVocabulary) -> list[tuple[lis
             ids += [vocab.first_unit + unit for unit in segment[sample.UNITS]]
     if tokenizer.eos_token_id is not None:
         ids.append(tokenizer.eos_token_id)
-    return [(ids, [IGNORE] + ids[1:])]
+    return [Document(ids, [IGNORE] + ids[1:], cuts)]
 
 
 def render_for_reading(document: dict, tokenizer) -> tuple[list[int], dict[str, int], bool]:
@@ -265,7 +283,7 @@ def render_for_reading(document: dict, tokenizer) -> tuple[list[int], dict[str, 
              for unit in segment[sample.UNITS]]
     before = len(tokenizer)
     vocab = speech_vocabulary(tokenizer, max(units, default=0) + 1)
-    ids = render(document, tokenizer, vocab)[0][0]
+    ids = render(document, tokenizer, vocab)[0].ids
     ends = (tokenizer.bos_token_id is not None) + (tokenizer.eos_token_id is not None)
     markers = sum(token in (vocab.speech_marker, vocab.text_marker) for token in ids)
     counts = {"text": len(ids) - ends - markers - len(units), "markers": markers, "units": len(units), "bos/eos": ends}
@@ -273,17 +291,25 @@ def render_for_reading(document: dict, tokenizer) -> tuple[list[int], dict[str, 
 
 
 class Packer:
-    """Documents in, `seq_len` sequences out; a document that does not fit goes on in the next
-    sequence (as a fresh piece: positions restart there)."""
+    """Documents in, `seq_len` sequences of (ids, labels, positions) out. A document goes in whole
+    when it fits the room left; else it is split at its last cut that fits; else, when the
+    sequence holds something, the rest of it is padding and the document starts the next one. Only
+    a segment longer than `seq_len` is cut inside. Every piece (a document, a continuation, the
+    padding) starts a fresh position run and its first token is no target."""
 
-    def __init__(self, seq_len: int, pending: list[list[list[int]]] = ()) -> None:
-        self.seq_len = seq_len
-        self.pending = [list(piece) for piece in pending]  # [ids, labels] pieces not yet emitted
-        self.size = sum(len(ids) for ids, _ in self.pending)
+    COUNTS = ("padded_tokens", "document_splits", "segment_cuts")
 
-    def add(self, ids: list[int], labels: list[int]) -> None:
-        self.pending.append([ids, labels])
-        self.size += len(ids)
+    def __init__(self, seq_len: int, pad_id: int, pending: list[list[list[int]]] = (), counts: dict | None = None) -> None:
+        self.seq_len, self.pad_id = seq_len, pad_id
+        # [ids, labels, cuts] pieces not yet emitted; a state saved before cuts were kept has [ids, labels]
+        self.pending = [Document(piece[0], piece[1], piece[2] if len(piece) > 2 else []) for piece in pending]
+        self.size = sum(len(piece.ids) for piece in self.pending)
+        self.counts = dict.fromkeys(self.COUNTS, 0) | (counts or {})
+        self._warned = False
+
+    def add(self, document: Document) -> None:
+        self.pending.append(document)
+        self.size += len(document.ids)
 
     def full(self) -> bool:
         return self.size >= self.seq_len
@@ -291,17 +317,40 @@ class Packer:
     def pop(self) -> tuple[list[int], list[int], list[int]]:
         ids, labels, positions = [], [], []
         while len(ids) < self.seq_len:
-            piece_ids, piece_labels = self.pending[0]
+            piece = self.pending[0]
             room = self.seq_len - len(ids)
-            ids += piece_ids[:room]
-            labels += piece_labels[:room]
-            positions += range(min(room, len(piece_ids)))
-            if len(piece_ids) > room:
-                self.pending[0] = [piece_ids[room:], piece_labels[room:]]
-            else:
+            if len(piece.ids) <= room:
+                taken = len(piece.ids)
                 self.pending.pop(0)
-        self.size -= self.seq_len
+            else:
+                fitting = bisect_right(piece.cuts, room)
+                if fitting:
+                    taken = piece.cuts[fitting - 1]
+                    self.counts["document_splits"] += 1
+                elif ids:
+                    ids += [self.pad_id] * room
+                    labels += [IGNORE] * room
+                    positions += range(room)
+                    self.counts["padded_tokens"] += room
+                    break
+                else:
+                    taken = room
+                    self._cut_inside(piece)
+                self.pending[0] = Document(piece.ids[taken:], [IGNORE] + piece.labels[taken + 1:],
+                                           [cut - taken for cut in piece.cuts[fitting:]])
+            ids += piece.ids[:taken]
+            labels += piece.labels[:taken]
+            positions += range(taken)
+            self.size -= taken
         return ids, labels, positions
+
+    def _cut_inside(self, piece: Document) -> None:
+        self.counts["segment_cuts"] += 1
+        if not self._warned:
+            self._warned = True
+            length = piece.cuts[0] if piece.cuts else len(piece.ids)
+            log.warning("a segment of %d tokens is longer than data.seq_len = %d: it is cut inside, its rest starts "
+                        "the next sequence (counted as segment_cuts; said once per reader)", length, self.seq_len)
 
 
 @dataclass(frozen=True)
@@ -309,12 +358,13 @@ class Plan:
     """What every reader shares: folders, weights, how a sample becomes documents, and shapes."""
     folders: tuple[ShardFolder, ...]
     weights: tuple[float, ...]
-    render: Callable[[dict], list[tuple[list[int], list[int]]]]  # sample -> (ids, labels) documents; picklable
+    render: Callable[[dict], list[Document]]  # sample -> documents; picklable
     unit_vocab: int
     seq_len: int
     micro_batch: int
     block: int
     seed: int
+    pad_id: int  # fills the rest of a sequence that the next document does not fit
 
 
 class Reader:
@@ -329,13 +379,13 @@ class Reader:
         self.mix = np.random.Generator(np.random.PCG64([plan.seed, reader]))
         if "mix" in state:
             self.mix.bit_generator.state = state["mix"]
-        self.packer = Packer(plan.seq_len, state.get("pending", []))
+        self.packer = Packer(plan.seq_len, plan.pad_id, state.get("pending", []), state.get("packing"))
         self.skipped = state.get("skipped", 0)
         self.cumulative = np.cumsum(plan.weights)
 
     def state(self) -> dict:
         return {"streams": [list(stream.position) for stream in self.streams], "mix": self.mix.bit_generator.state,
-                "pending": [list(piece) for piece in self.packer.pending],
+                "pending": [list(piece) for piece in self.packer.pending], "packing": dict(self.packer.counts),
                 "skipped": self.skipped + sum(stream.skipped for stream in self.streams)}
 
     def next_batch(self) -> dict:
@@ -345,8 +395,8 @@ class Reader:
                 folder = min(int(np.searchsorted(self.cumulative, self.mix.random(), side="right")), len(self.streams) - 1)
                 document = self.streams[folder].next()
                 sources.append(document[sample.SOURCE_ID])
-                for ids, labels in self.plan.render(document):
-                    self.packer.add(ids, labels)
+                for rendered in self.plan.render(document):
+                    self.packer.add(rendered)
             rows.append(self.packer.pop())
         ids, labels, positions = (torch.tensor([row[k] for row in rows], dtype=torch.long) for k in range(3))
         return {"input_ids": ids, "labels": labels, "position_ids": positions, "reader": self.reader,
@@ -389,6 +439,10 @@ class DataPosition:
 
     def skipped(self) -> int:
         return sum(state["skipped"] for state in self.readers.values())
+
+    def packing(self) -> dict[str, int]:
+        """The packers' counts (`Packer.COUNTS`) summed over this rank's readers."""
+        return {name: sum(state.get("packing", {}).get(name, 0) for state in self.readers.values()) for name in Packer.COUNTS}
 
     def to_dict(self) -> dict:
         return {"batches": self.batches, "readers": self.readers, "world": self.world, "workers": self.workers}

@@ -58,7 +58,8 @@ def distributed_env() -> tuple[int, int, int]:
 class Task:
     """What differs between training the LLM and the text-to-token model."""
     model: torch.nn.Module
-    render: Callable[[dict], list]  # sample -> (ids, labels) documents (picklable, for loader workers)
+    render: Callable[[dict], list[data.Document]]  # sample -> documents (picklable, for loader workers)
+    pad_id: int  # the packer's padding: never a target, so any id serves
     first_new_row: int  # the embedding-only phase trains rows from here on
     save_extras: Callable[[Path, int], None]  # what OUTPUT/final needs beside the weights, given the step
 
@@ -76,7 +77,8 @@ def language_model_task(config: TrainConfig, unit_vocab: int) -> Task:
     except (OSError, ValueError) as error:  # WeightsMismatch is a ValueError
         raise TrainError(f"cannot load model {config.model.name!r}: {offline.reason(error, config.model.name)}") from None
     vocab = extend(model, tokenizer, unit_vocab, config.model.pad_vocab_to)
-    return Task(model, partial(data.render, tokenizer=tokenizer, vocab=vocab), vocab.speech_marker,
+    pad_id = next((token for token in (tokenizer.pad_token_id, tokenizer.eos_token_id) if token is not None), 0)
+    return Task(model, partial(data.render, tokenizer=tokenizer, vocab=vocab), pad_id, vocab.speech_marker,
                 lambda folder, step: tokenizer.save_pretrained(folder))
 
 
@@ -94,7 +96,7 @@ def text_to_token_task(config: TrainConfig, folders: list[data.ShardFolder], uni
                          "names max_units_per_word")
     tokenizer = next((folder.tokenizer for folder in folders if folder.tokenizer), "")
     name = Path(config.run.output).name
-    return Task(model, t2t.render_pairs, t2t.FIRST_UNIT,
+    return Task(model, t2t.render_pairs, t2t.PAD, t2t.FIRST_UNIT,
                 lambda folder, step: t2t.save_meta(folder, unit_vocab, tokenizer, max(bounds), f"sylm-t2t/{name}@{step}"))
 
 
@@ -261,7 +263,7 @@ def train(config: TrainConfig, echo=print, progress_to=None) -> dict:
 
     plan = data.Plan(tuple(folders), tuple(data.mixing_weights(folders, config.data.weights)),
                      task.render, unit_vocab,
-                     config.data.seq_len, config.data.micro_batch, config.data.shuffle_block, config.run.seed)
+                     config.data.seq_len, config.data.micro_batch, config.data.shuffle_block, config.run.seed, task.pad_id)
     position = data.DataPosition(rank, world, config.data.workers, saved_position)
     batches = iter(position.loader(plan, pin_memory=cuda))
 
@@ -294,10 +296,12 @@ def train(config: TrainConfig, echo=print, progress_to=None) -> dict:
                 loss_sum += loss.detach().float()
             step += 1
             window_steps += 1
-            # on the device: NCCL reduces only GPU tensors, and the loss is read once per step
-            shared = torch.stack([loss_sum / config.optim.grad_accum,
-                                  torch.tensor(float(position.skipped()), device=engine.device),
-                                  torch.tensor(float(stop.requested), device=engine.device)])
+            # on the device: NCCL reduces only GPU tensors, and the loss is read once per step;
+            # float64 keeps the token counts exact
+            packing = position.packing()
+            counts = torch.tensor([position.skipped(), *packing.values(), stop.requested], dtype=torch.float64,
+                                  device=engine.device)
+            shared = torch.cat([(loss_sum / config.optim.grad_accum).double().view(1), counts])
             torch.distributed.all_reduce(shared)
             shared = shared.tolist()
             last_loss = shared[0] / world
@@ -306,6 +310,7 @@ def train(config: TrainConfig, echo=print, progress_to=None) -> dict:
                 tokens_per_s = tokens_per_step * window_steps / elapsed
                 values = {"loss": last_loss, "lr": lr, "tokens": step * tokens_per_step,
                           "tokens_per_s": round(tokens_per_s, 1), "skipped_samples": int(shared[1]),
+                          **{name: int(total) for name, total in zip(packing, shared[2:-1])},
                           "phase": "embeddings" if embedding_only is not None else "full"}
                 if peak:
                     values["mfu"] = round(flops * tokens_per_s / (peak * world), 4)
@@ -315,7 +320,7 @@ def train(config: TrainConfig, echo=print, progress_to=None) -> dict:
             if progress is not None:
                 progress.update(1)
                 progress.set_postfix(loss=f"{last_loss:.3f}", lr=f"{lr:.2e}")
-            interrupted = shared[2] > 0  # a signal on any rank
+            interrupted = shared[-1] > 0  # a signal on any rank
             stopping = interrupted or step == config.run.stop_at
             if stopping or step % config.run.save_every == 0 or step == config.total_steps:
                 save_checkpoint(engine, checkpoints, step, rank, position, config.run.keep_checkpoints)

@@ -1,4 +1,6 @@
-"""What a run reports: loss, learning rate, tokens/s and MFU, to a JSONL file (and TensorBoard).
+"""What a run reports: loss, learning rate, tokens/s and MFU, and what the data did (samples skipped;
+tokens padded, documents split and segments cut inside by the packer, all cumulative), to a JSONL
+file (and TensorBoard).
 
 MFU counts model FLOPs as PaLM does (appendix B): 6 per parameter and token for the matmuls
 (the output projection included, embedding lookups not) plus 12 · layers · width · sequence for

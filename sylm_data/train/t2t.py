@@ -50,8 +50,9 @@ def prompt(text: str) -> list[int]:
     return list(text.encode("utf-8")) + [SEP]
 
 
-def render_pairs(document: dict) -> list[tuple[list[int], list[int]]]:
-    """A `pairs` sample (text, speech, text, speech, …) as one training document per pair."""
+def render_pairs(document: dict) -> list[data.Document]:
+    """A `pairs` sample (text, speech, text, speech, …) as one training document per pair, without
+    cuts: a pair that does not fit the room left in a sequence starts the next one."""
     segments = document[sample.SEGMENTS]
     documents = []
     for text, speech in zip(segments[0::2], segments[1::2]):
@@ -59,7 +60,7 @@ def render_pairs(document: dict) -> list[tuple[list[int], list[int]]]:
             raise T2TError(f"a pairs sample alternates text and speech, not {text[sample.MODALITY]}, {speech[sample.MODALITY]}")
         head = prompt(text[sample.TEXT])
         tail = [FIRST_UNIT + unit for unit in speech[sample.UNITS]] + [EOS]
-        documents.append((head + tail, [IGNORE] * len(head) + tail))
+        documents.append(data.Document(head + tail, [IGNORE] * len(head) + tail, []))
     return documents
 
 
@@ -188,9 +189,9 @@ def evaluate(model, meta: dict, pairs: list[tuple[str, list[int], str]], batch: 
         documents = [render_pairs({sample.SEGMENTS: [{sample.MODALITY: sample.TEXT, sample.TEXT: text},
                                                      {sample.MODALITY: sample.SPEECH, sample.UNITS: units}]})[0]
                      for text, units, _ in chosen]
-        width = max(len(ids) for ids, _ in documents)
-        ids = torch.tensor([ids + [PAD] * (width - len(ids)) for ids, _ in documents], device=model.device)
-        labels = torch.tensor([labels + [IGNORE] * (width - len(labels)) for _, labels in documents], device=model.device)
+        width = max(len(ids) for ids, _, _ in documents)
+        ids = torch.tensor([ids + [PAD] * (width - len(ids)) for ids, _, _ in documents], device=model.device)
+        labels = torch.tensor([labels + [IGNORE] * (width - len(labels)) for _, labels, _ in documents], device=model.device)
         logits = model(input_ids=ids, use_cache=False).logits[:, :-1].float()  # right padding: causal, so harmless
         targets = labels[:, 1:]
         scored = targets != IGNORE
