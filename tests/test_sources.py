@@ -13,7 +13,7 @@ from sylm_data.pipeline.partitions import read_source_partition
 from sylm_data.sample import MANIFEST, layouts
 from sylm_data.schemas import stream
 from sylm_data.sources import READERS, SourceError, emilia
-from sylm_data.sources.yodas2 import parse_utterance_id
+from sylm_data.sources.yodas2 import parse_utterance_id, segment_number
 from sylm_data.stages import ingest
 from tests.conftest import emilia_members, write_tar
 
@@ -125,7 +125,7 @@ def test_yodas2_cuts_each_utterance_out_of_its_recording(tmp_path, utterances):
         assert json.loads(row["meta"]) == {"audio_id": audio_id, "start_ms": start_ms, "end_ms": end_ms,
                                            "source_format": "wav", "subset": "en000"}
         assert end_ms - start_ms - 10 <= row["duration_ms"] <= end_ms - start_ms
-        assert place(row) == (f"yodas2:{audio_id}", start_ms, None)
+        assert place(row) == (f"yodas2:{audio_id}", start_ms, segment_number(row["id"].split(":", 1)[1]))
         cut = audio.decode(row["audio"]).samples
         reference = audio.decode(original.audio).samples
         n = min(len(cut), len(reference)) - 480
@@ -140,6 +140,7 @@ def test_yodas2_cuts_each_utterance_out_of_its_recording(tmp_path, utterances):
 
 def test_yodas2_utterance_ids_parse_with_dashes_in_the_video_id():
     assert parse_utterance_id("Lyy-cIbMfMM-00001-00004329-00004529") == ("Lyy-cIbMfMM", 43290, 45290)
+    assert segment_number("Lyy-cIbMfMM-00017-00004329-00004529") == 17
     with pytest.raises(ValueError):
         parse_utterance_id("no-timing-here")
 

@@ -13,7 +13,8 @@ cut without decoding it). A recording is decoded as it streams out of the archiv
 goes, in start order, so memory holds the longest utterance, not the recording (`audio.cut`).
 A segment ending past the decoded audio is cut short there with `overrun_ms` in its meta (the
 official loader slices without checking); ingest decides how much overrun it accepts.
-Each segment names its recording (the audio id) and its start in it (`Record.recording_start_ms`).
+Each segment names its recording (the audio id), its start in it (`Record.recording_start_ms`)
+and its number in the id (`Record.segment_index`).
 """
 
 import json
@@ -48,6 +49,11 @@ def parse_utterance_id(utt_id: str) -> tuple[str, int, int]:
     return match["audio_id"], int(match["start"]) * 10, int(match["end"]) * 10
 
 
+def segment_number(utt_id: str) -> int:
+    """The utterance's number in its recording (NNNNN), from an id `parse_utterance_id` takes."""
+    return int(_UTTERANCE_ID.match(utt_id)["index"])
+
+
 def subset_of(audio_path: str) -> str:
     """The subset folder of an audio archive: `…/data/en000/audio/00000000.tar.gz` -> `en000`."""
     return posixpath.basename(posixpath.dirname(posixpath.dirname(audio_path)))
@@ -80,6 +86,7 @@ class _Utterance:
     text: object  # as found: `fields.checked` rejects one that is not a string
     start_ms: int
     end_ms: int
+    segment_index: int
 
 
 class Yodas2Reader(Reader):
@@ -170,7 +177,7 @@ class Yodas2Reader(Reader):
                 yield Record(key=utt_id, reject=Reason.TOO_LONG,
                              detail=f"{start_ms}-{end_ms} ms: a segment over {MAX_SEGMENT_MS // 60_000} min is not cut")
             else:
-                timed.append(_Utterance(utt_id, text, start_ms, end_ms))
+                timed.append(_Utterance(utt_id, text, start_ms, end_ms, segment_number(utt_id)))
         if not timed:
             return
         meta = {"audio_id": audio_id, "source_format": extension, META_SUBSET: subset}
@@ -216,6 +223,7 @@ def _segment(utterance: _Utterance, samples, stream: audio.AudioStream, meta: di
         declared_duration_ms=cut_ms,
         recording=meta["audio_id"],
         recording_start_ms=start_ms,
+        segment_index=utterance.segment_index,  # a gap in the numbers is an utterance missing or rejected
         meta=meta,
     )
 

@@ -35,7 +35,7 @@ DEFAULT_FILLER_WORDS = {
 @dataclass
 class IngestConfig:
     SPEED_ONLY: ClassVar[tuple[str, ...]] = ("workers", "cpus_per_worker")
-    ROWS_VERSION: ClassVar[int] = 2  # 2: rows carry recording, recording_start_ms, segment_index and label_scores
+    ROWS_VERSION: ClassVar[int] = 3  # 2: rows carry recording, recording_start_ms, segment_index and label_scores; 3: YODAS2 segment_index
     source: str = "emilia"  # emilia | emilia-yodas | yodas2 | manifest | lhotse
     inputs: list[str] = field(default_factory=list)  # local paths/globs or hf://OWNER/NAME/PATTERN
     root: str | None = None  # the dataset folder partition ids are relative to; default: each glob's static prefix
