@@ -309,6 +309,26 @@ def eval_align(
     typer.echo("\n".join(result.lines()))
 
 
+@eval_app.command("quality")
+def eval_quality(
+    fixture: Annotated[Optional[Path], typer.Option(help="A labelled manifest (lines with `labels`); default: speak the espeak-ng fixture into a temporary folder.")] = None,
+    keep: Annotated[Optional[Path], typer.Option(help="Speak the espeak-ng fixture into this folder and keep it.")] = None,
+) -> None:
+    """Precision and recall of each label-quality check at the default bounds, over labelled
+    utterances: ingest + align (pocketsphinx). The default fixture needs Debian's espeak-ng."""
+    import tempfile
+
+    from sylm_data.quality import evaluate as quality_eval
+
+    with tempfile.TemporaryDirectory() as scratch:
+        try:
+            manifest = fixture or quality_eval.build_fixture(keep or Path(scratch))
+            result = quality_eval.evaluate(manifest)
+        except (OSError, ValueError, RuntimeError) as error:
+            _fail(str(error))
+    typer.echo("\n".join(result.lines()))
+
+
 @eval_app.command("t2t")
 def eval_t2t(
     model: Annotated[str, typer.Argument(help="A text-to-token model: OUTPUT/final of `sylm-data train --task t2t`.")],

@@ -53,8 +53,10 @@ def _output_dir(path: Path, samples: int) -> str:
 
 def _rows(path: Path, table, samples: int) -> str:
     lines = [f"{path}: {table.num_rows:,} rows"]
-    if utterance.DURATION_MS in table.column_names and table.num_rows:
-        durations = [d / 1000 for d in table[utterance.DURATION_MS].to_pylist()]
+    has_durations = utterance.DURATION_MS in table.column_names
+    # rows without audio (text-only samples) have no duration
+    durations = [d / 1000 for d in table[utterance.DURATION_MS].drop_null().to_pylist()] if has_durations else []
+    if durations:
         lines.append(
             f"  audio: {sum(durations) / 3600:.3f} h; per row min {min(durations):.2f} s, "
             f"median {statistics.median(durations):.2f} s, max {max(durations):.2f} s"
@@ -72,7 +74,12 @@ def _rows(path: Path, table, samples: int) -> str:
         seconds = sum(table[utterance.DURATION_MS].to_pylist()) / 1000
         lines.append(f"  units: {count:,} ({count / seconds:.1f} per second); tokenizer {table[tokenized.TOKENIZER][0]}")
     if utterance.LABEL_SCORES in table.column_names and table.num_rows:
-        lines.append("  label scores (median / 90th percentile / max): " + _label_scores(table[utterance.LABEL_SCORES]))
+        column = table[utterance.LABEL_SCORES]
+        transcript = [name for name in utterance.SCORES.names if name not in utterance.ALIGNMENT_SCORES]
+        lines.append("  label scores (median / 90th percentile / max): " + _label_scores(column, transcript))
+        if aligned.WORDS in table.column_names:
+            lines.append("  alignment scores (median / 90th percentile / max): "
+                         + _label_scores(column, utterance.ALIGNMENT_SCORES))
     shown = [name for name in table.column_names if name != utterance.AUDIO]
     for row in table.select(shown).slice(0, samples).to_pylist():
         if utterance.TEXT not in row:
@@ -87,10 +94,12 @@ def _rows(path: Path, table, samples: int) -> str:
     return "\n".join(lines)
 
 
-def _label_scores(column) -> str:
-    """Each label-quality score's median, 90th percentile and maximum over the rows that have it."""
+def _label_scores(column, names) -> str:
+    """Each named label-quality score's median, 90th percentile and maximum over the rows that have it."""
     parts = []
-    for name in utterance.SCORES.names:
+    for name in names:
+        if name not in column.type.names:  # rows written before the score existed
+            continue
         values = np.array(pc.struct_field(column, name).drop_null(), np.float64)
         if values.size:
             median, high = np.quantile(values, [0.5, 0.9])

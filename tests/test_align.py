@@ -1,4 +1,5 @@
-"""The align stage: pocketsphinx against espeak-ng's word onsets, long audio, a tiny Qwen3 aligner through Ray."""
+"""The align stage: pocketsphinx against espeak-ng's word onsets, long audio, a tiny Qwen3 aligner through Ray,
+and the transcript-against-audio scores each backend leaves in `label_scores`."""
 
 import ctypes.util
 import io
@@ -7,21 +8,35 @@ import json
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute
+import pyarrow.parquet
 import pytest
 import soundfile
 import torch
 
-from sylm_data import audio, evaluate
+from sylm_data import audio, evaluate, inspect
 from sylm_data.align.pocketsphinx import spell_out
 from sylm_data.align.qwen3 import Qwen3Aligner
 from sylm_data.align.words import Piece
 from sylm_data.pipeline import config as config_module
 from sylm_data.pipeline import runner
 from sylm_data.pipeline.partitions import read_source_partition
+from sylm_data.quality import alignment
 from sylm_data.sample import MANIFEST, REFERENCE
 from sylm_data.schemas import aligned as aligned_schema
 from sylm_data.schemas import stream
-from sylm_data.schemas.utterance import SCORES
+from sylm_data.schemas import tokenized as tokenized_schema
+from sylm_data.schemas.utterance import (
+    ALIGNMENT_SCORES,
+    INNER_SILENCE_SHARE,
+    ONE_BIN_WORD_SHARE,
+    PILED_WORD_SHARE,
+    SCORES,
+    SLOWEST_MS_PER_PHONE,
+    SPEAKING_RATE,
+    SQUEEZED_WORD_SHARE,
+    TIMESTAMP_UNCERTAINTY,
+    UNTRANSCRIBED_VOICE_SHARE,
+)
 from sylm_data.sources import READERS
 from sylm_data.stages import align, ingest
 from tests.conftest import read_parquet
@@ -85,8 +100,39 @@ def test_the_recording_place_and_label_scores_pass_through_align(utterance_rows,
         rows = rows.set_column(rows.schema.get_field_index(name), name, values)
     out = stream.accepted(pocketsphinx_aligner(rows), aligned_schema.SCHEMA)
     assert out.select(list(place)).to_pydict() == {name: values.to_pylist() for name, values in place.items()}
-    scores = rows["label_scores"].to_pylist()
-    assert out["label_scores"].to_pylist() == scores and all(set(s) == set(SCORES.names) for s in scores)
+    transcript_scores = [name for name in SCORES.names if name not in ALIGNMENT_SCORES]
+    before, after = rows["label_scores"].to_pylist(), out["label_scores"].to_pylist()
+    assert [{name: s[name] for name in transcript_scores} for s in after] == [{name: s[name] for name in transcript_scores} for s in before]
+    assert all(s[name] is None for s in before for name in ALIGNMENT_SCORES)  # ingest leaves them to align
+    for scores in after:  # pocketsphinx measures all but Qwen3's posteriors
+        assert 0.8 < scores[SPEAKING_RATE] < 1.5 and scores[SLOWEST_MS_PER_PHONE] < 300
+        assert scores[SQUEEZED_WORD_SHARE] == scores[UNTRANSCRIBED_VOICE_SHARE] == 0.0
+        assert scores[TIMESTAMP_UNCERTAINTY] is None and scores[ONE_BIN_WORD_SHARE] is None
+
+
+def test_alignment_scores_reach_the_tokenize_contract_and_inspect(utterance_rows, pocketsphinx_aligner, tmp_path):
+    assert tokenized_schema.SCHEMA.field("label_scores").type == SCORES  # tokenize rows carry align's columns as they are
+    out = stream.accepted(pocketsphinx_aligner(utterance_rows.slice(0, 4)), aligned_schema.SCHEMA)
+    (tmp_path / "align" / "p0").mkdir(parents=True)
+    pa.parquet.write_table(out, tmp_path / "align" / "p0" / "part.parquet")
+    shown = inspect.summarize(tmp_path / "align")
+    assert "alignment scores (median / 90th percentile / max): speaking_rate 1." in shown
+    assert "slowest_ms_per_phone" in shown and "timestamp_uncertainty" not in shown  # pocketsphinx has no posteriors
+
+
+def test_the_phone_rate_guard_is_a_score_whose_bound_rejects_as_align_failed(utterance_rows, pocketsphinx_aligner):
+    texts = utterance_rows["text"].to_pylist()
+    shifted = utterance_rows.slice(0, 5).set_column(utterance_rows.schema.get_field_index("text"), "text", pa.array(texts[5:10]))
+    bounded = pocketsphinx_aligner(shifted).to_pylist()
+    phone_rate = [index for index, row in enumerate(bounded)
+                  if (row[stream.REJECT_DETAIL] or "").startswith((SQUEEZED_WORD_SHARE, SLOWEST_MS_PER_PHONE))]
+    assert phone_rate and {bounded[index][stream.REJECT_REASON] for index in phone_rate} == {"align_failed"}
+    unbounded = align.Aligner(align.AlignConfig(backend="pocketsphinx", **{bound.threshold: None for bound in alignment.BOUNDS}))
+    kept = unbounded(shifted).to_pylist()
+    for index in phone_rate:
+        scores = kept[index]["label_scores"]
+        assert kept[index][stream.REJECT_REASON] is None
+        assert scores[SQUEEZED_WORD_SHARE] > 0.15 or scores[SLOWEST_MS_PER_PHONE] > 300
 
 
 def test_languages_the_backend_lacks_are_rejected(utterance_rows, pocketsphinx_aligner):
@@ -151,6 +197,20 @@ def test_qwen3_backend_batches_and_guards_a_random_model(utterance_rows, tiny_qw
     assert aligner(swahili)[stream.REJECT_REASON].to_pylist() == ["language_unsupported"]
 
 
+def test_qwen3_scores_its_confidence_from_the_timestamp_posteriors(tiny_qwen3):
+    """A random model's posteriors mean nothing: the scores are computed and in range, no more."""
+    backend = Qwen3Aligner(str(tiny_qwen3), device="cpu")
+    words = "the quick brown fox jumps over".split()
+    samples = np.random.default_rng(1).normal(0, 0.1, 40_000).astype(np.float32)
+    (result,) = backend.align([Piece(samples, words, "en", 0)])
+    assert len(result.timings) == len(result.confidence) == len(words) and result.phones is None
+    assert all(1 / backend.model.config.num_labels <= value <= 1 for value in result.confidence)
+    found = alignment.scores(words, result.timings, "en", samples, confidence=result.confidence, bin_ms=backend.bin_ms)
+    for name in (TIMESTAMP_UNCERTAINTY, ONE_BIN_WORD_SHARE, PILED_WORD_SHARE, INNER_SILENCE_SHARE, UNTRANSCRIBED_VOICE_SHARE):
+        assert 0.0 <= found[name] <= 1.0, name
+    assert found[SQUEEZED_WORD_SHARE] is None and found[SLOWEST_MS_PER_PHONE] is None
+
+
 
 def test_qwen3_times_do_not_depend_on_the_batch(tiny_qwen3, monkeypatch):
     """Lengths off the 160-sample frame grid (17,330) and left padding once moved a piece's times
@@ -172,7 +232,10 @@ def test_qwen3_times_do_not_depend_on_the_batch(tiny_qwen3, monkeypatch):
     monkeypatch.setattr(backend.model, "forward", recorded)
     batched = backend.align(pieces)
     backend.batch_size = 1
-    assert [backend.align([piece])[0] for piece in pieces] == batched
+    alone_results = [backend.align([piece])[0] for piece in pieces]
+    assert [result.timings for result in alone_results] == [result.timings for result in batched]
+    for alone_result, batched_result in zip(alone_results, batched):
+        assert alone_result.confidence == pytest.approx(batched_result.confidence, abs=1e-4)
     (mask, positions, logits), alone = calls[0], calls[1:]
     assert mask[:, -1].all() and not mask[:, 0].all()  # left padded
     by_length = sorted(range(len(pieces)), key=lambda index: len(pieces[index].samples))

@@ -116,13 +116,13 @@ def test_label_scores_are_kept_and_one_over_its_bound_is_a_reject(text, reason):
     assert rejected.value.reason == reason
     unbounded = IngestConfig(**{check.threshold: None for check in scores.CHECKS})
     kept = ingest.label_scores(text, "en", unbounded)
-    assert set(kept) == set(utterance.SCORES.names) and max(kept.values()) > 0
+    assert set(kept) == set(utterance.SCORES.names) - set(utterance.ALIGNMENT_SCORES) and max(kept.values()) > 0
 
 
 def test_a_clean_transcript_passes_with_low_scores_and_a_user_list_adds_words(tmp_path):
     text = "The river ran past the old mill before it reached the sea."
     kept = ingest.label_scores(text, "en", IngestConfig())
-    assert kept == {name: 0.0 for name in utterance.SCORES.names if name != "language_mismatch"} | {
+    assert kept == {name: 0.0 for name in utterance.SCORES.names if name not in (*utterance.ALIGNMENT_SCORES, "language_mismatch")} | {
         "language_mismatch": kept["language_mismatch"]} and kept["language_mismatch"] < 0.5
     words = tmp_path / "words.tsv"
     words.write_text("en\tmill\n")

@@ -1,13 +1,19 @@
 """The label-quality checks of sylm_data.quality: each on transcripts it must flag and ones it must
-pass, in English and in languages of other scripts; MinHash near-duplicates by rate."""
+pass, in English and in languages of other scripts; MinHash near-duplicates by rate; the alignment
+scores on word times that fit and ones that do not; `eval quality` on the labelled espeak-ng fixture."""
 
+import ctypes.util
+import json
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 
-from sylm_data.quality import hallucination, inappropriate, language, minhash, restarts, words
+from sylm_data.quality import alignment, evaluate, hallucination, inappropriate, language, minhash, restarts, words
+from sylm_data.schemas import utterance
+from sylm_data.schemas.reject import Reason
+from sylm_data.stages.align import AlignConfig
 
 STUCK = ("so we decided to go to the beach and then we went home and then we went home and then we "
          "went home and then we went home and then we went home and then we went home")
@@ -148,6 +154,9 @@ def test_restarts_are_cut_off_words_and_words_said_again():
                        ("他说——我不去", "zh"), ("", "en")]:
         assert restarts.restart_rate(text, code) == 0.0, text
     assert restarts.restart_rate("no no I do not", "en") <= restarts.DEFAULT_MAX_RATE  # natural, passes
+    assert restarts.restart_rate("the the the cat", "en") == pytest.approx(2 / 4)
+    for loop in ("thank you thank you thank you", "I don't know I don't know I don't know and then"):
+        assert restarts.restart_rate(loop, "en") == 0.0, loop  # a loop: hallucination.loop_share judges it
 
 
 def _texts(rng: np.random.Generator, count: int) -> list[list[str]]:
@@ -220,3 +229,100 @@ def test_scores_are_deterministic():
     words.spans.cache_clear()
     assert scores() == first
     assert all(isinstance(score, float) and 0.0 <= score <= 1.0 for score in first)
+
+
+# transcript against audio (quality.alignment): scores of an alignment's word times
+
+SECOND = 16_000
+
+
+def test_speaking_rate_is_a_multiple_of_the_language_typical_rate_over_the_voiced_span():
+    words_ = ["abcdefghij", "klm"]  # 13 letters
+    assert alignment.speaking_rate(words_, [(500, 800), (900, 1500)], "en") == pytest.approx(1.0)
+    assert alignment.speaking_rate(words_, [(0, 100), (100, 200)], "en") == pytest.approx(5.0)  # squeezed: too fast
+    assert alignment.speaking_rate(["好天气"], [(0, 3000)], "zh") == pytest.approx(0.2)
+    assert alignment.speaking_rate(words_, [(0, 500), (600, 1000)], "sw") is None  # no typical rate
+    assert alignment.speaking_rate(words_, [(700, 700), (700, 700)], "en") is None
+
+
+def test_untranscribed_voice_is_speech_outside_the_words():
+    rng = np.random.default_rng(0)
+    speech = rng.normal(0, 0.1, SECOND).astype(np.float32)
+    silence = np.zeros(SECOND // 2, np.float32)
+    audio = np.concatenate([silence, speech, silence, speech])  # speech at 0.5-1.5 s and 2-3 s
+    assert alignment.untranscribed_voice_share(audio, [(500, 1000), (1100, 3000)]) == 0.0
+    assert alignment.untranscribed_voice_share(audio, [(500, 900), (1000, 1500)]) == pytest.approx(0.5, abs=0.02)
+    assert alignment.untranscribed_voice_share(np.zeros(SECOND, np.float32), [(0, 500)]) == 0.0
+
+
+def test_phone_rate_scores_find_squeezed_and_stretched_words():
+    matched = [(0, 300), (300, 520), (600, 1000)]
+    assert alignment.squeezed_word_share(matched, [4, 3, 5]) == 0.0
+    assert alignment.squeezed_word_share([(0, 30), (30, 60), (60, 500)], [4, 3, 5]) == pytest.approx(2 / 3)
+    assert alignment.slowest_ms_per_phone(matched, [4, 3, 5]) == pytest.approx(80)
+    assert alignment.slowest_ms_per_phone([(0, 2000), (2000, 2100)], [2, 1]) == 1000
+
+
+def test_binned_aligner_scores_find_doubt_piles_and_holes():
+    assert alignment.timestamp_uncertainty([0.9, 0.7]) == pytest.approx(0.2)
+    assert alignment.one_bin_word_share([(0, 80), (80, 400), (400, 400)], 80) == pytest.approx(2 / 3)
+    assert alignment.piled_word_share([(0, 80), (80, 160), (160, 240)]) == 0.0
+    assert alignment.piled_word_share([(0, 80), (800, 880), (800, 880), (800, 880), (900, 980)]) == pytest.approx(3 / 5)
+    assert alignment.piled_word_share([(0, 80), (0, 160)]) == 0.0  # two words at one bin: a short word
+    assert alignment.inner_silence_share([(0, 400), (400, 1000)]) == 0.0
+    assert alignment.inner_silence_share([(0, 200), (800, 1000)]) == pytest.approx(0.6)
+    assert alignment.inner_silence_share([(0, 600), (100, 500), (500, 1000)]) == 0.0  # overlaps count once
+
+
+def test_alignment_scores_leave_what_a_backend_cannot_measure_null_and_bounds_name_a_reason():
+    samples = np.random.default_rng(0).normal(0, 0.1, SECOND).astype(np.float32)
+    timings = [(0, 400), (400, 1000)]
+    words_ = ["hello", "everyone"]
+    found = alignment.scores(words_, timings, "en", samples, phones=[4, 6])
+    assert found[utterance.SPEAKING_RATE] == pytest.approx(1.0) and found[utterance.SLOWEST_MS_PER_PHONE] == 100
+    assert found[utterance.TIMESTAMP_UNCERTAINTY] is None and found[utterance.ONE_BIN_WORD_SHARE] is None
+    binned = alignment.scores(words_, timings, "en", samples, confidence=[0.5, 0.75], bin_ms=80)
+    assert binned[utterance.TIMESTAMP_UNCERTAINTY] == pytest.approx(0.375) and binned[utterance.SQUEEZED_WORD_SHARE] is None
+    assert set(found) == set(utterance.ALIGNMENT_SCORES)
+    defaults = vars(AlignConfig())
+    assert alignment.first_out_of_bounds(found, defaults) is None
+    assert alignment.first_out_of_bounds(found | {utterance.SPEAKING_RATE: 0.2}, defaults)[0] == Reason.SPEAKING_RATE
+    assert alignment.first_out_of_bounds(found | {utterance.SPEAKING_RATE: 2.5}, defaults)[0] == Reason.SPEAKING_RATE
+    assert alignment.first_out_of_bounds(found | {utterance.SQUEEZED_WORD_SHARE: 0.5}, defaults)[0] == Reason.ALIGN_FAILED
+    assert (alignment.first_out_of_bounds(found | {utterance.UNTRANSCRIBED_VOICE_SHARE: 0.5}, defaults)[0]
+            == Reason.UNTRANSCRIBED_SPEECH)
+    doubtful = binned | {utterance.TIMESTAMP_UNCERTAINTY: 0.9}
+    assert alignment.first_out_of_bounds(doubtful, defaults) is None  # Qwen3's scores: kept, not bounded by default
+    assert alignment.first_out_of_bounds(doubtful, defaults | {"max_timestamp_uncertainty": 0.5})[0] == Reason.LOW_ALIGNMENT_CONFIDENCE
+
+
+@pytest.fixture(scope="module")
+def labelled_fixture(tmp_path_factory):
+    """Half the espeak-ng fixture: 12 sentences, 60 labelled utterances."""
+    from sylm_data.sample.build import SENTENCES
+
+    return evaluate.build_fixture(tmp_path_factory.mktemp("quality-fixture"), evaluate.fixture_items(SENTENCES[:12]))
+
+
+@pytest.mark.skipif(ctypes.util.find_library("espeak-ng") is None, reason="needs Debian's espeak-ng (.ci/run installs it)")
+def test_eval_quality_prints_precision_and_recall_of_each_check(labelled_fixture):
+    from typer.testing import CliRunner
+
+    from sylm_data.cli import app
+
+    shown = CliRunner().invoke(app, ["eval", "quality", "--fixture", str(labelled_fixture)])
+    assert shown.exit_code == 0, shown.output
+    table = {line.split()[0]: line.split()[1:5] for line in shown.output.splitlines()[2:] if line.split()[0] in evaluate.CHECKS}
+    assert set(table) == set(evaluate.CHECKS)
+    for check in (evaluate.TRANSCRIPT_VS_AUDIO, evaluate.LOOP, evaluate.BOILERPLATE, evaluate.LANGUAGE):
+        precision, recall = table[check][:2]
+        assert float(precision) >= 0.9 and float(recall) >= 0.9, shown.output
+    assert table[evaluate.TRANSCRIPT_VS_AUDIO][3] == "30"  # 12 swapped, 6 missing a sentence, 6 loops, 6 boilerplate
+    assert "flagged as transcript_vs_audio by: align_failed" in shown.output
+
+
+def test_eval_quality_refuses_an_unknown_label(tmp_path):
+    manifest = tmp_path / "manifest.jsonl"
+    manifest.write_text(json.dumps({"id": "a", "audio": "a.wav", "text": "hi", "language": "en", "labels": ["typo"]}) + "\n")
+    with pytest.raises(ValueError, match="unknown labels"):
+        evaluate.evaluate(manifest)

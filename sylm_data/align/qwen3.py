@@ -5,13 +5,16 @@ classifies each marker into a time bin (80 ms each). Pieces are sorted by length
 padded batches; bf16 with SDPA attention on GPU, float32 on CPU. A piece's times do not depend on
 its batch-mates: pieces are trimmed to whole 10 ms feature frames (a partial frame counts as one
 for a short row but not for the longest, so it shifted every time) and positions restart at 0 on
-each row's first token under left padding, as in the authors' package.
+each row's first token under left padding, as in the authors' package. Each word's times come
+with the posterior mass of the bins chosen for its two markers, for the align stage's confidence
+scores (`quality.alignment`).
 """
 
 import torch
 
 from sylm_data import offline
 from sylm_data.align.split import split_words
+from sylm_data.align.words import AlignedPiece
 from sylm_data.checkpoints import WeightsMismatch, from_pretrained_strict
 from sylm_data.pipeline.stage import resolve_device
 
@@ -60,7 +63,7 @@ class Qwen3Aligner:
         return split_words(text, language)
 
     def align(self, pieces) -> list:
-        """(start_ms, end_ms) per word for each piece, or a failure message."""
+        """Each piece's word times with their posteriors (`AlignedPiece`), or a failure message."""
         results: list = [None] * len(pieces)
         order = sorted(range(len(pieces)), key=lambda index: len(pieces[index].samples))
         for start in range(0, len(order), self.batch_size):
@@ -89,11 +92,16 @@ class Qwen3Aligner:
             logits = self.model(**inputs, position_ids=positions).logits
         word_lists = [piece.words for piece in batch]
         decoded = self.processor.decode_forced_alignment(logits.float(), inputs["input_ids"], word_lists, self.timestamp_token_id)
+        markers = inputs["input_ids"] == self.timestamp_token_id
         results = []
-        for piece, words in zip(batch, decoded):
+        for row, (piece, words) in enumerate(zip(batch, decoded)):
             if len(words) != len(piece.words):
                 results.append(f"the aligner timed {len(words)} units for {len(piece.words)} words")
-            else:
-                results.append([(round(w["start_time"] * 1000), round(w["end_time"] * 1000)) for w in words])
+                continue
+            # the decoder takes each marker's most probable bin: its probability is how sure it was
+            chosen = logits[row][markers[row]].float().softmax(dim=-1).amax(dim=-1)
+            confidence = chosen.reshape(-1, 2).mean(dim=-1).tolist()
+            results.append(AlignedPiece([(round(w["start_time"] * 1000), round(w["end_time"] * 1000)) for w in words],
+                                        confidence=confidence))
         return results
 

@@ -14,8 +14,6 @@ from sylm_data.languages import punctuated_ends
 
 SAMPLE_RATE = 16_000
 
-AlignedPiece = list[tuple[int, int]]  # (start_ms, end_ms) per word, relative to the piece
-
 
 @dataclass
 class Piece:
@@ -25,6 +23,16 @@ class Piece:
     words: list[str]
     language: str
     offset_ms: int
+
+
+@dataclass
+class AlignedPiece:
+    """What a backend says of one piece: (start_ms, end_ms) per word, relative to the piece, and
+    per word what it knows of its own fit (None where it has no such measure)."""
+
+    timings: list[tuple[int, int]]
+    phones: list[int] | None = None  # phones a word (pocketsphinx's dictionary)
+    confidence: list[float] | None = None  # mean posterior of the word's two chosen time bins (qwen3)
 
 
 class AlignmentRejected(Exception):
@@ -75,15 +83,24 @@ def cut_points(samples: np.ndarray, max_piece_ms: int, search_ms: int = 20_000, 
     return cuts
 
 
-def speech_amounts(samples: np.ndarray, bounds: list[int], frame_ms: int = 20) -> list[int]:
-    """Frames that carry speech (energy above a tenth of the loudest frames' median) between bounds."""
+def voiced_frames(samples: np.ndarray, frame_ms: int = 20) -> np.ndarray:
+    """Per whole `frame_ms` frame of 16 kHz `samples`: whether it carries speech (energy above a
+    tenth of the median of the louder half of the frames)."""
     frame = frame_ms * SAMPLE_RATE // 1000
     frames = len(samples) // frame
     energy = (samples[: frames * frame].reshape(frames, frame) ** 2).mean(axis=1)
     if not frames:
-        return [1] * (len(bounds) - 1)
+        return np.zeros(0, dtype=bool)
     loud = np.median(np.sort(energy)[frames // 2 :])
-    voiced = energy > loud / 10
+    return energy > loud / 10
+
+
+def speech_amounts(samples: np.ndarray, bounds: list[int], frame_ms: int = 20) -> list[int]:
+    """Frames that carry speech (`voiced_frames`) between bounds, at least 1 each."""
+    frame = frame_ms * SAMPLE_RATE // 1000
+    voiced = voiced_frames(samples, frame_ms)
+    if not voiced.size:
+        return [1] * (len(bounds) - 1)
     return [max(int(voiced[start // frame : end // frame].sum()), 1) for start, end in zip(bounds, bounds[1:])]
 
 
@@ -143,7 +160,7 @@ def check_and_repair(timings: list[tuple[int, int]], duration_ms: int, max_word_
     return repaired
 
 
-def edge_pileup(timings: AlignedPiece, piece_ms: int, bin_ms: int, most: int = 2) -> str | None:
+def edge_pileup(timings: list[tuple[int, int]], piece_ms: int, bin_ms: int, most: int = 2) -> str | None:
     """Why a piece's timings cannot be trusted when more than `most` words lie wholly in its first
     or last time bin, else None. A binned aligner squeezes the words it cannot place (words given
     to the wrong side of a cut, a transcript longer than the audio) into the piece's edges."""

@@ -8,4 +8,8 @@ score, higher = worse, each with a default threshold (`DEFAULT_MAX_*`, reject ab
 - `inappropriate`: listed words (`inappropriate_share`)
 - `restarts`: restarts and self-corrections (`restart_rate`)
 - `minhash`: near-duplicate transcripts (`signature`, `band_keys`, `clusters`), for a shuffle by band key
+- `alignment`: the transcript against its audio, from a forced alignment's word times (speaking rate,
+  untranscribed speech, pocketsphinx's phone rate, Qwen3's posteriors); scored by the align stage,
+  bounded by `align.max_*` / `align.min_*`
+- `evaluate`: `sylm-data eval quality`, each check's precision and recall on a labelled espeak-ng fixture
 """

@@ -14,9 +14,12 @@ DEFAULT_MAX_LOOP_SHARE = 0.3
 DEFAULT_MAX_BOILERPLATE_SHARE = 0.5
 
 MAX_N = 6  # the longest looping n-gram, in words
+MIN_REPEATS = 3
+MIN_LOOP_WORDS = 6
 
 
-def loop_share(text: str, language: str, *, max_n: int = MAX_N, min_repeats: int = 3, min_loop_words: int = 6) -> float:
+def loop_share(text: str, language: str, *, max_n: int = MAX_N, min_repeats: int = MIN_REPEATS,
+               min_loop_words: int = MIN_LOOP_WORDS) -> float:
     """Share of the words of `text` inside a loop: an n-gram (n = 1..`max_n` words) said at least
     `min_repeats` times in a row, `min_loop_words` words or more in all ("no no no" is speech, "I'm
     sorry I'm sorry I'm sorry" is a loop). A loop's last round may be cut short. In zh, yue and ja,

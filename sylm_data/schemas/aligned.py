@@ -12,7 +12,7 @@ import pyarrow as pa
 from sylm_data.schemas import stream, utterance
 
 NAME = "aligned"
-VERSION = 3  # 2: no audio column (joined from the ingest output by id); 3: the utterance's recording columns
+VERSION = 4  # 2: no audio column (joined from the ingest output by id); 3: the utterance's recording columns; 4: alignment scores in label_scores
 
 WORDS = "words"
 ALIGNER = "aligner"  # backend, model id and version

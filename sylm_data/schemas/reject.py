@@ -66,6 +66,10 @@ class Reason(StrEnum):
     # later stages
     ALIGN_FAILED = "align_failed"
     NO_WORDS = "no_words"
+    # transcript against audio (quality.alignment): an alignment score beyond its bound
+    SPEAKING_RATE = "speaking_rate"
+    UNTRANSCRIBED_SPEECH = "untranscribed_speech"
+    LOW_ALIGNMENT_CONFIDENCE = "low_alignment_confidence"
     NO_UNITS = "no_units"
     SPANS_DISJOINT = "spans_disjoint"  # the words' time span and the units' do not overlap
     # text corpora (synthesize)

@@ -5,7 +5,7 @@ import pyarrow as pa
 from sylm_data.schemas import aligned, stream
 
 NAME = "tokenized"
-VERSION = 3  # 2: no audio column (joined from the ingest output by id); 3: the utterance's recording columns
+VERSION = 4  # 2: no audio column (joined from the ingest output by id); 3: the utterance's recording columns; 4: alignment scores in label_scores
 
 UNITS = "units"
 UNIT_START_MS = "unit_start_ms"

@@ -9,13 +9,15 @@ segments in order instead. Null where the source does not say; later stages read
 never the id.
 
 `label_scores` holds one score per label-quality check of the transcript (`sylm_data/quality`;
-higher = worse), kept on every row that passes so that thresholds can be chosen later.
+higher = worse), kept on every row that passes so that thresholds can be chosen later. Ingest
+fills the transcript's own; the align stage the transcript-against-audio ones
+(`quality.alignment`), null until then and where its backend cannot measure them.
 """
 
 import pyarrow as pa
 
 NAME = "utterance"
-VERSION = 2  # 2: recording, recording_start_ms, segment_index, label_scores (nullable)
+VERSION = 3  # 2: recording, recording_start_ms, segment_index, label_scores (nullable); 3: alignment scores in label_scores
 
 ID = "id"
 SOURCE = "source"
@@ -39,8 +41,18 @@ LANGUAGE_MISMATCH = "language_mismatch"  # 1 - P(declared language) by text lang
 CODE_SWITCH_SHARE = "code_switch_share"  # share of words in another language
 INAPPROPRIATE_SHARE = "inappropriate_share"  # share of listed inappropriate words
 RESTART_RATE = "restart_rate"  # restarts and self-corrections per word
+SPEAKING_RATE = "speaking_rate"  # characters per second of voiced audio / the language's typical rate
+UNTRANSCRIBED_VOICE_SHARE = "untranscribed_voice_share"  # share of voiced audio before the first word or after the last
+SQUEEZED_WORD_SHARE = "squeezed_word_share"  # share of words under 30 ms a phone (pocketsphinx)
+SLOWEST_MS_PER_PHONE = "slowest_ms_per_phone"  # the most ms a phone of any one word (pocketsphinx)
+TIMESTAMP_UNCERTAINTY = "timestamp_uncertainty"  # 1 - mean posterior of the chosen time bins (qwen3)
+ONE_BIN_WORD_SHARE = "one_bin_word_share"  # share of words timed within one time bin (qwen3)
+PILED_WORD_SHARE = "piled_word_share"  # share of words in a pile of 3+ starting at one time
+INNER_SILENCE_SHARE = "inner_silence_share"  # share of the voiced span no word covers
+ALIGNMENT_SCORES = (SPEAKING_RATE, UNTRANSCRIBED_VOICE_SHARE, SQUEEZED_WORD_SHARE, SLOWEST_MS_PER_PHONE,
+                    TIMESTAMP_UNCERTAINTY, ONE_BIN_WORD_SHARE, PILED_WORD_SHARE, INNER_SILENCE_SHARE)
 SCORES = pa.struct([(name, pa.float32()) for name in (LOOP_SHARE, BOILERPLATE_SHARE, LANGUAGE_MISMATCH, CODE_SWITCH_SHARE,
-                                                       INAPPROPRIATE_SHARE, RESTART_RATE)])
+                                                       INAPPROPRIATE_SHARE, RESTART_RATE, *ALIGNMENT_SCORES)])
 
 SCHEMA = pa.schema(
     [

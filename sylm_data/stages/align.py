@@ -4,19 +4,23 @@ Backends: `qwen3` (Qwen3-ForcedAligner through transformers; batched, GPU when p
 `pocketsphinx` (English, CPU, offline). Audio longer than the backend's window is cut at quiet
 points and each piece aligned with its share of the transcript. Whatever a backend returns is
 checked (see `align_words.check_and_repair` and `edge_pileup`) before it is written; what fails is rejected with
-`align_failed`, a language the backend lacks with `language_unsupported`.
+`align_failed`, a language the backend lacks with `language_unsupported`. What passes is scored
+(`quality.alignment`: speaking rate, pocketsphinx's phone rate, Qwen3's posteriors) into the row's
+`label_scores`; a score beyond its bound (`align.max_*`, `align.min_*`) is a reject with its reason.
 A backend that raises costs only the rows that raise on their own (`pipeline.stage.isolate`).
 """
 
 from dataclasses import dataclass
 from typing import ClassVar
 
+import numpy as np
 import pyarrow as pa
 
 from sylm_data import audio, offline
 from sylm_data.align import words as align_words
-from sylm_data.align.words import SAMPLE_RATE, AlignmentRejected, Piece
+from sylm_data.align.words import SAMPLE_RATE, AlignedPiece, AlignmentRejected, Piece
 from sylm_data.pipeline.stage import MapOptions, Rejected, Stage, StageConfigError, model_actors, resolve_device
+from sylm_data.quality import alignment
 from sylm_data.schemas import aligned, stream, utterance
 from sylm_data.schemas.reject import Reason
 
@@ -34,6 +38,18 @@ class AlignConfig:
     gpus_per_actor: float = 1.0  # used when CUDA is visible to the driver
     max_piece_ms: int = 180_000
     max_word_ms: int = 5_000  # a longer word means the transcript does not match the audio
+    # transcript against audio (quality.alignment): every score is kept in label_scores; one beyond
+    # its bound is a reject; None keeps the score without filtering
+    min_speaking_rate: float | None = alignment.DEFAULT_MIN_SPEAKING_RATE  # multiples of the language's typical rate
+    max_speaking_rate: float | None = alignment.DEFAULT_MAX_SPEAKING_RATE
+    max_untranscribed_voice_share: float | None = alignment.DEFAULT_MAX_UNTRANSCRIBED_VOICE_SHARE
+    max_squeezed_word_share: float | None = alignment.DEFAULT_MAX_SQUEEZED_WORD_SHARE  # pocketsphinx
+    max_slowest_ms_per_phone: float | None = alignment.DEFAULT_MAX_SLOWEST_MS_PER_PHONE  # pocketsphinx
+    # Qwen3's: scored only until measured on its real weights
+    max_timestamp_uncertainty: float | None = None
+    max_one_bin_word_share: float | None = None
+    max_piled_word_share: float | None = None
+    max_inner_silence_share: float | None = None
 
 
 def load_backend(config: AlignConfig):
@@ -61,7 +77,7 @@ class Aligner:
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         rows = batch.to_pylist()
-        prepared: dict[int, list[Piece]] = {}
+        prepared: dict[int, tuple[np.ndarray, list[Piece]]] = {}
         for index, row in enumerate(rows):
             row.update({aligned.WORDS: None, aligned.ALIGNER: None, aligned.WORD_UNIT: None})
             if row[stream.REJECT_REASON] is None:
@@ -69,12 +85,13 @@ class Aligner:
                     prepared[index] = self._pieces(row)
                 except Rejected as rejected:
                     stream.mark_rejected(row, _PASSED, NAME, rejected.reason, rejected.detail)
-        results = iter(self.backend.align([piece for index in prepared for piece in prepared[index]]))
-        for index, row_pieces in prepared.items():
-            self._finish(rows[index], row_pieces, [next(results) for _ in row_pieces])
+        results = iter(self.backend.align([piece for _, row_pieces in prepared.values() for piece in row_pieces]))
+        for index, (samples, row_pieces) in prepared.items():
+            self._finish(rows[index], samples, row_pieces, [next(results) for _ in row_pieces])
         return pa.Table.from_pylist(rows, schema=OUTPUT_SCHEMA)
 
-    def _pieces(self, row: dict) -> list[Piece]:
+    def _pieces(self, row: dict) -> tuple[np.ndarray, list[Piece]]:
+        """The row's 16 kHz audio and its pieces, each with its share of the transcript."""
         language = row[utterance.LANGUAGE]
         if language not in self.backend.languages:
             raise Rejected(Reason.LANGUAGE_UNSUPPORTED, f"{self.config.backend} does not align {language!r}")
@@ -93,37 +110,50 @@ class Aligner:
         bounds = [0, *cuts, len(samples)]
         shares = align_words.share_words(words, align_words.speech_amounts(samples, bounds),
                                          align_words.clause_ends(row[utterance.TEXT], words))
-        return [
+        return samples, [
             Piece(samples[start:end], share, language, start * 1000 // SAMPLE_RATE)
             for (start, end), share in zip(zip(bounds, bounds[1:]), shares)
             if share
         ]
 
-    def _finish(self, row: dict, pieces: list[Piece], results: list) -> None:
+    def _finish(self, row: dict, samples: np.ndarray, pieces: list[Piece], results: list) -> None:
         failures = [result for result in results if isinstance(result, str)]
         if failures:
             stream.mark_rejected(row, _PASSED, NAME, Reason.ALIGN_FAILED, failures[0][:300])
             return
         timings = [(piece.offset_ms + start, piece.offset_ms + end)
-                   for piece, result in zip(pieces, results) for start, end in result]
+                   for piece, result in zip(pieces, results) for start, end in result.timings]
         try:
             timings = align_words.check_and_repair(timings, row[utterance.DURATION_MS], self.config.max_word_ms)
         except AlignmentRejected as rejected:
             stream.mark_rejected(row, _PASSED, NAME, Reason.ALIGN_FAILED, str(rejected))
             return
         if self.backend.bin_ms:
-            piled = [align_words.edge_pileup(result, len(piece.samples) * 1000 // SAMPLE_RATE, self.backend.bin_ms)
+            piled = [align_words.edge_pileup(result.timings, len(piece.samples) * 1000 // SAMPLE_RATE, self.backend.bin_ms)
                      for piece, result in zip(pieces, results)]
             if any(piled):
                 stream.mark_rejected(row, _PASSED, NAME, Reason.ALIGN_FAILED, next(filter(None, piled)))
                 return
         texts = [word for piece in pieces for word in piece.words]
+        found = alignment.scores(texts, timings, row[utterance.LANGUAGE], samples, _joined(results, "phones"),
+                                 _joined(results, "confidence"), self.backend.bin_ms)
+        out_of_bounds = alignment.first_out_of_bounds(found, vars(self.config))
+        if out_of_bounds is not None:
+            stream.mark_rejected(row, _PASSED, NAME, *out_of_bounds)
+            return
+        row[utterance.LABEL_SCORES] = (row[utterance.LABEL_SCORES] or {}) | found
         row[aligned.WORDS] = [
             {aligned.WORD_TEXT: text, aligned.WORD_START_MS: start, aligned.WORD_END_MS: end}
             for text, (start, end) in zip(texts, timings)
         ]
         row[aligned.ALIGNER] = self.backend.id
         row[aligned.WORD_UNIT] = self.backend.word_unit.get(row[utterance.LANGUAGE], "word")
+
+
+def _joined(results: list[AlignedPiece], measure: str) -> list | None:
+    """One per-word measure of every piece, in word order; None when a piece lacks it."""
+    parts = [getattr(result, measure) for result in results]
+    return None if any(part is None for part in parts) else [value for part in parts for value in part]
 
 
 def preflight(config: AlignConfig) -> None:
