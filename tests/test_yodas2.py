@@ -287,6 +287,6 @@ def test_a_run_hands_ingest_subsets_to_the_reader_and_the_id_listing(tmp_path, u
     assert subsets == ("en100",)
     runner._list_ids(partition, str(tmp_path / "ids"), subsets)
     assert pa.parquet.read_table(duplicates.ids_file(tmp_path / "ids", partition.id)).num_rows == 4
-    batch = pa.table({"partition": [json.dumps(asdict(partition))], "first_elsewhere": ["{}"]})
+    batch = pa.table({"partition": [json.dumps(asdict(partition))], "first_elsewhere": ["{}"], "near_duplicate_of": ["{}"]})
     read = pa.concat_tables(runner._read(batch, registry.STAGES["ingest"], 8, None, None, subsets))
     assert read[stream.REJECT_REASON].to_pylist() == ["subset_filtered"] * 4

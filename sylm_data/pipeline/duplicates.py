@@ -6,7 +6,9 @@ bucket per id. One task per bucket then reads that bucket of every partition's l
 repeated occurrences; only those (rare, small) come back to the driver, which hands each partition
 its own list to reject while it is read. The first occurrence is the one in a partition committed
 by an earlier run, else the one in the partition whose id sorts first, so a clean run and a resumed
-one agree, and a partition added later never duplicates what is already out.
+one agree, and a partition added later never duplicates what is already out. An occurrence a
+committed partition rejected as a repeat is never the first: a run killed after committing the
+partition holding the repeat, before the one holding the first, must not lose the id.
 """
 
 import json
@@ -19,7 +21,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from sylm_data.schemas import reject
+from sylm_data.schemas.reject import Reason
+
 BUCKETS = 16
+ELSEWHERE = "the id occurs in partition "  # a `duplicate_id` reject's detail, then the first occurrence's partition
 ID, BUCKET = "id", "bucket"
 IDS_SCHEMA = pa.schema([pa.field(ID, pa.string(), nullable=False), pa.field(BUCKET, pa.int16(), nullable=False)])
 
@@ -39,8 +45,10 @@ def write_ids(ids: list[str], path: Path) -> None:
     os.replace(partial, path)
 
 
-def repeats_in_bucket(bucket: int, ids_dir: str, partitions: list[str], committed: list[str]) -> list[dict]:
-    """The occurrences to reject among `partitions` for the ids of one bucket: {partition, id, first}."""
+def repeats_in_bucket(bucket: int, ids_dir: str, partitions: list[str], committed: list[str],
+                      rejects_dir: str | None = None) -> list[dict]:
+    """The occurrences to reject among `partitions` for the ids of one bucket: {partition, id, first}.
+    `rejects_dir` (DIR/rejects/<reader stage>) holds the committed partitions' rejects."""
     held = []
     for holder, partition in enumerate(partitions):
         ids = pq.read_table(ids_file(Path(ids_dir), partition), columns=[ID], filters=[(BUCKET, "=", bucket)])[ID]
@@ -53,11 +61,27 @@ def repeats_in_bucket(bucket: int, ids_dir: str, partitions: list[str], committe
     holders: dict[str, list[str]] = {}
     for sample_id, holder in zip(table[ID].to_pylist(), table["holder"].to_pylist()):
         holders.setdefault(sample_id, []).append(partitions[holder])
+    holding_committed = {partition for held in holders.values() for partition in held if partition in done}
+    repeated_in = {partition: _repeated(rejects_dir, partition) for partition in holding_committed} if rejects_dir else {}
     found = []
     for sample_id, holding in sorted(holders.items()):
-        first, *later = sorted(holding, key=lambda partition: (partition not in done, partition))
-        found.extend({"partition": partition, "id": sample_id, "first": first} for partition in later)
+        candidates = [partition for partition in holding if sample_id not in repeated_in.get(partition, ())]
+        if not candidates:
+            continue
+        first = min(candidates, key=lambda partition: (partition not in done, partition))
+        found.extend({"partition": partition, "id": sample_id, "first": first}
+                     for partition in holding if partition != first)
     return found
+
+
+def _repeated(rejects_dir: str, partition: str) -> set[str]:
+    """The ids a committed partition rejected as occurring first in another partition."""
+    folder = Path(rejects_dir) / partition
+    if not folder.is_dir():
+        return set()
+    table = pq.read_table(folder, columns=[reject.ID, reject.DETAIL],
+                          filters=[(reject.REASON, "=", Reason.DUPLICATE_ID.value)])
+    return set(table.filter(pc.starts_with(table[reject.DETAIL], ELSEWHERE))[reject.ID].to_pylist())
 
 
 def by_partition(found: list[dict]) -> dict[str, str]:

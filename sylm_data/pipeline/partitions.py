@@ -1,7 +1,7 @@
 """Partitions into in-flight batches: source records for ingest, stage output for later stages.
 
 Whatever goes wrong inside a partition becomes reject rows, never a failed run: a sample the reader
-could not unpack, a duplicate id, an input holding no sample, or a reader that stopped half way.
+could not unpack, a duplicate id or transcript, an input holding no sample, or a reader that stopped half way.
 """
 
 import hashlib
@@ -13,6 +13,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from sylm_data.pipeline import duplicates
 from sylm_data.schemas import source_record, stream
 from sylm_data.schemas.reject import Reason
 from sylm_data.sources import READERS, Partition, Record, SourceError, fields
@@ -75,18 +76,28 @@ def _records(partition: Partition, subsets: Collection[str] = ()) -> Iterator[Re
         yield Record(key=f"{partition.id}#unreadable", reject=Reason.UNREADABLE_INPUT, detail=detail)
 
 
+def source_listing(partition: Partition, subsets: Collection[str] = ()) -> list[tuple[str, str | None, str | None]]:
+    """(id, transcript, language) of every record the reader gives for `partition` (what
+    `read_source_partition` will emit); the transcript is None where the reader rejected the record."""
+    return [(record_id(partition.source, record.key), None if record.reject is not None else record.text, record.language)
+            for record in _records(partition, subsets)]
+
+
 def source_ids(partition: Partition, subsets: Collection[str] = ()) -> list[str]:
     """The ids of every record the reader gives for `partition` (what `read_source_partition` will emit)."""
-    return [record_id(partition.source, record.key) for record in _records(partition, subsets)]
+    return [sample_id for sample_id, _, _ in source_listing(partition, subsets)]
 
 
 def read_source_partition(partition: Partition, reader_stage: str, batch_rows: int,
                           first_elsewhere: dict[str, str] | None = None,
-                          subsets: Collection[str] = ()) -> Iterator[pa.Table]:
+                          subsets: Collection[str] = (),
+                          near_duplicate_of: dict[str, list[str]] | None = None) -> Iterator[pa.Table]:
     """In-flight source_record tables of at most `batch_rows` rows; the last carries the total.
     An id seen earlier in the partition, or in `first_elsewhere` (id -> the partition holding its
-    first occurrence), is a `duplicate_id` reject. `subsets`: see `_records`."""
+    first occurrence), is a `duplicate_id` reject; one in `near_duplicate_of` (id -> [kept id, its
+    partition]) a `near_duplicate` reject. `subsets`: see `_records`."""
     first_elsewhere = first_elsewhere or {}
+    near_duplicate_of = near_duplicate_of or {}
     seen: set[str] = set()
     batch: list[dict] = []
     total = 0
@@ -94,9 +105,15 @@ def read_source_partition(partition: Partition, reader_stage: str, batch_rows: i
         row = source_row(partition, record, reader_stage)
         sample_id = row[source_record.ID]
         if row[stream.REJECT_REASON] is None and (sample_id in seen or sample_id in first_elsewhere):
-            where = "earlier in this partition" if sample_id in seen else f"in partition {first_elsewhere[sample_id]}"
+            detail = ("the id occurs earlier in this partition" if sample_id in seen
+                      else f"{duplicates.ELSEWHERE}{first_elsewhere[sample_id]}")
             row.update({stream.REJECT_STAGE: reader_stage, stream.REJECT_REASON: Reason.DUPLICATE_ID.value,
-                        stream.REJECT_DETAIL: f"the id occurs {where}", source_record.AUDIO: None})
+                        stream.REJECT_DETAIL: detail, source_record.AUDIO: None})
+        elif row[stream.REJECT_REASON] is None and sample_id in near_duplicate_of:
+            kept, kept_partition = near_duplicate_of[sample_id]
+            row.update({stream.REJECT_STAGE: reader_stage, stream.REJECT_REASON: Reason.NEAR_DUPLICATE.value,
+                        stream.REJECT_DETAIL: f"a near-duplicate of {kept} (partition {kept_partition})",
+                        source_record.AUDIO: None})
         seen.add(sample_id)
         total += 1
         if len(batch) == batch_rows:

@@ -8,7 +8,7 @@ stage's rows and the rows of the stages it keeps (`keep`; ingest's always, which
 each with the marker a run ending at that stage would write. Partitions committed by an earlier
 run (by the final stage and every kept one) are skipped. A run holds the output folder's lock
 (`lock`) from start to end, and a run from sources first lists the partitions' ids to reject
-repeats (`duplicates`).
+repeats (`duplicates`) and, when asked, their transcripts' near-duplicates (`near_duplicates`).
 """
 
 import dataclasses
@@ -27,12 +27,13 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from sylm_data.pipeline import duplicates, lock, output, partitions, records, registry
+from sylm_data.pipeline import duplicates, lock, near_duplicates, output, partitions, records, registry
 from sylm_data.pipeline.config import Config
 from sylm_data.pipeline.output import OutputLayout, PartitionTally
 from sylm_data.pipeline.stage import SOURCES, Stage, StageConfigError, StageStartFailed, isolate
 from sylm_data.schemas import stream
 from sylm_data.sources import READERS, Partition, SourceError
+from sylm_data.stages import ingest
 
 
 class RunError(RuntimeError):
@@ -53,7 +54,9 @@ def _read(batch: pa.Table, first: Stage, batch_rows: int, contract: pa.Schema | 
     partition = Partition(**json.loads(batch["partition"][0].as_py()))
     if first.consumes == SOURCES:
         first_elsewhere = json.loads(batch["first_elsewhere"][0].as_py())
-        yield from partitions.read_source_partition(partition, first.name, batch_rows, first_elsewhere, subsets)
+        near_duplicate_of = json.loads(batch["near_duplicate_of"][0].as_py())
+        yield from partitions.read_source_partition(partition, first.name, batch_rows, first_elsewhere, subsets,
+                                                    near_duplicate_of)
     else:
         yield from partitions.read_stage_partition(partition, contract, batch_rows, audio_from)
 
@@ -212,16 +215,27 @@ def _run_locked(config, stages, kept, layout, run_id, run_lock, address, log, re
             commit(partition, PartitionTally())
             pending.remove(partition)
     tallies: dict[str, PartitionTally] = defaultdict(PartitionTally)
+    near_summary = None
     workers = Workers(address, config)
     try:
         if pending:
             if not workers.attached(address):  # refused before an embedded Ray starts: one line, no Ray noise
                 _check_room(stages, config, config.run.num_cpus or os.cpu_count())
             workers.start()
-            first_elsewhere = (_repeats(pending, list(done), layout, workers, _subsets(stages[0], config))
-                               if stages[0].consumes == SOURCES else {})
+            first_elsewhere, near_duplicate_of = {}, {}
+            if stages[0].consumes == SOURCES:
+                settings = _near_duplicate_settings(stages[0], config)
+                _list_sources(pending, layout, workers, _subsets(stages[0], config), settings)
+                first_elsewhere = _repeats(pending, list(done), layout, workers, stages[0].name)
+                if settings.enabled:
+                    found = _near_duplicates(pending, list(done), first_elsewhere, layout, workers, stages[0].name,
+                                             settings)
+                    near_duplicate_of = near_duplicates.by_partition(found)
+                    near_summary = found.summary(settings.mode)
+                    log(f"near-duplicates: {found.clusters} clusters of {found.members} transcripts, "
+                        f"{near_summary['rejected']} of them to reject in the partitions to do")
             _check_room(stages, config, workers.cpus())
-            plan = _plan(stages, pending, first_elsewhere, config, layout, run_id, kept, audio_from)
+            plan = _plan(stages, pending, first_elsewhere, near_duplicate_of, config, layout, run_id, kept, audio_from)
             summaries = _summaries(plan)
             try:
                 _commit_as_complete(summaries, pending, tallies, commit, started, log)
@@ -231,6 +245,8 @@ def _run_locked(config, stages, kept, layout, run_id, run_lock, address, log, re
         record = _record(run_id, config, names, hashes[final.name], layout, final.name, tallies, all_partitions, len(done),
                          started)
         record["kept"] = {name: str(layout.stage_dir(name)) for name in kept}
+        if near_summary is not None:
+            record["near_duplicates"] = near_summary
         if final.finalize is not None:
             log(f"{final.name}: finalizing")
             run_lock.check()
@@ -330,30 +346,70 @@ def _subsets(first: Stage, config: Config) -> tuple[str, ...]:
     return tuple(getattr(config.stages[first.name], "subsets", ())) if first.consumes == SOURCES else ()
 
 
+def _near_duplicate_settings(first: Stage, config: Config) -> near_duplicates.Settings:
+    section = config.stages[first.name]
+    if isinstance(section, ingest.IngestConfig):
+        return ingest.near_duplicate_settings(section)
+    return near_duplicates.Settings()
+
+
+def _list_sources(pending: list[Partition], layout: OutputLayout, workers: Workers, subsets: tuple[str, ...],
+                  settings: near_duplicates.Settings) -> None:
+    """Each pending partition's ids and, with near-duplicates on, its MinHash listing, where no run listed them yet."""
+    folder = _near_duplicates_dir(layout)
+
+    def listed(partition: str) -> bool:
+        files = [duplicates.ids_file(layout.ids_dir, partition)]
+        files += near_duplicates.listing_files(folder, partition, settings) if settings.enabled else []
+        return all(path.exists() for path in files)
+
+    unlisted = [p for p in pending if not listed(p.id)]
+    workers.map(functools.partial(_list_ids, ids_dir=str(layout.ids_dir), subsets=subsets,
+                                  near_duplicates_dir=str(folder), settings=settings), unlisted)
+
+
 def _repeats(pending: list[Partition], committed: list[str], layout: OutputLayout, workers: Workers,
-             subsets: tuple[str, ...]) -> dict[str, str]:
+             reader_stage: str) -> dict[str, str]:
     """Per pending partition, its ids that occur first in another partition (see `duplicates`)."""
     ids_dir = layout.ids_dir
-    unlisted = [p for p in pending if not duplicates.ids_file(ids_dir, p.id).exists()]
-    workers.map(functools.partial(_list_ids, ids_dir=str(ids_dir), subsets=subsets), unlisted)
     listed = sorted({p.id for p in pending} | {c for c in committed if duplicates.ids_file(ids_dir, c).exists()})
-    in_bucket = functools.partial(duplicates.repeats_in_bucket, ids_dir=str(ids_dir), partitions=listed, committed=committed)
+    in_bucket = functools.partial(duplicates.repeats_in_bucket, ids_dir=str(ids_dir), partitions=listed, committed=committed,
+                                  rejects_dir=str(layout.rejects_dir(reader_stage)))
     return duplicates.by_partition([r for found in workers.map(in_bucket, list(range(duplicates.BUCKETS))) for r in found])
 
 
-def _list_ids(partition: Partition, ids_dir: str, subsets: tuple[str, ...]) -> None:
-    duplicates.write_ids(partitions.source_ids(partition, subsets), duplicates.ids_file(Path(ids_dir), partition.id))
+def _near_duplicates(pending: list[Partition], committed: list[str], first_elsewhere: dict[str, str], layout: OutputLayout,
+                     workers: Workers, reader_stage: str, settings: near_duplicates.Settings) -> near_duplicates.Found:
+    """The near-duplicate clusters of the pending and committed partitions (see `near_duplicates`)."""
+    folder = _near_duplicates_dir(layout)
+    listed = sorted({p.id for p in pending}
+                    | {c for c in committed if near_duplicates.listing_files(folder, c, settings)[1].exists()})
+    repeats = {partition: json.loads(ids) for partition, ids in first_elsewhere.items()}
+    rejects_dir = layout.rejects_dir(reader_stage) if settings.mode == "drop" else None
+    return near_duplicates.find(folder, listed, committed, repeats, rejects_dir, settings, workers.map)
 
 
-def _plan(stages: list[Stage], pending: list[Partition], first_elsewhere: dict[str, str], config: Config,
-          layout: OutputLayout, run_id: str, kept: list[str], audio_from: str | None):
+def _near_duplicates_dir(layout: OutputLayout) -> Path:
+    return layout.root / "_near_duplicates"
+
+
+def _list_ids(partition: Partition, ids_dir: str, subsets: tuple[str, ...], near_duplicates_dir: str | None = None,
+              settings: near_duplicates.Settings | None = None) -> None:
+    listing = partitions.source_listing(partition, subsets)
+    duplicates.write_ids([sample_id for sample_id, _, _ in listing], duplicates.ids_file(Path(ids_dir), partition.id))
+    if settings is not None and settings.enabled:
+        near_duplicates.write_listing(listing, Path(near_duplicates_dir), partition.id, settings)
+
+
+def _plan(stages: list[Stage], pending: list[Partition], first_elsewhere: dict[str, str], near_duplicate_of: dict[str, str],
+          config: Config, layout: OutputLayout, run_id: str, kept: list[str], audio_from: str | None):
     """The Ray Data plan: partitions -> read -> each stage's transform -> write; yields batch summaries."""
     import ray
 
     first, final = stages[0], stages[-1]
     contract = registry.STAGES[first.consumes].contract if first.consumes != SOURCES else None
-    items = [{"partition": json.dumps(dataclasses.asdict(p)), "first_elsewhere": first_elsewhere.get(p.id, "{}")}
-             for p in pending]
+    items = [{"partition": json.dumps(dataclasses.asdict(p)), "first_elsewhere": first_elsewhere.get(p.id, "{}"),
+              "near_duplicate_of": near_duplicate_of.get(p.id, "{}")} for p in pending]
     dataset = ray.data.from_items(items, override_num_blocks=len(pending))
     dataset = dataset.map_batches(
         _read, batch_size=1, batch_format="pyarrow",

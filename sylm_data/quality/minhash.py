@@ -17,6 +17,8 @@ import numpy as np
 # signatures agreeing on half their values: one word changed in a ten-word transcript still agrees on ~64%
 DEFAULT_MIN_SIMILARITY = 0.5
 
+# shorter transcripts are never near-duplicates: "thank you very much" is said by many people
+MIN_WORDS = 8
 PERMUTATIONS = 128
 BANDS = 32  # 4 values a band: a pair of similarity s shares a key with probability 1 - (1 - s^4)^32
 SHINGLE = 2  # words a shingle

@@ -57,6 +57,7 @@ class Reason(StrEnum):
     CODE_SWITCHING = "code_switching"
     INAPPROPRIATE_WORDS = "inappropriate_words"
     RESTARTS = "restarts"
+    NEAR_DUPLICATE = "near_duplicate"  # a transcript near another kept elsewhere (ingest.near_duplicates = "drop")
     # quality filters
     TOO_SHORT = "too_short"
     TOO_LONG = "too_long"
@@ -65,11 +66,11 @@ class Reason(StrEnum):
     STAGE_ERROR = "stage_error"
     # later stages
     ALIGN_FAILED = "align_failed"
-    NO_WORDS = "no_words"
     # transcript against audio (quality.alignment): an alignment score beyond its bound
     SPEAKING_RATE = "speaking_rate"
     UNTRANSCRIBED_SPEECH = "untranscribed_speech"
     LOW_ALIGNMENT_CONFIDENCE = "low_alignment_confidence"
+    NO_WORDS = "no_words"
     NO_UNITS = "no_units"
     SPANS_DISJOINT = "spans_disjoint"  # the words' time span and the units' do not overlap
     # text corpora (synthesize)

@@ -15,8 +15,9 @@ from typing import ClassVar
 import pyarrow as pa
 
 from sylm_data import audio, languages
+from sylm_data.pipeline.near_duplicates import Settings as NearDuplicateSettings
 from sylm_data.pipeline.stage import SOURCES, MapOptions, Rejected, Stage, StageConfigError
-from sylm_data.quality import hallucination, restarts, scores
+from sylm_data.quality import hallucination, minhash, restarts, scores
 from sylm_data.quality import language as language_id
 from sylm_data.schemas import source_record, stream, utterance
 from sylm_data.schemas.reject import Reason
@@ -59,6 +60,13 @@ class IngestConfig:
     max_restart_rate: float | None = restarts.DEFAULT_MAX_RATE
     boilerplate_file: str | None = None  # LANGUAGE<TAB>PHRASE lines added to the shipped list
     inappropriate_file: str | None = None  # LANGUAGE<TAB>WORD lines (WORD* matches its beginning too)
+    # near-duplicate transcripts across the corpus (pipeline/near_duplicates): "off", "report" (a
+    # cluster table in DIR/_near_duplicates), or "drop" (one kept per cluster, the others rejected)
+    near_duplicates: str = "off"
+    near_duplicate_similarity: float = minhash.DEFAULT_MIN_SIMILARITY  # MinHash estimate of shingle Jaccard
+    near_duplicate_shingle: int = minhash.SHINGLE  # words a shingle
+    near_duplicate_bands: int = minhash.BANDS  # LSH bands of the 128-value signature
+    near_duplicate_min_words: int = minhash.MIN_WORDS  # shorter transcripts are never near-duplicates
     # declared and measured duration may differ by this much (mp3 padding), or 5%, whichever is more
     duration_tolerance_ms: int = 250
     # a YODAS2 segment may end this far past its recording's audio: it is cut where the audio ends
@@ -222,6 +230,14 @@ def preflight(config: IngestConfig) -> None:
         raise StageConfigError(f"ingest.subsets: {named[0]!r} is not a YODAS2 subset name like en000 or en100")
     if config.overrun_tolerance_ms < 0:
         raise StageConfigError(f"ingest.overrun_tolerance_ms is {config.overrun_tolerance_ms}; it is 0 or more")
+    problem = near_duplicate_settings(config).problem()
+    if problem:
+        raise StageConfigError(f"ingest.{problem}")
+
+
+def near_duplicate_settings(config: IngestConfig) -> NearDuplicateSettings:
+    return NearDuplicateSettings(config.near_duplicates, config.near_duplicate_similarity, config.near_duplicate_shingle,
+                                 config.near_duplicate_bands, config.near_duplicate_min_words)
 
 
 STAGE = Stage(
