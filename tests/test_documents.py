@@ -158,6 +158,38 @@ def test_document_shards_are_the_same_bytes_however_the_members_were_partitioned
     assert again == summaries[0]
 
 
+def test_a_finalize_killed_half_way_resumes_to_the_same_shards(tmp_path):
+    """Killed after the shuffle and one bucket's documents: the rerun keeps what was finished,
+    redoes the rest (a bucket folder left without its marker included) and ends as a clean run."""
+    rows = recording_rows(42)
+    small = interleave.InterleaveConfig(context="recording", shard_bytes=6000, members_per_bucket=16)
+    clean, killed = tmp_path / "clean" / "interleave", tmp_path / "killed" / "interleave"
+    for folder in (clean, killed):
+        for part in range(3):
+            commit_rows(folder, f"p{part}", member_table(rows[part::3]))
+    interleave.write_shards(small, clean, serial)
+
+    calls = []
+
+    def dies_after_one_bucket(function, items):
+        calls.append(len(items))
+        if len(calls) == 2:  # the shuffle ran; one bucket is assembled, the next one's rows are half written
+            function(items[0])
+            (killed.parent / recordings.DOCUMENTS / recordings.bucket_name(items[1], len(items))).mkdir(parents=True)
+            raise KeyboardInterrupt
+        return serial(function, items)
+
+    with pytest.raises(KeyboardInterrupt):
+        interleave.write_shards(small, killed, dies_after_one_bucket)
+    assert not (killed.parent / "shards").exists()
+    again = []
+    interleave.write_shards(small, killed, lambda function, items: again.append(len(items)) or serial(function, items))
+    assert again[1] == calls[1] - 1  # the assembled bucket is kept
+    tars = sorted((clean.parent / "shards").glob("*.tar"))
+    assert [path.read_bytes() for path in tars] == [(killed.parent / "shards" / path.name).read_bytes() for path in tars]
+    assert not (killed.parent / recordings.DOCUMENTS / recordings.SHUFFLE).exists()
+
+
 # espeak utterances of the bundled sample as recordings: "talk-a" numbered by segment with segment 4
 # missing and split over two manifest files; "talk-b" with start times, a 10 s silence before its
 # fifth utterance and a second speaker from its seventh; the rest stand alone
