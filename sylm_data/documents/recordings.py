@@ -18,7 +18,6 @@ import functools
 import hashlib
 import json
 import math
-import os
 import shutil
 import zlib
 from collections.abc import Callable
@@ -31,21 +30,15 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from sylm_data.documents import publish, spans
+from sylm_data.documents.render import comma_joined, documents_json, quoted, range_positions
 from sylm_data.documents.utterances import read_batch, sample_rows, utterance_chunks
 from sylm_data.languages import word_joiner
-from sylm_data.pipeline.output import OutputLayout, read_rows
+from sylm_data.pipeline.output import OutputLayout, read_rows, write_parquet
 from sylm_data.schemas import sample, utterance
 
 DOCUMENTS = "documents"  # DIR/documents/: the assembled document rows, one committed partition per bucket
 SHUFFLE = "_shuffle"
 BUCKET = "bucket"
-_quoted = json.encoder.encode_basestring
-
-
-def _csv(values: np.ndarray, sizes: np.ndarray) -> pa.Array:
-    """Integers grouped by `sizes`, each group as one comma-separated string (Arrow's kernels)."""
-    offsets = pa.array(np.concatenate([[0], np.cumsum(sizes)]), pa.int32())
-    return pc.binary_join(pa.ListArray.from_arrays(offsets, pc.cast(pa.array(values), pa.string())), ",")
 
 
 # A member record (the `json` column of a member row): five fields joined by tabs, the transcript
@@ -64,13 +57,11 @@ def member_rows(batch: pa.Table, config, stage: str) -> pa.Table:
     per_row = np.bincount(np.searchsorted(rows, chunked.rows), minlength=len(rows))
     word_sizes, unit_sizes = utterances.word_sizes[rows], utterances.unit_sizes[rows]
     offsets = np.array([offset for row in rows.tolist() for offset in utterances.offsets(row)], np.int64)
-    unit_at = np.repeat(utterances.unit_bounds[rows] - (np.cumsum(unit_sizes) - unit_sizes), unit_sizes) + np.arange(unit_sizes.sum())
+    units = utterances.unit_ids.take(range_positions(utterances.unit_bounds[rows], unit_sizes))
     texts = pa.array([utterances.texts[row] for row in rows.tolist()], pa.string())
     records = pc.binary_join_element_wise(
-        _csv(chunked.words, per_row), _csv(chunked.end_unit - chunked.first_unit, per_row), _csv(offsets, word_sizes + 1),
-        pc.binary_join(pa.ListArray.from_arrays(pa.array(np.concatenate([[0], np.cumsum(unit_sizes)]), pa.int32()),
-                                                pc.cast(utterances.unit_ids.take(unit_at), pa.string())), ","),
-        texts, "\t")
+        comma_joined(chunked.words, per_row), comma_joined(chunked.end_unit - chunked.first_unit, per_row),
+        comma_joined(offsets, word_sizes + 1), comma_joined(units, unit_sizes), texts, "\t")
     table, taken = read.table, pa.array(rows)
     return sample_rows(read, {
         sample.ROW_KIND: [sample.MEMBER] * len(rows), sample.ROW_JSON: records,
@@ -170,33 +161,20 @@ def render_documents(ids: list[str], languages: list[str], records: pa.Array, st
     # speech segments: their chunks' units, one range after another in the flat unit strings
     spoken = np.flatnonzero(speech)
     lengths = members.chunk_units[spoken]
-    starts_at = members.unit_bounds[members.chunk_member[spoken]] + first_unit[spoken]
-    flat = np.repeat(starts_at - (np.cumsum(lengths) - lengths), lengths) + np.arange(lengths.sum())
+    positions = range_positions(members.unit_bounds[members.chunk_member[spoken]] + first_unit[spoken], lengths)
     segment_units = np.bincount(segment_of[spoken], weights=lengths, minlength=len(segment_speech)).astype(np.int64)
-    unit_lists = pa.ListArray.from_arrays(pa.array(np.concatenate([[0], np.cumsum(segment_units[segment_speech])]), pa.int32()),
-                                          members.units.take(pa.array(flat, pa.int64())))
-    speech_json = pc.binary_join_element_wise('{"modality":"speech","text":null,"units":[', pc.binary_join(unit_lists, ","),
-                                              "]}", "")
+    units_text = comma_joined(members.units.take(pa.array(positions, pa.int64())), segment_units[segment_speech])
     # text segments: one slice of a transcript per run of text chunks within a member, joined
     texts = _text_segments(members, np.flatnonzero(~speech), segment_of, first_word, languages, document_of, firsts)
-    text_json = pa.array(['{"modality":"text","text":' + _quoted(text) + ',"units":null}' for text in texts], pa.string())
-    order = np.empty(len(segment_speech), np.int64)
-    order[segment_speech] = np.arange(segment_speech.sum())
-    order[~segment_speech] = segment_speech.sum() + np.arange((~segment_speech).sum())
     per_document = np.bincount(segment_owner, minlength=count)
-    segment_lists = pa.ListArray.from_arrays(pa.array(np.concatenate([[0], np.cumsum(per_document)]), pa.int32()),
-                                             pa.concat_arrays([speech_json, text_json.cast(speech_json.type)]).take(order))
     kinds = np.asarray(kinds).astype(object)
     single = (kinds == "interleaved") & (per_document == 1)  # no span fitted, or one chunk: a plain sample
     first_segment = np.concatenate([[0], np.cumsum(per_document)[:-1]])
     kinds[single] = np.where(segment_speech[first_segment[single]], "speech", "text")
-    quoted_ids = pa.array([_quoted(item) for item in ids], pa.string())
-    held = pc.binary_join(pa.ListArray.from_arrays(pa.array(np.concatenate([firsts, [len(ids)]]), pa.int32()), quoted_ids), ",")
-    head_ids = quoted_ids.take(pa.array(firsts))
-    documents = pc.binary_join_element_wise(
-        '{"segments":[', pc.binary_join(segment_lists, ","), '],"kind":"', pa.array(kinds.tolist(), pa.string()),
-        '","language":', pa.array([_quoted(languages[first]) for first in firsts.tolist()], pa.string()),
-        ',"source_id":', head_ids, ',"source_ids":[', held, '],"synthetic":null}', "")
+    quoted_ids = pa.array([quoted(item) for item in ids], pa.string())
+    held = comma_joined(quoted_ids, np.diff(np.append(firsts, len(ids))))
+    documents = documents_json(units_text, texts, segment_speech, per_document, kinds.tolist(),
+                               [languages[first] for first in firsts.tolist()], quoted_ids.take(pa.array(firsts)), held)
     words = np.bincount(owner, weights=members.chunk_words, minlength=count)
     speech_words = np.bincount(owner[spoken], weights=members.chunk_words[spoken], minlength=count)
     units = np.bincount(owner[spoken], weights=lengths, minlength=count)
@@ -264,11 +242,7 @@ def shuffle_partition(item: tuple[str, str], folder: str, shuffle_dir: str, buck
     keys = [recording if recording is not None else key for recording, key in zip(recordings, table[sample.ROW_KEY].to_pylist())]
     bucket = np.array([zlib.crc32(key.encode()) % buckets for key in keys], np.int32)
     table = table.append_column(BUCKET, pa.array(bucket)).take(np.argsort(bucket, kind="stable"))
-    partial = target.with_name(f".{target.name}.partial")
-    with pq.ParquetWriter(partial, table.schema) as writer:
-        for value in np.unique(bucket).tolist():
-            writer.write_table(table.filter(pc.equal(table[BUCKET], value)))
-    os.replace(partial, target)
+    write_parquet(table, target, groups=BUCKET)
 
 
 _ORDER = [(name, "ascending", "at_end") for name in (sample.ROW_RECORDING, sample.ROW_SEGMENT_INDEX,
@@ -283,13 +257,13 @@ def assemble_bucket(bucket: int, shuffle_dir: str, target: str, buckets: int, st
     parts = [pq.read_table(path, filters=[(BUCKET, "=", bucket)]).drop_columns([BUCKET]) for path in files]
     table = pa.concat_tables(parts) if parts else pa.table({})
     name, layout = bucket_name(bucket, buckets), OutputLayout(Path(target).parent)
-    rows = pa.Table.from_pylist([], schema=sample.ROW_SCHEMA)
+    rows = sample.ROW_SCHEMA.empty_table()
     if table.num_rows:
         table = table.take(pc.sort_indices(table, sort_keys=_ORDER))
-        columns = {name: table[name].to_pylist() for name in (
+        columns = {column: table[column].to_pylist() for column in (
             sample.ROW_KEY, sample.ROW_LANGUAGE, sample.ROW_RECORDING, sample.ROW_RECORDING_START_MS,
             sample.ROW_DURATION_MS, sample.ROW_SEGMENT_INDEX, sample.ROW_SPEAKER)}
-        places = [Place(*values) for values in zip(*(columns[name] for name in (
+        places = [Place(*values) for values in zip(*(columns[column] for column in (
             sample.ROW_RECORDING, sample.ROW_RECORDING_START_MS, sample.ROW_DURATION_MS, sample.ROW_SEGMENT_INDEX,
             sample.ROW_SPEAKER, sample.ROW_LANGUAGE)))]
         starts = document_starts(places, *limits)
@@ -312,12 +286,8 @@ def assemble_bucket(bucket: int, shuffle_dir: str, target: str, buckets: int, st
     folder.mkdir(parents=True)
     if rows.num_rows:
         pq.write_table(rows, folder / "documents.parquet")
-    marker = {"run_id": stamp, "config_hash": config_hash, "rows_out": rows.num_rows, "members": table.num_rows}
-    done = layout.done_dir(Path(target).name)
-    done.mkdir(parents=True, exist_ok=True)
-    partial = done / f".{name}.json.partial"
-    partial.write_text(json.dumps(marker, indent=1, sort_keys=True))
-    os.replace(partial, done / f"{name}.json")
+    layout.write_marker(Path(target).name, name, {"run_id": stamp, "config_hash": config_hash, "rows_out": rows.num_rows,
+                                                  "members": table.num_rows})
     return rows.num_rows
 
 

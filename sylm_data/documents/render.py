@@ -23,32 +23,52 @@ def render(utterances: Utterances, rows: np.ndarray, plan: Plan) -> tuple[pa.Arr
     spoken = np.flatnonzero(speech)
     lengths = (segments.end_unit - segments.first_unit)[spoken]
     starts = (utterances.unit_bounds[segments.rows] + segments.first_unit)[spoken]
-    # each speech segment's unit positions in the flat unit array, one range after another
-    flat = np.repeat(starts - (np.cumsum(lengths) - lengths), lengths) + np.arange(lengths.sum())
-    unit_lists = pa.ListArray.from_arrays(_offsets(lengths), pc.cast(utterances.unit_ids.take(flat), pa.string()))
-    speech_json = pc.binary_join_element_wise('{"modality":"speech","text":null,"units":[', pc.binary_join(unit_lists, ","),
-                                              "]}", "")
+    units_text = comma_joined(utterances.unit_ids.take(range_positions(starts, lengths)), lengths)
     texts = segment_texts(utterances, segments.take(np.flatnonzero(~speech)))
-    text_json = pa.array(['{"modality":"text","text":' + _quoted(text) + ',"units":null}' for text in texts], pa.string())
-    order = np.empty(len(speech), np.int64)
-    order[spoken], order[~speech] = np.arange(len(spoken)), len(spoken) + np.arange(len(texts))
-    segment_lists = pa.ListArray.from_arrays(_offsets(np.bincount(document_of, minlength=len(rows))),
-                                             pa.concat_arrays([speech_json, text_json]).take(order))
-    source_ids = pa.array([_quoted(utterances.ids[row]) for row in rows.tolist()], pa.string())
-    documents = pc.binary_join_element_wise(
-        '{"segments":[', pc.binary_join(segment_lists, ","), '],"kind":"', pa.array(plan.kinds, pa.string()),
-        '","language":', pa.array([_quoted(utterances.languages[row]) for row in rows.tolist()], pa.string()),
-        ',"source_id":', source_ids, ',"source_ids":[', source_ids, '],"synthetic":null}', "")
+    source_ids = pa.array([quoted(utterances.ids[row]) for row in rows.tolist()], pa.string())
+    documents = documents_json(units_text, texts, speech, np.bincount(document_of, minlength=len(rows)), plan.kinds,
+                               [utterances.languages[row] for row in rows.tolist()], source_ids, source_ids)
     speech_words = np.bincount(document_of[spoken], weights=segments.words[spoken], minlength=len(rows))
     units = np.bincount(document_of[spoken], weights=lengths, minlength=len(rows))
     return documents, speech_words.astype(np.int64), units.astype(np.int64)
 
 
-_quoted = json.encoder.encode_basestring  # a JSON string literal, non-ASCII kept (as COMPACT_JSON writes it)
+def documents_json(units_text: pa.Array, texts: list[str], speech: np.ndarray, per_document: np.ndarray, kinds: list[str],
+                   languages: list[str], source_ids: pa.Array, held: pa.Array) -> pa.Array:
+    """Samples' JSON, as COMPACT_JSON writes them, from their segments in order: segment i is
+    speech where `speech[i]`, its units the next of `units_text` (comma-joined), else text, the next
+    of `texts`; document d holds the next `per_document[d]` segments. `source_ids`: each one's
+    first utterance id, `held`: all of its ids, comma-joined; both as JSON string literals."""
+    speech_json = pc.binary_join_element_wise('{"modality":"speech","text":null,"units":[', units_text, "]}", "")
+    text_json = pa.array(['{"modality":"text","text":' + quoted(text) + ',"units":null}' for text in texts], pa.string())
+    order = np.empty(len(speech), np.int64)
+    spoken = int(np.count_nonzero(speech))
+    order[speech], order[~speech] = np.arange(spoken), spoken + np.arange(len(texts))
+    segment_lists = pa.ListArray.from_arrays(list_offsets(per_document),
+                                             pa.concat_arrays([speech_json, text_json.cast(speech_json.type)]).take(order))
+    return pc.binary_join_element_wise(
+        '{"segments":[', pc.binary_join(segment_lists, ","), '],"kind":"', pa.array(kinds, pa.string()),
+        '","language":', pa.array([quoted(language) for language in languages], pa.string()),
+        ',"source_id":', source_ids, ',"source_ids":[', held, '],"synthetic":null}', "")
 
 
-def _offsets(sizes: np.ndarray) -> pa.Array:
+quoted = json.encoder.encode_basestring  # a JSON string literal, non-ASCII kept (as COMPACT_JSON writes it)
+
+
+def list_offsets(sizes: np.ndarray) -> pa.Array:
+    """The offsets of an Arrow list array whose lists hold `sizes` items each."""
     return pa.array(np.concatenate([[0], np.cumsum(sizes)]), pa.int32())
+
+
+def range_positions(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """The positions of the ranges start..start + length - 1, one range after another."""
+    return np.repeat(starts - (np.cumsum(lengths) - lengths), lengths) + np.arange(lengths.sum())
+
+
+def comma_joined(values: pa.Array | np.ndarray, sizes: np.ndarray) -> pa.Array:
+    """`values` (numbers or strings) grouped by `sizes`, each group one comma-separated string."""
+    values = pa.array(values) if isinstance(values, np.ndarray) else values
+    return pc.binary_join(pa.ListArray.from_arrays(list_offsets(sizes), pc.cast(values, pa.string())), ",")
 
 
 def segment_texts(utterances: Utterances, pieces: spans.Pieces) -> list[str]:

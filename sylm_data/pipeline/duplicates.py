@@ -12,7 +12,6 @@ partition holding the repeat, before the one holding the first, must not lose th
 """
 
 import json
-import os
 import zlib
 from pathlib import Path
 
@@ -21,6 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from sylm_data.pipeline.output import write_parquet
 from sylm_data.schemas import reject
 from sylm_data.schemas.reject import Reason
 
@@ -39,10 +39,7 @@ def write_ids(ids: list[str], path: Path) -> None:
     distinct = sorted(set(ids))
     buckets = [zlib.crc32(sample_id.encode()) % BUCKETS for sample_id in distinct]
     table = pa.table({ID: distinct, BUCKET: pa.array(buckets, pa.int16())}, schema=IDS_SCHEMA).sort_by(BUCKET)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.partial")
-    pq.write_table(table, partial)
-    os.replace(partial, path)
+    write_parquet(table, path)
 
 
 def repeats_in_bucket(bucket: int, ids_dir: str, partitions: list[str], committed: list[str],
@@ -62,7 +59,8 @@ def repeats_in_bucket(bucket: int, ids_dir: str, partitions: list[str], committe
     for sample_id, holder in zip(table[ID].to_pylist(), table["holder"].to_pylist()):
         holders.setdefault(sample_id, []).append(partitions[holder])
     holding_committed = {partition for held in holders.values() for partition in held if partition in done}
-    repeated_in = {partition: _repeated(rejects_dir, partition) for partition in holding_committed} if rejects_dir else {}
+    repeated_in = {partition: rejected_ids(rejects_dir, partition, Reason.DUPLICATE_ID, ELSEWHERE)
+                   for partition in holding_committed} if rejects_dir else {}
     found = []
     for sample_id, holding in sorted(holders.items()):
         candidates = [partition for partition in holding if sample_id not in repeated_in.get(partition, ())]
@@ -74,14 +72,17 @@ def repeats_in_bucket(bucket: int, ids_dir: str, partitions: list[str], committe
     return found
 
 
-def _repeated(rejects_dir: str, partition: str) -> set[str]:
-    """The ids a committed partition rejected as occurring first in another partition."""
-    folder = Path(rejects_dir) / partition
-    if not folder.is_dir():
+def rejected_ids(rejects_dir: str | Path | None, partition: str, reason: Reason, detail_prefix: str = "") -> set[str]:
+    """The ids a committed partition rejected for `reason` (with a detail starting `detail_prefix`),
+    from its rejects in `rejects_dir` (DIR/rejects/<stage>; none without one)."""
+    folder = Path(rejects_dir) / partition if rejects_dir else None
+    if folder is None or not folder.is_dir():
         return set()
-    table = pq.read_table(folder, columns=[reject.ID, reject.DETAIL],
-                          filters=[(reject.REASON, "=", Reason.DUPLICATE_ID.value)])
-    return set(table.filter(pc.starts_with(table[reject.DETAIL], ELSEWHERE))[reject.ID].to_pylist())
+    columns = [reject.ID, reject.DETAIL] if detail_prefix else [reject.ID]
+    table = pq.read_table(folder, columns=columns, filters=[(reject.REASON, "=", reason.value)])
+    if detail_prefix:
+        table = table.filter(pc.starts_with(table[reject.DETAIL], detail_prefix))
+    return set(table[reject.ID].to_pylist())
 
 
 def by_partition(found: list[dict]) -> dict[str, str]:

@@ -28,7 +28,6 @@ fails one of them keeps none.
 """
 
 import json
-import os
 import shutil
 import unicodedata
 import zlib
@@ -42,9 +41,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from sylm_data.pipeline.duplicates import rejected_ids
+from sylm_data.pipeline.output import write_parquet
 from sylm_data.quality import minhash
 from sylm_data.quality.words import words
-from sylm_data.schemas import reject
 from sylm_data.schemas.reject import Reason
 
 MODES = ("off", "report", "drop")
@@ -139,11 +139,11 @@ def write_listing(records: Iterable[tuple[str, str | None, str | None]], folder:
         signatures.append(signature.astype("<u4").tobytes())
         band_rows.extend((key_bucket(key), key, sample_id) for key in minhash.band_keys(signature, settings.bands))
     signatures_file, bands_file = listing_files(folder, partition, settings)
-    _write_atomic(pa.table({ID: pa.array(ids, pa.string()), SIGNATURE: pa.array(signatures, pa.binary())}), signatures_file)
+    write_parquet(pa.table({ID: pa.array(ids, pa.string()), SIGNATURE: pa.array(signatures, pa.binary())}), signatures_file)
     band_rows.sort(key=lambda row: row[0])
     bands = pa.Table.from_pylist([dict(zip(BANDS_SCHEMA.names, row)) for row in band_rows], schema=BANDS_SCHEMA)
     # one row group per bucket: a link task reads its own bucket's rows only
-    _write_atomic(bands, bands_file, groups=pc.unique(bands[BUCKET]).to_pylist())
+    write_parquet(bands, bands_file, groups=BUCKET)
 
 
 def key_bucket(key: bytes) -> int:
@@ -239,22 +239,13 @@ def _signatures(folder: Path, partitions: list[str], members: set[tuple[int, str
 
 def _ranks(partitions: list[str], committed: set[str], members: set[tuple[int, str]],
            rejects_dir: str | None) -> dict[tuple[int, str], str]:
-    dropped = {holder: _dropped(rejects_dir, partitions[holder])
+    dropped = {holder: rejected_ids(rejects_dir, partitions[holder], Reason.NEAR_DUPLICATE)
                for holder in {holder for holder, _ in members if partitions[holder] in committed}}
     ranks = {}
     for holder, sample_id in members:
         kind = _PENDING if holder not in dropped else _DROPPED if sample_id in dropped[holder] else _COMMITTED
         ranks[holder, sample_id] = rank(kind, partitions[holder], sample_id)
     return ranks
-
-
-def _dropped(rejects_dir: str | None, partition: str) -> set[str]:
-    """The ids a committed partition rejected as near-duplicates (none where nothing is dropped)."""
-    folder = Path(rejects_dir) / partition if rejects_dir else None
-    if folder is None or not folder.is_dir():
-        return set()
-    table = pq.read_table(folder, columns=[reject.ID], filters=[(reject.REASON, "=", Reason.NEAR_DUPLICATE.value)])
-    return set(table[reject.ID].to_pylist())
 
 
 def propagate(bucket: int, work: str, buckets: int, step: int) -> int:
@@ -268,7 +259,7 @@ def propagate(bucket: int, work: str, buckets: int, step: int) -> int:
         labels = {member: member for member in links[MEMBER].to_pylist()}
         lowered = set(labels)
         if lowered:
-            _write_atomic(links, neighbours_file)
+            write_parquet(links, neighbours_file)
     else:
         sent = _gathered(work_dir / "sent" / str(step - 1), bucket)
         labels = _labels(labels_file) if sent.num_rows else {}
@@ -280,7 +271,7 @@ def propagate(bucket: int, work: str, buckets: int, step: int) -> int:
         links = pq.read_table(neighbours_file) if lowered else MESSAGES_SCHEMA.empty_table()
     if not lowered:
         return 0
-    _write_atomic(pa.table([list(labels), list(labels.values())], schema=MESSAGES_SCHEMA), labels_file)
+    write_parquet(pa.table([list(labels), list(labels.values())], schema=MESSAGES_SCHEMA), labels_file)
     neighbours = zip(links[MEMBER].to_pylist(), links[LABEL].to_pylist())
     sending = [(neighbour, labels[member]) for member, neighbour in neighbours if member in lowered]
     _scatter(sending, work_dir / "sent" / str(step), bucket, buckets)
@@ -299,7 +290,7 @@ def _scatter(messages: list[tuple[str, str]], folder: Path, sender: int, buckets
         by_bucket.setdefault(member_bucket(message[0], buckets), []).append(message)
     for bucket, held in by_bucket.items():
         members, values = zip(*held)
-        _write_atomic(pa.table([pa.array(members, pa.string()), pa.array(values, pa.string())], schema=MESSAGES_SCHEMA),
+        write_parquet(pa.table([pa.array(members, pa.string()), pa.array(values, pa.string())], schema=MESSAGES_SCHEMA),
                       folder / str(bucket) / f"{sender}.parquet")
 
 
@@ -321,21 +312,10 @@ def decide(bucket: int, folder: str, work: str, drop: bool) -> tuple[int, int, l
         rows.append({ID: sample_id, PARTITION: partition, CLUSTER: kept, KEPT: member == label})
         if drop and kind == _PENDING and member != label:
             rejected.append((partition, sample_id, kept, kept_partition))
-    _write_atomic(pa.Table.from_pylist(rows, schema=CLUSTERS_SCHEMA), Path(folder) / f"clusters-{bucket:02d}.parquet")
+    write_parquet(pa.Table.from_pylist(rows, schema=CLUSTERS_SCHEMA), Path(folder) / f"clusters-{bucket:02d}.parquet")
     return sum(member == label for member, label in labels.items()), len(labels), rejected
 
 
 def by_partition(found: Found) -> dict[str, str]:
     """Per partition, a JSON object {id: [kept id, its partition]}."""
     return {partition: json.dumps(ids, sort_keys=True) for partition, ids in found.rejects.items()}
-
-
-def _write_atomic(table: pa.Table, path: Path, groups: list[int] | None = None) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial_path = path.with_name(f".{path.name}.partial")
-    with pq.ParquetWriter(partial_path, table.schema) as writer:
-        if groups is None:
-            writer.write_table(table)
-        for group in groups or ():
-            writer.write_table(table.filter(pc.equal(table[BUCKET], group)))
-    os.replace(partial_path, path)

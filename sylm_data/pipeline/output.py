@@ -77,6 +77,14 @@ class OutputLayout:
     def markers(self, stage: str) -> dict[str, dict]:
         return {path.stem: json.loads(path.read_text()) for path in sorted(self.done_dir(stage).glob("*.json"))}
 
+    def write_marker(self, stage: str, partition: str, marker: dict) -> None:
+        """Commit `partition` of `stage` (atomically: the marker is there whole or not at all)."""
+        done = self.done_dir(stage)
+        done.mkdir(parents=True, exist_ok=True)
+        temporary = done / f".{partition}.json.partial"
+        temporary.write_text(json.dumps(marker, indent=1, sort_keys=True))
+        os.replace(temporary, done / f"{partition}.json")
+
     def clean(self, partition: str, final_stage: str, stages: list[str], kept: list[str] = ()) -> None:
         """Remove whatever an interrupted run left of a partition the final stage has not committed:
         the markers first (the final stage's, then those of the stages `kept` on the way, which are
@@ -139,11 +147,19 @@ def staged_name(ids: pa.ChunkedArray) -> str:
     return f"{digest.hexdigest()[:20]}.parquet"
 
 
-def _write_atomic(table: pa.Table, folder: Path, name: str) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    temporary = folder / f".{name}.partial"
-    pq.write_table(table, temporary)
-    os.replace(temporary, folder / name)
+def write_parquet(table: pa.Table, path: Path, groups: str | None = None) -> None:
+    """`table` into `path` atomically: a reader (or a run killed half way) never finds part of it.
+    `groups`: a column the rows are sorted by, each of its values written as its own row group, so
+    that a reader filtering on it reads only its own (a shuffle's buckets)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.partial")
+    with pq.ParquetWriter(temporary, table.schema) as writer:
+        if groups is None:
+            writer.write_table(table)
+        else:
+            for value in pc.unique(table[groups]).to_pylist():
+                writer.write_table(table.filter(pc.equal(table[groups], value)))
+    os.replace(temporary, path)
 
 
 def write_batch(batch: pa.Table, root: str, run_id: str, final_stage: str, contract: pa.Schema) -> pa.Table:
@@ -156,11 +172,11 @@ def write_batch(batch: pa.Table, root: str, run_id: str, final_stage: str, contr
         accepted = stream.accepted(rows, contract)
         rejects = stream.rejects(rows)
         if accepted.num_rows:
-            _write_atomic(accepted, layout.stage_dir(final_stage) / TMP / run_id / partition, name)
+            write_parquet(accepted, layout.stage_dir(final_stage) / TMP / run_id / partition / name)
         rejected: Counter = Counter()
         for stage in pc.unique(rejects["stage"]).to_pylist():
             of_stage = rejects.filter(pc.equal(rejects["stage"], stage))
-            _write_atomic(of_stage, layout.rejects_dir(stage) / TMP / run_id / partition, name)
+            write_parquet(of_stage, layout.rejects_dir(stage) / TMP / run_id / partition / name)
             rejected.update(f"{stage}/{reason}" for reason in of_stage["reason"].to_pylist())
         audio_ms = pc.sum(accepted["duration_ms"]).as_py() if "duration_ms" in accepted.column_names else 0
         summaries.append(
@@ -188,7 +204,7 @@ def store_batch(batch: pa.Table, root: str, run_id: str, stage: str, contract: p
         rows = batch.filter(pc.equal(batch[stream.PARTITION], partition))
         accepted = stream.accepted(rows, contract)
         if accepted.num_rows:
-            _write_atomic(accepted, folder / partition, staged_name(rows["id"]))
+            write_parquet(accepted, folder / partition / staged_name(rows["id"]))
     return batch
 
 
@@ -228,8 +244,4 @@ def _place(layout: OutputLayout, stage: str, partition: str, moves: list[tuple[P
     for source, folder in moves:
         if source.exists():
             os.replace(source, folder / partition)
-    done = layout.done_dir(stage)
-    done.mkdir(parents=True, exist_ok=True)
-    temporary = done / f".{partition}.json.partial"
-    temporary.write_text(json.dumps(marker, indent=1, sort_keys=True))
-    os.replace(temporary, done / f"{partition}.json")
+    layout.write_marker(stage, partition, marker)
