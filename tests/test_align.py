@@ -68,6 +68,17 @@ def test_pocketsphinx_finds_espeak_word_onsets(utterance_rows, pocketsphinx_alig
             assert row[stream.REJECT_REASON] == "align_failed" and row["words"] is None and row["audio"] is None
 
 
+def test_pocketsphinx_word_times_do_not_depend_on_the_utterances_aligned_before(utterance_rows):
+    """An actor aligns whatever batches it is handed: a resumed run with other batch sizes must give the same rows."""
+    def words_by_id(rows: pa.Table) -> dict[str, list | None]:
+        out = align.Aligner(align.AlignConfig(backend="pocketsphinx"))(rows)
+        return dict(zip(out["id"].to_pylist(), out["words"].to_pylist()))
+
+    forward = words_by_id(utterance_rows)
+    backward = words_by_id(utterance_rows.take(list(reversed(range(utterance_rows.num_rows)))))
+    assert [key for key in forward if forward[key] != backward[key]] == []
+
+
 def test_a_transcript_that_does_not_match_is_rejected_not_aligned(utterance_rows, pocketsphinx_aligner):
     texts = utterance_rows["text"].to_pylist()
     shifted = utterance_rows.set_column(utterance_rows.schema.get_field_index("text"), "text", pa.array(texts[5:] + texts[:5]))

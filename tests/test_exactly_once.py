@@ -164,7 +164,11 @@ def assert_same_rows(got: Path, expected: Path, pipeline: Pipeline) -> None:
         want, have = read_parquet(expected / folder), read_parquet(got / folder)
         assert have.num_rows == want.num_rows, folder
         if want.num_rows:
-            assert have.sort_by("id").equals(want.sort_by("id")), folder
+            want, have = want.sort_by("id"), have.sort_by("id")
+            differing = {name: [key for key, a, b in zip(want["id"].to_pylist(), want[name].to_pylist(),
+                                                       have[name].to_pylist()) if a != b]
+                         for name in want.column_names if not have[name].equals(want[name])}
+            assert not differing, f"{folder}: the columns that differ, with the ids where they do: {differing}"
 
 
 def assert_exactly_once(out: Path, pipeline: Pipeline, corpus: Corpus) -> None:

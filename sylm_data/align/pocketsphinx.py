@@ -96,6 +96,7 @@ class PocketsphinxAligner:
             grammar = decoder.create_fsg("align", 0, len(spoken), [(i, i + 1, 1.0, w) for i, w in enumerate(spoken)])
             decoder.add_fsg("align", grammar)
             decoder.activate_search("align")
+            decoder.start_stream()  # noise statistics from earlier utterances would move this one's words
             decoder.start_utt()
             decoder.process_raw(_pcm(piece.samples, padding_ms), full_utt=True)
             decoder.end_utt()
