@@ -5,6 +5,10 @@ import functools
 import re
 import unicodedata
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
 # ISO 639-2/3 and common spellings -> 639-1, for the languages the speech sources carry most.
 _ALIASES = {
     "eng": "en", "english": "en", "zho": "zh", "chi": "zh", "cmn": "zh", "chinese": "zh", "mandarin": "zh",
@@ -86,6 +90,59 @@ def word_offsets(text: str, words: list[str]) -> list[int]:
             position = found + len(word)
         offsets.append(found if found >= 0 else position)
     return offsets
+
+
+# bytes that never start or continue a transcript word: ASCII other than letters, digits, ' and -
+_SEPARATOR_BYTE = np.array([not (chr(byte).isalnum() or chr(byte) in "'-") if byte < 0x80 else False
+                            for byte in range(256)])
+
+
+def word_offsets_batch(texts: pa.Array, words: pa.Array, word_bounds: np.ndarray) -> np.ndarray:
+    """`word_offsets` of many transcripts at once: text i's words are words[word_bounds[i]:
+    word_bounds[i + 1]]; one flat offset per word, in characters. Word j of a text is first guessed
+    to start its j-th run of word bytes. A guess stands when the word's bytes are there and the word
+    before covered its whole run: then only separators lie between them, and the guess is what
+    `str.find` returns. Texts with a guess that does not stand are searched word by word."""
+    texts = pc.fill_null(texts, "").cast(pa.large_string())
+    words = words.cast(pa.large_string())
+    text_bounds, text_bytes = _string_buffers(texts)
+    word_byte_bounds, word_bytes = _string_buffers(words)
+    sizes = np.diff(word_bounds)
+    owner = np.repeat(np.arange(len(sizes)), sizes)
+    rank = np.arange(len(owner)) - np.repeat(word_bounds[:-1], sizes)
+    starts, lengths = text_bounds[:-1][owner], np.diff(word_byte_bounds)
+    in_word = ~_SEPARATOR_BYTE[text_bytes]  # the padding byte is a separator
+    opens = in_word.copy()
+    opens[1:] &= ~in_word[:-1]
+    opens[text_bounds[:-1]] = in_word[text_bounds[:-1]]
+    run_starts = np.append(np.flatnonzero(opens), len(text_bytes) - 1)
+    runs_before = np.searchsorted(run_starts, text_bounds)
+    guess = run_starts[np.minimum(runs_before[:-1][owner] + rank, len(run_starts) - 1)]
+    fits = (rank < np.diff(runs_before)[owner]) & (guess + lengths <= text_bounds[1:][owner]) & (lengths > 0)
+    guess = np.where(fits, guess, starts)
+    positions = np.repeat(guess - word_byte_bounds[:-1], lengths) + np.arange(word_byte_bounds[-1])
+    differs = np.bincount(np.repeat(np.arange(len(owner)), lengths), minlength=len(owner),
+                          weights=text_bytes[np.minimum(positions, len(text_bytes) - 1)] != word_bytes[:-1]) > 0
+    covers_run = ~in_word[np.minimum(guess + lengths, len(text_bytes) - 1)]
+    stands = fits & ~differs & ((rank == 0) | np.roll(covers_run, 1))
+    offsets = guess - starts
+    if text_bytes.max(initial=0) >= 0x80:  # bytes to characters: UTF-8 continuation bytes do not count
+        continuations = np.concatenate([[0], np.cumsum((text_bytes & 0xC0) == 0x80)])
+        offsets -= continuations[guess] - continuations[starts]
+    for row in np.flatnonzero(np.bincount(owner, weights=~stands, minlength=len(sizes)) > 0).tolist():
+        first, last = int(word_bounds[row]), int(word_bounds[row + 1])
+        offsets[first:last] = word_offsets(texts[row].as_py(), words.slice(first, last - first).to_pylist())
+    return offsets.astype(np.int64)
+
+
+def _string_buffers(strings: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """A large_string array's value bounds (len + 1, into the bytes) and its bytes, with one zero
+    byte of padding after them (so that a bound is always a valid index)."""
+    strings = strings.combine_chunks() if isinstance(strings, pa.ChunkedArray) else strings
+    _, bounds, data = strings.buffers()
+    bounds = np.frombuffer(bounds, np.int64)[strings.offset : strings.offset + len(strings) + 1]
+    data = np.frombuffer(data, np.uint8) if data is not None else np.zeros(0, np.uint8)
+    return bounds - bounds[0], np.append(data[bounds[0] : bounds[-1]], np.uint8(0))
 
 
 def punctuated_ends(text: str, words: list[str], marks: set[str], offsets: list[int] | None = None) -> set[int]:

@@ -1,9 +1,12 @@
 """The pure parts of alignment: transcript words, cutting long audio, sharing words, guarding timings."""
 
 import numpy as np
+import pyarrow as pa
 import pytest
-from hypothesis import given
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
+
+from sylm_data.languages import word_offsets, word_offsets_batch
 
 from sylm_data.align.words import (
     SAMPLE_RATE,
@@ -23,6 +26,27 @@ def test_transcript_words_drop_punctuation_and_split_cjk():
     assert transcript_words("今天，天气好。", "zh") == ["今", "天", "天", "气", "好"]
     assert transcript_words("Число 42!", "ru") == ["Число", "42"]
     assert transcript_words(" ... !! ", "en") == []
+
+
+_TEXT = st.lists(st.sampled_from(list("ab c.,'-  éü中文“”\t?!") + ["the ", "don't", "U.S."]), max_size=20).map("".join)
+
+
+@settings(deadline=None, max_examples=300)
+@example([("don't the ab b", "initials")], False)  # "t" and "b" are found inside "don't" and "ab"
+@given(st.lists(st.tuples(st.one_of(st.none(), _TEXT), st.sampled_from(["as is", "extra", "reversed", "initials"])), max_size=6),
+       st.booleans())
+def test_word_offsets_of_a_batch_are_those_of_each_transcript(cases, sliced):
+    """The vectorised offsets equal str.find word by word, for words the transcript holds, lacks, reorders or
+    holds inside other words."""
+    texts, words = [text for text, _ in cases], []
+    for text, change in cases:
+        found = transcript_words(text or "", "en")
+        words.append({"as is": found, "extra": found + ["zz"], "reversed": found[::-1],
+                      "initials": [word[0] for word in found]}[change])
+    bounds = np.cumsum([0] + [len(found) for found in words])
+    text_array = pa.array(["before"] + texts, pa.string()).slice(1) if sliced else pa.array(texts, pa.string())
+    got = word_offsets_batch(text_array, pa.array([word for found in words for word in found], pa.string()), bounds)
+    assert got.tolist() == [offset for text, found in zip(texts, words) for offset in word_offsets(text or "", found)]
 
 
 def test_cut_points_fall_in_the_pauses_and_keep_pieces_within_the_limit():

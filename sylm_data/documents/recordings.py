@@ -56,9 +56,9 @@ def member_rows(batch: pa.Table, config, stage: str) -> pa.Table:
     chunked = utterance_chunks(utterances, rows, config.granularity)
     per_row = np.bincount(np.searchsorted(rows, chunked.rows), minlength=len(rows))
     word_sizes, unit_sizes = utterances.word_sizes[rows], utterances.unit_sizes[rows]
-    offsets = np.array([offset for row in rows.tolist() for offset in utterances.offsets(row)], np.int64)
+    offsets = utterances.offset_table[range_positions(utterances.offset_bounds[rows], word_sizes + 1)]
     units = utterances.unit_ids.take(range_positions(utterances.unit_bounds[rows], unit_sizes))
-    texts = pa.array([utterances.texts[row] for row in rows.tolist()], pa.string())
+    texts = utterances.text_array.take(pa.array(rows))
     records = pc.binary_join_element_wise(
         comma_joined(chunked.words, per_row), comma_joined(chunked.end_unit - chunked.first_unit, per_row),
         comma_joined(offsets, word_sizes + 1), comma_joined(units, unit_sizes), texts, "\t")

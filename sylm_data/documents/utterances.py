@@ -6,7 +6,8 @@ copied) and marks the utterances no sample can be made of; `sample_rows` gives b
 rows, built ones and rejected ones, in the batch's order.
 """
 
-from dataclasses import dataclass, field
+import functools
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import numpy as np
@@ -22,16 +23,15 @@ from sylm_data.schemas.reject import Reason
 @dataclass
 class Utterances:
     """A batch's utterances read flat from Arrow: list columns as one flat array plus bounds
-    (utterance i's words are word_texts[word_bounds[i]:word_bounds[i + 1]])."""
+    (utterance i's words are word_array[word_bounds[i]:word_bounds[i + 1]])."""
     ids: list[str]
-    texts: list[str]
+    text_array: pa.Array
     languages: list[str]
-    word_texts: list[str]
+    word_array: pa.Array
     word_bounds: np.ndarray
     unit_ids: pa.Array
     unit_bounds: np.ndarray
     cuts: spans.Cuts
-    _offsets: dict[int, list[int]] = field(default_factory=dict)
 
     @property
     def word_sizes(self) -> np.ndarray:
@@ -41,14 +41,32 @@ class Utterances:
     def unit_sizes(self) -> np.ndarray:
         return np.diff(self.unit_bounds)
 
+    @functools.cached_property
+    def texts(self) -> list[str | None]:
+        return self.text_array.to_pylist()
+
+    @functools.cached_property
+    def word_texts(self) -> list[str]:
+        return self.word_array.to_pylist()
+
     def words(self, row: int) -> list[str]:
         return self.word_texts[self.word_bounds[row] : self.word_bounds[row + 1]]
 
+    @functools.cached_property
+    def offset_table(self) -> np.ndarray:
+        """Per utterance, where each of its words starts in its transcript, then the transcript's
+        length (utterance i's are offset_table[offset_bounds[i]:offset_bounds[i + 1]])."""
+        offsets = languages.word_offsets_batch(self.text_array, self.word_array, self.word_bounds)
+        lengths = pc.fill_null(pc.utf8_length(self.text_array), 0).to_numpy(zero_copy_only=False)
+        return np.insert(offsets, self.word_bounds[1:], lengths)
+
+    @property
+    def offset_bounds(self) -> np.ndarray:
+        return self.word_bounds + np.arange(len(self.word_bounds))
+
     def offsets(self, row: int) -> list[int]:
         """Where each word of utterance `row` starts in its transcript, then the transcript's length."""
-        if row not in self._offsets:
-            self._offsets[row] = languages.word_offsets(self.texts[row], self.words(row)) + [len(self.texts[row])]
-        return self._offsets[row]
+        return self.offset_table[self.offset_bounds[row] : self.offset_bounds[row + 1]].tolist()
 
 
 class Plan(NamedTuple):
@@ -132,8 +150,8 @@ def read_batch(batch: pa.Table, tolerance_ms: int, stage: str) -> Batch:
             envelope[stream.REJECT_DETAIL][index] = problem[1]
     rows = np.flatnonzero(pending & np.array([problem is None for problem in problems], bool))
     utterances = Utterances(
-        *(batch[name].to_pylist() for name in (utterance.ID, utterance.TEXT, utterance.LANGUAGE)),
-        pc.struct_field(pc.list_flatten(words), aligned.WORD_TEXT).to_pylist(), word_bounds,
+        batch[utterance.ID].to_pylist(), batch[utterance.TEXT].combine_chunks(), batch[utterance.LANGUAGE].to_pylist(),
+        pc.struct_field(pc.list_flatten(words), aligned.WORD_TEXT), word_bounds,
         pc.list_flatten(units).combine_chunks(), unit_bounds,
         spans.word_cuts(word_sizes, word_starts, word_ends, unit_sizes, unit_starts, unit_ends, tolerance_ms))
     return Batch(batch, utterances, rows, word_sizes, envelope)
