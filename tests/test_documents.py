@@ -14,7 +14,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sylm_data.documents import recordings
-from sylm_data.documents.recordings import Place
 from sylm_data.pipeline import config as config_module
 from sylm_data.pipeline import runner
 from sylm_data.pipeline.output import read_rows
@@ -27,12 +26,21 @@ from tests.test_interleave import UNITS, WORDS, row, tokenized_rows
 RECORDING = interleave.InterleaveConfig(context="recording", shard_bytes=6000)
 
 
-def place(recording="r", start_ms=None, duration_ms=1000, segment_index=None, speaker=None, language="en") -> Place:
-    return Place(recording, start_ms, duration_ms, segment_index, speaker, language)
+PLACE = pa.schema([sample.ROW_SCHEMA.field(name) for name in (
+    sample.ROW_RECORDING, sample.ROW_RECORDING_START_MS, sample.ROW_DURATION_MS, sample.ROW_SEGMENT_INDEX,
+    sample.ROW_SPEAKER, sample.ROW_LANGUAGE)])
+
+
+def place(recording="r", start_ms=None, duration_ms=1000, segment_index=None, speaker=None, language="en") -> dict:
+    return dict(zip(PLACE.names, (recording, start_ms, duration_ms, segment_index, speaker, language)))
+
+
+def starts(places: list[dict], max_document_ms: int, max_gap_ms: int, same_speaker: bool) -> list[bool]:
+    return recordings.document_starts(pa.Table.from_pylist(places, schema=PLACE), max_document_ms, max_gap_ms,
+                                      same_speaker).tolist()
 
 
 def test_a_document_starts_at_a_new_recording_a_missing_segment_a_gap_a_speaker_and_the_length_bound():
-    starts = recordings.document_starts
     assert starts([place(segment_index=i) for i in (0, 1, 2, 4, 5)], 60_000, 3_000, False) == [True, False, False, True, False]
     assert starts([place(start_ms=s) for s in (0, 1_500, 2_600, 9_000)], 60_000, 3_000, False) == [True, False, False, True]
     assert starts([place("a", segment_index=0), place("b", segment_index=1), place(None), place(None)], 60_000, 3_000, False) \
@@ -43,6 +51,35 @@ def test_a_document_starts_at_a_new_recording_a_missing_segment_a_gap_a_speaker_
     assert starts([place(segment_index=i, duration_ms=400) for i in range(5)], 1_000, 3_000, False) \
         == [True, False, True, False, True]
     assert starts([place(segment_index=0), place(segment_index=1, language="de")], 60_000, 3_000, False) == [True, True]
+
+
+def starts_one_by_one(places: list[dict], max_document_ms: int, max_gap_ms: int, same_speaker: bool) -> list[bool]:
+    """The rules of `document_starts`, member by member."""
+    opened, audio_ms = [], 0
+    for index, now in enumerate(places):
+        before = places[index - 1] if index else None
+        known = lambda name: now[name] is not None and before[name] is not None  # noqa: E731
+        opens = (before is None or now["recording"] is None or now["recording"] != before["recording"]
+                 or now["language"] != before["language"]
+                 or (known("segment_index") and now["segment_index"] != before["segment_index"] + 1)
+                 or (known("recording_start_ms")
+                     and now["recording_start_ms"] - before["recording_start_ms"] - before["duration_ms"] > max_gap_ms)
+                 or (same_speaker and now["speaker"] != before["speaker"])
+                 or audio_ms + now["duration_ms"] > max_document_ms)
+        audio_ms = now["duration_ms"] if opens else audio_ms + now["duration_ms"]
+        opened.append(opens)
+    return opened
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.builds(place, st.sampled_from(["r", "s", None]), st.one_of(st.none(), st.integers(0, 20_000)),
+                          st.integers(100, 5_000), st.one_of(st.none(), st.integers(0, 4)),
+                          st.sampled_from(["a", "b", None]), st.sampled_from(["en", "de"])), max_size=30),
+       st.integers(1_000, 12_000), st.integers(0, 4_000), st.booleans())
+def test_document_starts_over_whole_columns_follow_the_rules_member_by_member(places, max_document_ms, max_gap_ms,
+                                                                           same_speaker):
+    assert starts(places, max_document_ms, max_gap_ms, same_speaker) == \
+        starts_one_by_one(places, max_document_ms, max_gap_ms, same_speaker)
 
 
 @st.composite

@@ -101,36 +101,48 @@ def read_members(records: pa.Array) -> Members:
                    np.concatenate([[0], np.cumsum(unit_sizes)]))
 
 
-class Place(NamedTuple):
-    """Where a member sits: what decides whether it goes on its predecessor's document."""
-    recording: str | None
-    start_ms: int | None
-    duration_ms: int
-    segment_index: int | None
-    speaker: str | None
-    language: str
-
-
-def document_starts(places: list[Place], max_document_ms: int, max_gap_ms: int, same_speaker: bool) -> list[bool]:
-    """For members sorted by recording and place: whether each one opens a new document. It does at
+def document_starts(places: pa.Table, max_document_ms: int, max_gap_ms: int, same_speaker: bool) -> np.ndarray:
+    """For members sorted by recording and place (`places`: their recording, start, duration,
+    segment index, speaker and language columns), whether each one opens a new document. It does at
     a new recording (or none), at a segment index that is not its predecessor's plus one (a
     segment missing or rejected), after a silence over `max_gap_ms` where start times are known,
     at another language, at another speaker when `same_speaker`, and where the document's audio
     would pass `max_document_ms`."""
-    starts, audio_ms = [], 0
-    for index, place in enumerate(places):
-        before = places[index - 1] if index else None
-        opens = (before is None or place.recording is None or place.recording != before.recording
-                 or place.language != before.language
-                 or (place.segment_index is not None and before.segment_index is not None
-                     and place.segment_index != before.segment_index + 1)
-                 or (place.start_ms is not None and before.start_ms is not None
-                     and place.start_ms - (before.start_ms + before.duration_ms) > max_gap_ms)
-                 or (same_speaker and place.speaker != before.speaker)
-                 or audio_ms + place.duration_ms > max_document_ms)
-        audio_ms = place.duration_ms if opens else audio_ms + place.duration_ms
-        starts.append(opens)
-    return starts
+    count = places.num_rows
+    if not count:
+        return np.zeros(0, bool)
+
+    def values(name: str) -> tuple[np.ndarray, np.ndarray]:
+        column = places[name]
+        return (pc.fill_null(column, 0).to_numpy(zero_copy_only=False).astype(np.int64),
+                pc.is_valid(column).to_numpy(zero_copy_only=False))
+
+    def changed(name: str) -> np.ndarray:  # null is equal to null only
+        column = places[name].combine_chunks()
+        before, after = column.slice(0, count - 1), column.slice(1)
+        differs = pc.fill_null(pc.not_equal(after, before), True).to_numpy(zero_copy_only=False)
+        return differs & ~(pc.is_null(after).to_numpy(zero_copy_only=False) & pc.is_null(before).to_numpy(zero_copy_only=False))
+
+    segment, has_segment = values(sample.ROW_SEGMENT_INDEX)
+    start, has_start = values(sample.ROW_RECORDING_START_MS)
+    duration, _ = values(sample.ROW_DURATION_MS)
+    opens = np.ones(count, bool)
+    opens[1:] = (changed(sample.ROW_RECORDING) | pc.is_null(places[sample.ROW_RECORDING]).to_numpy(zero_copy_only=False)[1:]
+                 | changed(sample.ROW_LANGUAGE)
+                 | (has_segment[1:] & has_segment[:-1] & (segment[1:] != segment[:-1] + 1))
+                 | (has_start[1:] & has_start[:-1] & (start[1:] - (start[:-1] + duration[:-1]) > max_gap_ms)))
+    if same_speaker:
+        opens[1:] |= changed(sample.ROW_SPEAKER)
+    # the length bound: greedy within each run the other rules leave, for the runs it splits
+    firsts = np.flatnonzero(opens)
+    totals = np.add.reduceat(duration, firsts)
+    for first, end in zip(firsts[totals > max_document_ms].tolist(), np.append(firsts[1:], count)[totals > max_document_ms].tolist()):
+        audio_ms = 0
+        for index in range(first, end):
+            if index > first and audio_ms + duration[index] > max_document_ms:
+                opens[index], audio_ms = True, 0
+            audio_ms += duration[index]
+    return opens
 
 
 # (keys, chunk words, each chunk's document) -> (each document's kind, each chunk's speech flag)
@@ -260,17 +272,12 @@ def assemble_bucket(bucket: int, shuffle_dir: str, target: str, buckets: int, st
     rows = sample.ROW_SCHEMA.empty_table()
     if table.num_rows:
         table = table.take(pc.sort_indices(table, sort_keys=_ORDER))
-        columns = {column: table[column].to_pylist() for column in (
-            sample.ROW_KEY, sample.ROW_LANGUAGE, sample.ROW_RECORDING, sample.ROW_RECORDING_START_MS,
-            sample.ROW_DURATION_MS, sample.ROW_SEGMENT_INDEX, sample.ROW_SPEAKER)}
-        places = [Place(*values) for values in zip(*(columns[column] for column in (
-            sample.ROW_RECORDING, sample.ROW_RECORDING_START_MS, sample.ROW_DURATION_MS, sample.ROW_SEGMENT_INDEX,
-            sample.ROW_SPEAKER, sample.ROW_LANGUAGE)))]
-        starts = document_starts(places, *limits)
-        documents = render_documents(columns[sample.ROW_KEY], columns[sample.ROW_LANGUAGE],
+        keys, languages = table[sample.ROW_KEY].to_pylist(), table[sample.ROW_LANGUAGE].to_pylist()
+        starts = document_starts(table, *limits)
+        documents = render_documents(keys, languages,
                                      table[sample.ROW_JSON].combine_chunks(), starts, seed, choose)
         firsts = documents["first"]
-        durations = np.add.reduceat(np.array(columns[sample.ROW_DURATION_MS], np.int64), firsts)
+        durations = np.add.reduceat(pc.fill_null(table[sample.ROW_DURATION_MS], 0).to_numpy(zero_copy_only=False), firsts)
         heads = table.take(pa.array(firsts))
         rows = pa.table({
             sample.ROW_KEY: heads[sample.ROW_KEY], sample.ROW_SOURCE: heads[sample.ROW_SOURCE],
