@@ -241,8 +241,8 @@ def bucket_name(bucket: int, buckets: int) -> str:
 
 
 def shuffle_partition(item: tuple[str, str], folder: str, shuffle_dir: str, buckets: int) -> None:
-    """On a worker: one partition's member rows into `shuffle_dir/<partition>.parquet`, sorted by
-    bucket, one row group per bucket (so that a bucket's task reads only its own)."""
+    """On a worker: one partition's member rows into `shuffle_dir/<partition>.parquet`, one row
+    group per bucket (so that a bucket's task reads only its own)."""
     partition, _ = item
     target = Path(shuffle_dir) / f"{partition}.parquet"
     if target.exists():
@@ -253,8 +253,7 @@ def shuffle_partition(item: tuple[str, str], folder: str, shuffle_dir: str, buck
     recordings = table[sample.ROW_RECORDING].to_pylist()
     keys = [recording if recording is not None else key for recording, key in zip(recordings, table[sample.ROW_KEY].to_pylist())]
     bucket = np.array([zlib.crc32(key.encode()) % buckets for key in keys], np.int32)
-    table = table.append_column(BUCKET, pa.array(bucket)).take(np.argsort(bucket, kind="stable"))
-    write_parquet(table, target, groups=BUCKET)
+    write_parquet(table.append_column(BUCKET, pa.array(bucket)), target, groups=BUCKET)
 
 
 _ORDER = [(name, "ascending", "at_end") for name in (sample.ROW_RECORDING, sample.ROW_SEGMENT_INDEX,

@@ -140,7 +140,6 @@ def write_listing(records: Iterable[tuple[str, str | None, str | None]], folder:
         band_rows.extend((key_bucket(key), key, sample_id) for key in minhash.band_keys(signature, settings.bands))
     signatures_file, bands_file = listing_files(folder, partition, settings)
     write_parquet(pa.table({ID: pa.array(ids, pa.string()), SIGNATURE: pa.array(signatures, pa.binary())}), signatures_file)
-    band_rows.sort(key=lambda row: row[0])
     bands = pa.Table.from_pylist([dict(zip(BANDS_SCHEMA.names, row)) for row in band_rows], schema=BANDS_SCHEMA)
     # one row group per bucket: a link task reads its own bucket's rows only
     write_parquet(bands, bands_file, groups=BUCKET)

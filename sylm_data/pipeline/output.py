@@ -27,6 +27,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -149,16 +150,21 @@ def staged_name(ids: pa.ChunkedArray) -> str:
 
 def write_parquet(table: pa.Table, path: Path, groups: str | None = None) -> None:
     """`table` into `path` atomically: a reader (or a run killed half way) never finds part of it.
-    `groups`: a column the rows are sorted by, each of its values written as its own row group, so
-    that a reader filtering on it reads only its own (a shuffle's buckets)."""
+    `groups`: a column whose values are each written as their own row group (in ascending order, the
+    rows of one value in their order), so that a reader filtering on it reads only its own (a
+    shuffle's buckets)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.partial")
     with pq.ParquetWriter(temporary, table.schema) as writer:
         if groups is None:
             writer.write_table(table)
         else:
-            for value in pc.unique(table[groups]).to_pylist():
-                writer.write_table(table.filter(pc.equal(table[groups], value)))
+            table = table.combine_chunks()  # a take over many chunks is many times slower
+            table = table.take(pc.sort_indices(table[groups]))
+            values = table[groups].to_numpy(zero_copy_only=False)
+            bounds = np.concatenate([[0], np.flatnonzero(values[1:] != values[:-1]) + 1, [len(values)]])
+            for start, end in zip(bounds[:-1].tolist(), bounds[1:].tolist()) if len(values) else ():
+                writer.write_table(table.slice(start, end - start))
     os.replace(temporary, path)
 
 
