@@ -99,14 +99,18 @@ def member_lists(draw):
     return members, starts
 
 
-def record(chunks: list) -> str:
-    """A member record (`recordings.member_rows`) of chunks `[text, words, "u,u"]`, words spaced."""
+MEMBER = pa.schema([sample.ROW_SCHEMA.field(name) for name in (sample.ROW_JSON, *recordings.MEMBER_COLUMNS)])
+
+
+def member(chunks: list) -> dict:
+    """A member row's columns (`recordings.member_rows`) of chunks `[text, words, "u,u"]`, words spaced."""
     words = " ".join(chunk[0] for chunk in chunks).split(" ")
     text = " ".join(words)
     offsets = np.cumsum([0] + [len(word) + 1 for word in words]).tolist()
     offsets[-1] = len(text)
-    fields = [[chunk[1] for chunk in chunks], [len(chunk[2].split(",")) for chunk in chunks], offsets]
-    return "\t".join([*(",".join(map(str, values)) for values in fields), ",".join(chunk[2] for chunk in chunks), text])
+    units = [[int(unit) for unit in chunk[2].split(",")] for chunk in chunks]
+    return dict(zip(MEMBER.names, (text, [chunk[1] for chunk in chunks], [len(found) for found in units], offsets,
+                                   [unit for found in units for unit in found])))
 
 
 @settings(max_examples=150, deadline=None)
@@ -115,7 +119,8 @@ def test_every_word_of_a_document_comes_once_in_order_as_text_or_speech(drawn, g
     members, starts = drawn
     ids = [f"u{index:03d}" for index in range(len(members))]
     config = interleave.InterleaveConfig(context="recording", granularity=granularity, span_mean=2, seed=seed)
-    made = recordings.render_documents(ids, ["en"] * len(ids), pa.array([record(chunks) for chunks in members]), starts,
+    made = recordings.render_documents(ids, ["en"] * len(ids), pa.Table.from_pylist([member(chunks) for chunks in members], schema=MEMBER),
+                                       np.array(starts),
                                        seed, lambda *arguments: interleave.choose_document_speech(*arguments, config=config))
     firsts = made["first"].tolist()
     assert firsts == [i for i, opens in enumerate(starts) if opens]
@@ -307,11 +312,11 @@ def test_member_rows_carry_their_chunks_and_place():
     rows = recording_rows(6)
     table = member_table(rows)
     first = table.to_pylist()[0]
-    members = recordings.read_members(table[sample.ROW_JSON])
+    members = recordings.read_members(table)
     assert first[sample.ROW_KIND] == sample.MEMBER and first[sample.ROW_RECORDING] == "manifest:talk-0"
     assert members.texts[0] == "The river ran past the mill."
     assert members.chunk_words[members.chunk_member == 0].sum() == len(WORDS)
     assert members.chunk_units[members.chunk_member == 0].sum() == len(UNITS)
-    assert members.units.to_pylist()[:len(UNITS)] == [str(u) for u, _, _ in UNITS]
+    assert members.units.to_pylist()[:len(UNITS)] == [u for u, _, _ in UNITS]
     assert members.offsets[:len(WORDS) + 1].tolist() == [0, 4, 10, 14, 19, 23, 28]
     assert np.array_equal(table[sample.ROW_SEGMENT_INDEX].to_pylist()[:4], [0, 0, 0, 0])

@@ -30,7 +30,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from sylm_data.documents import publish, spans
-from sylm_data.documents.render import comma_joined, documents_json, quoted, range_positions
+from sylm_data.documents.render import comma_joined, documents_json, int_lists, quoted, range_positions
 from sylm_data.documents.utterances import read_batch, sample_rows, utterance_chunks
 from sylm_data.languages import word_joiner
 from sylm_data.pipeline.output import OutputLayout, read_rows, write_parquet
@@ -41,16 +41,9 @@ SHUFFLE = "_shuffle"
 BUCKET = "bucket"
 
 
-# A member record (the `json` column of a member row): five fields joined by tabs, the transcript
-# last (it may hold a tab): chunk word counts, chunk unit counts, word offsets (where each word
-# starts in the transcript, then its length), units; each a comma-separated list. Arrow's string
-# kernels write and read it for a whole batch at once, where JSON would be parsed row by row.
-_FIELDS = 5
-
-
 def member_rows(batch: pa.Table, config, stage: str) -> pa.Table:
-    """One member row per usable utterance: its record (chunks cut as utterance context cuts them,
-    words, units and transcript) and its place in its recording."""
+    """One member row per usable utterance: its chunks (cut as utterance context cuts them), word
+    offsets, units and transcript, and its place in its recording."""
     read = read_batch(batch, config.tolerance_ms, stage)
     utterances, rows = read.utterances, read.rows
     chunked = utterance_chunks(utterances, rows, config.granularity)
@@ -58,47 +51,47 @@ def member_rows(batch: pa.Table, config, stage: str) -> pa.Table:
     word_sizes, unit_sizes = utterances.word_sizes[rows], utterances.unit_sizes[rows]
     offsets = utterances.offset_table[range_positions(utterances.offset_bounds[rows], word_sizes + 1)]
     units = utterances.unit_ids.take(range_positions(utterances.unit_bounds[rows], unit_sizes))
-    texts = utterances.text_array.take(pa.array(rows))
-    records = pc.binary_join_element_wise(
-        comma_joined(chunked.words, per_row), comma_joined(chunked.end_unit - chunked.first_unit, per_row),
-        comma_joined(offsets, word_sizes + 1), comma_joined(units, unit_sizes), texts, "\t")
     table, taken = read.table, pa.array(rows)
     return sample_rows(read, {
-        sample.ROW_KIND: [sample.MEMBER] * len(rows), sample.ROW_JSON: records,
+        sample.ROW_KIND: [sample.MEMBER] * len(rows), sample.ROW_JSON: utterances.text_array.take(taken),
         sample.ROW_SPEECH_WORDS: np.zeros(len(rows), np.int64), sample.ROW_UNITS: unit_sizes,
         sample.ROW_RECORDING: table[utterance.RECORDING].take(taken),
         sample.ROW_RECORDING_START_MS: table[utterance.RECORDING_START_MS].take(taken),
         sample.ROW_DURATION_MS: table[utterance.DURATION_MS].take(taken),
         sample.ROW_SEGMENT_INDEX: table[utterance.SEGMENT_INDEX].take(taken),
-        sample.ROW_SPEAKER: table[utterance.SPEAKER].take(taken)})
+        sample.ROW_SPEAKER: table[utterance.SPEAKER].take(taken),
+        sample.ROW_CHUNK_WORDS: int_lists(chunked.words, per_row),
+        sample.ROW_CHUNK_UNITS: int_lists(chunked.end_unit - chunked.first_unit, per_row),
+        sample.ROW_WORD_OFFSETS: int_lists(offsets, word_sizes + 1), sample.ROW_UNIT_IDS: int_lists(units, unit_sizes)})
+
+
+MEMBER_COLUMNS = (sample.ROW_CHUNK_WORDS, sample.ROW_CHUNK_UNITS, sample.ROW_WORD_OFFSETS, sample.ROW_UNIT_IDS)
 
 
 class Members(NamedTuple):
-    """Member records read flat (`read_members`): chunk c of the members belongs to member
-    chunk_member[c]; each member's words, word offsets and units are a range of the flat arrays."""
+    """Member rows read flat: chunk c of the members belongs to member chunk_member[c]; each
+    member's word offsets and units are a range of the flat arrays."""
     texts: list[str]
     chunk_member: np.ndarray
     chunk_words: np.ndarray
     chunk_units: np.ndarray
     offsets: np.ndarray  # flat word offsets, words + 1 per member
     offset_bounds: np.ndarray
-    units: pa.Array  # flat, as strings
+    units: pa.Array  # flat
     unit_bounds: np.ndarray
 
 
-def read_members(records: pa.Array) -> Members:
-    fields = pc.split_pattern(records, "\t", max_splits=_FIELDS - 1)
-    columns = [pc.list_element(fields, index) for index in range(_FIELDS)]
+def read_members(members: pa.Table) -> Members:
+    def flat(name: str) -> tuple[np.ndarray, np.ndarray]:
+        lists = members[name].combine_chunks()
+        sizes = pc.list_value_length(lists).to_numpy(zero_copy_only=False).astype(np.int64)
+        return pc.list_flatten(lists), np.concatenate([[0], np.cumsum(sizes)])
 
-    def numbers(column) -> tuple[pa.Array, np.ndarray]:
-        lists = pc.split_pattern(column, ",")
-        return pc.list_flatten(lists), pc.list_value_length(lists).to_numpy(zero_copy_only=False).astype(np.int64)
-
-    (chunk_words, chunks), (chunk_units, _), (offsets, offset_sizes), (units, unit_sizes) = map(numbers, columns[:4])
-    as_int = lambda values: pc.cast(values, pa.int64()).to_numpy(zero_copy_only=False)  # noqa: E731
-    return Members(columns[4].to_pylist(), np.repeat(np.arange(len(chunks)), chunks), as_int(chunk_words),
-                   as_int(chunk_units), as_int(offsets), np.concatenate([[0], np.cumsum(offset_sizes)]), units,
-                   np.concatenate([[0], np.cumsum(unit_sizes)]))
+    (chunk_words, chunk_bounds), (chunk_units, _), (offsets, offset_bounds), (units, unit_bounds) = (
+        flat(name) for name in MEMBER_COLUMNS)
+    as_int = lambda values: values.to_numpy(zero_copy_only=False).astype(np.int64)  # noqa: E731
+    return Members(members[sample.ROW_JSON].to_pylist(), np.repeat(np.arange(len(chunk_bounds) - 1), np.diff(chunk_bounds)),
+                   as_int(chunk_words), as_int(chunk_units), as_int(offsets), offset_bounds, units, unit_bounds)
 
 
 def document_starts(places: pa.Table, max_document_ms: int, max_gap_ms: int, same_speaker: bool) -> np.ndarray:
@@ -149,13 +142,13 @@ def document_starts(places: pa.Table, max_document_ms: int, max_gap_ms: int, sam
 ChooseSpeech = Callable[[np.ndarray, np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
 
 
-def render_documents(ids: list[str], languages: list[str], records: pa.Array, starts: list[bool], seed: int,
+def render_documents(ids: list[str], languages: list[str], member_table: pa.Table, starts: np.ndarray, seed: int,
                      choose: ChooseSpeech) -> dict[str, list | np.ndarray]:
-    """The documents of members in order (`records`: member records; `starts`: `document_starts`):
+    """The documents of members in order (`member_table`: their member rows; `starts`: `document_starts`):
     each one's first member (its key), kind, JSON, words, speech words and units. Chunks of one
     modality in a row make one segment, across utterances too: units joined, texts joined by the
     language's word joiner. Vectorised over the members, as utterance context renders a batch."""
-    members = read_members(records)
+    members = read_members(member_table)
     document_of = np.cumsum(starts) - 1
     firsts = np.flatnonzero(starts)
     count = len(firsts)
@@ -273,8 +266,7 @@ def assemble_bucket(bucket: int, shuffle_dir: str, target: str, buckets: int, st
         table = table.take(pc.sort_indices(table, sort_keys=_ORDER))
         keys, languages = table[sample.ROW_KEY].to_pylist(), table[sample.ROW_LANGUAGE].to_pylist()
         starts = document_starts(table, *limits)
-        documents = render_documents(keys, languages,
-                                     table[sample.ROW_JSON].combine_chunks(), starts, seed, choose)
+        documents = render_documents(keys, languages, table, starts, seed, choose)
         firsts = documents["first"]
         durations = np.add.reduceat(pc.fill_null(table[sample.ROW_DURATION_MS], 0).to_numpy(zero_copy_only=False), firsts)
         heads = table.take(pa.array(firsts))
@@ -286,7 +278,8 @@ def assemble_bucket(bucket: int, shuffle_dir: str, target: str, buckets: int, st
             sample.ROW_TOKENIZER: heads[sample.ROW_TOKENIZER], sample.ROW_RECORDING: heads[sample.ROW_RECORDING],
             sample.ROW_RECORDING_START_MS: heads[sample.ROW_RECORDING_START_MS], sample.ROW_DURATION_MS: durations,
             sample.ROW_SEGMENT_INDEX: heads[sample.ROW_SEGMENT_INDEX], sample.ROW_SPEAKER: heads[sample.ROW_SPEAKER],
-        }, schema=sample.ROW_SCHEMA)
+        } | {name: pa.nulls(len(firsts), sample.ROW_SCHEMA.field(name).type) for name in MEMBER_COLUMNS},
+            schema=sample.ROW_SCHEMA)
     folder = Path(target) / name
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)

@@ -65,6 +65,11 @@ def range_positions(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     return np.repeat(starts - (np.cumsum(lengths) - lengths), lengths) + np.arange(lengths.sum())
 
 
+def int_lists(values: pa.Array | np.ndarray, sizes: np.ndarray) -> pa.ListArray:
+    """`values` grouped by `sizes`, each group one list of int32."""
+    return pa.ListArray.from_arrays(list_offsets(sizes), pc.cast(values, pa.int32()))
+
+
 def comma_joined(values: pa.Array | np.ndarray, sizes: np.ndarray) -> pa.Array:
     """`values` (numbers or strings) grouped by `sizes`, each group one comma-separated string."""
     values = pa.array(values) if isinstance(values, np.ndarray) else values

@@ -178,6 +178,8 @@ def sample_rows(read: Batch, values: dict[str, list | pa.Array | np.ndarray]) ->
 def _typed(values, kind: pa.DataType) -> pa.Array:
     if isinstance(values, pa.ChunkedArray):
         return values.combine_chunks().cast(kind)
+    if isinstance(values, pa.Array):
+        return values.cast(kind)
     return pa.array(values, kind)
 
 

@@ -164,6 +164,13 @@ ROW_RECORDING_START_MS = "recording_start_ms"
 ROW_DURATION_MS = "duration_ms"
 ROW_SEGMENT_INDEX = "segment_index"
 ROW_SPEAKER = "speaker"
+# a member row's chunks, cut as utterance context cuts them (null in every other row; its json
+# column holds its transcript): each chunk's words and units, where each word starts in the
+# transcript (then the transcript's length), and its units
+ROW_CHUNK_WORDS = "chunk_words"
+ROW_CHUNK_UNITS = "chunk_units"
+ROW_WORD_OFFSETS = "word_offsets"
+ROW_UNIT_IDS = "unit_ids"
 ROW_SCHEMA = pa.schema(
     [
         pa.field(ROW_KEY, pa.string(), nullable=False),
@@ -180,6 +187,7 @@ ROW_SCHEMA = pa.schema(
         pa.field(ROW_DURATION_MS, pa.int64()),
         pa.field(ROW_SEGMENT_INDEX, pa.int64()),
         pa.field(ROW_SPEAKER, pa.string()),
+        *(pa.field(name, pa.list_(pa.int32())) for name in (ROW_CHUNK_WORDS, ROW_CHUNK_UNITS, ROW_WORD_OFFSETS, ROW_UNIT_IDS)),
     ],
     metadata={"sylm.contract": "sample_row", "sylm.version": str(VERSION)},
 )

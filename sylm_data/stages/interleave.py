@@ -30,8 +30,9 @@ NAME = "interleave"
 
 @dataclass
 class InterleaveConfig:
-    # 2: speech spans by randomised rounding (spans.choose_speech); 3: source_ids, recording context
-    ROWS_VERSION: ClassVar[int] = 3
+    # 2: speech spans by randomised rounding (spans.choose_speech); 3: source_ids, recording context;
+    # 4: member rows hold their chunks, offsets and units as lists
+    ROWS_VERSION: ClassVar[int] = 4
     context: str = "utterance"  # utterance | recording: a sample is one utterance, or consecutive ones of a recording
     max_document_ms: int = 120_000  # recording context: the most audio a document holds
     max_gap_ms: int = 3_000  # recording context: a longer silence between two utterances starts a new document
