@@ -81,6 +81,7 @@ def tokenized_table(partition: str, rows: int, seed: int) -> pa.Table:
         utterance.RECORDING: pa.nulls(rows, pa.string()),
         utterance.RECORDING_START_MS: pa.nulls(rows, pa.int64()),
         utterance.SEGMENT_INDEX: pa.nulls(rows, pa.int64()),
+        utterance.LABEL_SCORES: pa.nulls(rows, tokenized.SCHEMA.field(utterance.LABEL_SCORES).type),
         utterance.META: pa.nulls(rows, pa.string()),
         aligned.WORDS: _lists(word_counts, word_structs),
         aligned.ALIGNER: constant("synthetic", pa.string()),

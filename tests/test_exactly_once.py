@@ -435,3 +435,66 @@ def test_as_many_aligner_actors_as_cpus_runs_or_is_refused_in_one_line(tmp_path,
         assert done.returncode == 2, done.stderr[-3000:]
         lines = done.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("error: "), done.stderr[-3000:]
+
+
+# --- 8. the recording finalize: a killed finalize task, then a killed driver -----------------
+
+
+def recording_tokenize(folder: Path, partitions: int, rows: int) -> None:
+    """Committed `tokenize` partitions whose utterances are segments of recordings spread over
+    every partition (utterance k of recording k // 10 is segment k % 10, k = row x partitions + partition)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from bench import synthetic_tokenized
+    from sylm_data.schemas import utterance
+
+    for number in range(partitions):
+        partition = f"synthetic-{number:05d}"
+        synthetic_tokenized.commit_partition(folder, partition, rows, number, "recordings", "test")
+        path = folder / partition / "rows.parquet"
+        table = pq.read_table(path)
+        order = [row * partitions + number for row in range(rows)]
+        table = table.set_column(table.schema.get_field_index(utterance.RECORDING), utterance.RECORDING,
+                                 pa.array([f"synthetic:r{k // 10:04d}" for k in order], pa.string()))
+        table = table.set_column(table.schema.get_field_index(utterance.SEGMENT_INDEX), utterance.SEGMENT_INDEX,
+                                 pa.array([k % 10 for k in order], pa.int64()))
+        pq.write_table(table, path)
+
+
+def interleave_command(out: Path) -> list[str]:
+    settings = ("run.num_cpus=2", "interleave.context='recording'", "interleave.members_per_bucket=100",
+                "interleave.shard_bytes=20000")
+    return cli("run", "--stage", "interleave", "--output", str(out), *(arg for s in settings for arg in ("--set", s)))
+
+
+def test_a_finalize_task_and_then_the_driver_killed_while_assembling_documents_leave_the_same_shards(tmp_path):
+    """Recording context: a Ray worker running a shuffle or assembly task is killed (Ray runs the task
+    again), then the whole run once some buckets are committed; the rerun keeps those buckets and
+    ends with the clean run's shards, byte for byte."""
+    recording_tokenize(tmp_path / "tokenize", partitions=4, rows=500)
+    clean, out, log = tmp_path / "clean", tmp_path / "out", tmp_path / "killed.log"
+    for folder in (clean, out):
+        folder.mkdir()
+        shutil.copytree(tmp_path / "tokenize", folder / "tokenize")
+    finish(interleave_command(clean))
+    buckets = len(markers(clean, "documents"))
+    assert buckets == 20
+
+    with running(interleave_command(out), log) as process:
+        wait_for(lambda: kill_one(process.pid, "ray::_apply"), process, "a finalize task to kill", log)
+        wait_for(lambda: markers(out, "documents"), process, "a committed bucket", log)
+        kill_run(process)
+    kept = {name: (marker, (out / "documents" / "_done" / f"{name}.json").stat().st_mtime_ns)
+            for name, marker in markers(out, "documents").items()}
+    assert 0 < len(kept) < buckets, "the driver kill must land mid-assembly"
+    assert not (out / "shards").exists()
+
+    finish(interleave_command(out))
+    again = markers(out, "documents")
+    assert {name: (again[name], (out / "documents" / "_done" / f"{name}.json").stat().st_mtime_ns)
+            for name in kept} == kept  # not assembled again
+    tars = sorted(path.name for path in (clean / "shards").glob("*.tar"))
+    assert tars and tars == sorted(path.name for path in (out / "shards").glob("*.tar"))
+    assert all((clean / "shards" / name).read_bytes() == (out / "shards" / name).read_bytes() for name in tars)
+    assert not (out / "documents" / "_shuffle").exists()
