@@ -119,7 +119,7 @@ class Batch(NamedTuple):
     utterances: Utterances
     rows: np.ndarray
     word_sizes: np.ndarray
-    envelope: dict[str, list]
+    envelope: dict[str, list | pa.ChunkedArray]
 
 
 def read_batch(batch: pa.Table, tolerance_ms: int, stage: str) -> Batch:
@@ -129,8 +129,8 @@ def read_batch(batch: pa.Table, tolerance_ms: int, stage: str) -> Batch:
     unit_lengths = [_sizes(batch[name]) for name in (tokenized.UNITS, tokenized.UNIT_START_MS, tokenized.UNIT_END_MS)]
     mismatched = pending & ((unit_lengths[0] != unit_lengths[1]) | (unit_lengths[0] != unit_lengths[2]))
     # only rows still to build contribute values: the flat arrays then line up with the sizes
-    words = batch[aligned.WORDS].filter(pa.array(pending))
-    units, unit_starts, unit_ends = (batch[name].filter(pa.array(pending & ~mismatched))
+    words = _kept(batch[aligned.WORDS], pending)
+    units, unit_starts, unit_ends = (_kept(batch[name], pending & ~mismatched)
                                      for name in (tokenized.UNITS, tokenized.UNIT_START_MS, tokenized.UNIT_END_MS))
     word_sizes = np.zeros(batch.num_rows, np.int64)
     word_sizes[pending] = _sizes(words)
@@ -143,12 +143,16 @@ def read_batch(batch: pa.Table, tolerance_ms: int, stage: str) -> Batch:
                         unit_sizes, unit_starts[unit_bounds[:-1][unit_sizes > 0]], unit_ends[unit_bounds[1:][unit_sizes > 0] - 1])
     for index in np.flatnonzero(mismatched).tolist():
         problems[index] = (Reason.NO_UNITS, "units and their start/end times differ in length")
-    envelope = {name: batch[name].to_pylist() for name in (stream.REJECT_STAGE, stream.REJECT_REASON, stream.REJECT_DETAIL)}
-    for index, problem in enumerate(problems):
-        if problem and pending[index]:
-            envelope[stream.REJECT_STAGE][index], envelope[stream.REJECT_REASON][index] = stage, str(problem[0])
-            envelope[stream.REJECT_DETAIL][index] = problem[1]
-    rows = np.flatnonzero(pending & np.array([problem is None for problem in problems], bool))
+    rejected = [index for index in np.flatnonzero(pending).tolist() if problems[index]]
+    envelope = {name: batch[name] for name in (stream.REJECT_STAGE, stream.REJECT_REASON, stream.REJECT_DETAIL)}
+    if rejected:
+        envelope = {name: column.to_pylist() for name, column in envelope.items()}
+        for index in rejected:
+            envelope[stream.REJECT_STAGE][index], envelope[stream.REJECT_REASON][index] = stage, str(problems[index][0])
+            envelope[stream.REJECT_DETAIL][index] = problems[index][1]
+    usable = pending.copy()
+    usable[rejected] = False
+    rows = np.flatnonzero(usable)
     utterances = Utterances(
         batch[utterance.ID].to_pylist(), batch[utterance.TEXT].combine_chunks(), batch[utterance.LANGUAGE].to_pylist(),
         pc.struct_field(pc.list_flatten(words), aligned.WORD_TEXT), word_bounds,
@@ -181,6 +185,11 @@ def _typed(values, kind: pa.DataType) -> pa.Array:
     if isinstance(values, pa.Array):
         return values.cast(kind)
     return pa.array(values, kind)
+
+
+def _kept(column: pa.ChunkedArray, keep: np.ndarray) -> pa.ChunkedArray:
+    """The rows `keep` marks; the column itself when it marks all (a filter copies every list)."""
+    return column if keep.all() else column.filter(pa.array(keep))
 
 
 def _sizes(lists: pa.ChunkedArray) -> np.ndarray:
