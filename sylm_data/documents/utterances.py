@@ -60,7 +60,7 @@ class Utterances:
         lengths = pc.fill_null(pc.utf8_length(self.text_array), 0).to_numpy(zero_copy_only=False)
         return np.insert(offsets, self.word_bounds[1:], lengths)
 
-    @property
+    @functools.cached_property
     def offset_bounds(self) -> np.ndarray:
         return self.word_bounds + np.arange(len(self.word_bounds))
 
