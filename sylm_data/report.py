@@ -258,7 +258,9 @@ def document_html(document: dict) -> str:
             segments.append(f'<span class="speech" title="{len(units)} units">⟨{shown}⟩</span>')
         else:
             segments.append(f'<span class="text">{escape(segment.get(sample.TEXT) or "")}</span>')
-    return f'<p class="document"><b>{escape(str(document.get(sample.KIND)))}</b> {" ".join(segments)}</p>'
+    held = document.get(sample.SOURCE_IDS) or []
+    across = f' <small class="held">{len(held)} utterances of one recording</small>' if len(held) > 1 else ""
+    return f'<p class="document"><b>{escape(str(document.get(sample.KIND)))}</b>{across} {" ".join(segments)}</p>'
 
 
 def player_html(sample_audio: bytes | None, audio_format: str | None) -> str:
@@ -333,14 +335,15 @@ def page(title: str, sections: list[str]) -> str:
 
 # ---- reading --------------------------------------------------------------------------------
 
-def _stream(folder: Path, columns: list[str]):
+def _stream(folder: Path, columns: list[str], where: pc.Expression | None = None):
     """Tables of at most BATCH_ROWS of the rows under `folder` (every Parquet file outside dot and
-    underscore folders, as `read_rows` reads them), with those of `columns` the rows have."""
+    underscore folders, as `read_rows` reads them) that `where` selects, with those of `columns`
+    the rows have."""
     if not folder.is_dir():
         return
     dataset = ds.dataset(folder, format="parquet")
     present = [name for name in columns if name in dataset.schema.names]
-    for batch in dataset.to_batches(columns=present, batch_size=BATCH_ROWS):
+    for batch in dataset.to_batches(columns=present, filter=where, batch_size=BATCH_ROWS):
         yield pa.Table.from_batches([batch])
 
 
@@ -401,13 +404,19 @@ def _rejects(layout: OutputLayout, stages: list[str]) -> dict[tuple[str, str], R
 
 
 def _partition_documents(layout: OutputLayout, partition: str):
-    """(sample key, document) of a partition: from its interleave rows, else from its shards. The
-    members of recording documents are not samples: their documents hold other partitions' utterances."""
+    """(sample key, document) of a partition: from its interleave rows, else from its shards. In
+    recording context its rows are members, and its documents are those of DIR/documents that start
+    with one of them (keyed by that first utterance; they may go on in other partitions)."""
     folder = layout.stage_dir(interleave.NAME) / partition
     if folder.is_dir():
         for table in _stream(folder, [sample.ROW_KEY, sample.ROW_KIND, sample.ROW_JSON]):
-            for row in table.to_pylist():
-                if row[sample.ROW_KIND] != sample.MEMBER:
+            is_member = pc.equal(table[sample.ROW_KIND], sample.MEMBER)
+            for row in table.filter(pc.invert(is_member)).to_pylist():
+                yield row[sample.ROW_KEY], json.loads(row[sample.ROW_JSON])
+            members = table.filter(is_member)[sample.ROW_KEY]
+            for documents in _stream(layout.root / recordings.DOCUMENTS, [sample.ROW_KEY, sample.ROW_JSON],
+                                     pc.field(sample.ROW_KEY).isin(members.combine_chunks())) if len(members) else ():
+                for row in documents.to_pylist():
                     yield row[sample.ROW_KEY], json.loads(row[sample.ROW_JSON])
         return
     for shard in sorted(layout.shards_dir.glob(f"{partition}-*.tar")):

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -18,10 +19,14 @@ from typer.testing import CliRunner
 
 from sylm_data import report
 from sylm_data.cli import app
+from sylm_data.documents import recordings
 from sylm_data.pipeline import records
+from sylm_data.pipeline.output import read_rows
 from sylm_data.pipeline.partitions import record_id
-from sylm_data.schemas import aligned, reject, sample, tokenized, utterance
-from tests.conftest import commit_rows
+from sylm_data.schemas import aligned, reject, sample, stream, tokenized, utterance
+from sylm_data.stages import interleave
+from tests.conftest import commit_rows, serial
+from tests.test_interleave import tokenized_rows
 
 cli = CliRunner()
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
@@ -155,6 +160,33 @@ def test_a_folder_with_ingest_and_align_only_reports_too(tmp_path, utterances):
     assert "Words per second" in html and "Units per second" not in html and "Speech share" not in html
     assert html.count('class="sample"') == 2 and 'class="word w0"' in html and 'class="unit' not in html
     assert 'class="document"' not in html and "<th>align</th>" in html
+
+
+def test_in_recording_context_the_viewer_shows_the_documents_that_start_with_its_utterances(tmp_path, utterances):
+    """The interleave rows are members there: each shown utterance that opens a document comes with the
+    whole document, which goes on over the next utterances of its recording, in both partitions."""
+    out = tmp_path / "out"
+    build_output(out, utterances, ("ingest", "align", "tokenize"))
+    config = interleave.InterleaveConfig(context="recording", kinds={"interleaved": 1.0})
+    segment = 0
+    for partition in PARTITIONS:
+        table = pq.read_table(out / "tokenize" / partition).to_pylist()
+        rows = [row | {"recording": "emilia:talk", "segment_index": segment + index, stream.PARTITION: partition,
+                       stream.PARTITION_TOTAL: len(table), stream.REJECT_STAGE: None, stream.REJECT_REASON: None,
+                       stream.REJECT_DETAIL: None} for index, row in enumerate(table)]
+        members = stream.accepted(interleave.transform(tokenized_rows(rows), config), sample.ROW_SCHEMA)
+        commit_rows(out / "interleave", partition, members)
+        segment += len(table)
+    interleave.write_shards(config, out / "interleave", serial)
+    result = cli.invoke(app, ["report", str(out), "--samples", "8"])
+    assert result.exit_code == 0, result.output
+    html = (out / "report.html").read_text()
+    documents = read_rows(out / recordings.DOCUMENTS)
+    firsts = set(documents[sample.ROW_KEY].to_pylist())
+    assert html.count('class="document"') == len(firsts) < html.count('class="sample"')
+    assert "kind (documents rows)" in html and "member" not in html
+    longest = max(len(json.loads(text)[sample.SOURCE_IDS]) for text in documents[sample.ROW_JSON].to_pylist())
+    assert longest > 1 and f"{longest} utterances of one recording" in html
 
 
 @pytest.mark.parametrize(("args", "message"), [(["--samples", "9"], "--samples must be within 0..8"),
