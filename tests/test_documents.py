@@ -99,7 +99,7 @@ def member_lists(draw):
     return members, starts
 
 
-MEMBER = pa.schema([sample.ROW_SCHEMA.field(name) for name in (sample.ROW_JSON, *recordings.MEMBER_COLUMNS)])
+MEMBER = pa.schema([sample.ROW_SCHEMA.field(name) for name in (sample.ROW_JSON, *sample.ROW_MEMBER_COLUMNS)])
 
 
 def member(chunks: list) -> dict:

@@ -65,9 +65,6 @@ def member_rows(batch: pa.Table, config, stage: str) -> pa.Table:
         sample.ROW_WORD_OFFSETS: int_lists(offsets, word_sizes + 1), sample.ROW_UNIT_IDS: int_lists(units, unit_sizes)})
 
 
-MEMBER_COLUMNS = (sample.ROW_CHUNK_WORDS, sample.ROW_CHUNK_UNITS, sample.ROW_WORD_OFFSETS, sample.ROW_UNIT_IDS)
-
-
 class Members(NamedTuple):
     """Member rows read flat: chunk c of the members belongs to member chunk_member[c]; each
     member's word offsets and units are a range of the flat arrays."""
@@ -88,7 +85,7 @@ def read_members(members: pa.Table) -> Members:
         return pc.list_flatten(lists), np.concatenate([[0], np.cumsum(sizes)])
 
     (chunk_words, chunk_bounds), (chunk_units, _), (offsets, offset_bounds), (units, unit_bounds) = (
-        flat(name) for name in MEMBER_COLUMNS)
+        flat(name) for name in sample.ROW_MEMBER_COLUMNS)
     as_int = lambda values: values.to_numpy(zero_copy_only=False).astype(np.int64)  # noqa: E731
     return Members(members[sample.ROW_JSON].to_pylist(), np.repeat(np.arange(len(chunk_bounds) - 1), np.diff(chunk_bounds)),
                    as_int(chunk_words), as_int(chunk_units), as_int(offsets), offset_bounds, units, unit_bounds)
@@ -278,7 +275,7 @@ def assemble_bucket(bucket: int, shuffle_dir: str, target: str, buckets: int, st
             sample.ROW_TOKENIZER: heads[sample.ROW_TOKENIZER], sample.ROW_RECORDING: heads[sample.ROW_RECORDING],
             sample.ROW_RECORDING_START_MS: heads[sample.ROW_RECORDING_START_MS], sample.ROW_DURATION_MS: durations,
             sample.ROW_SEGMENT_INDEX: heads[sample.ROW_SEGMENT_INDEX], sample.ROW_SPEAKER: heads[sample.ROW_SPEAKER],
-        } | {name: pa.nulls(len(firsts), sample.ROW_SCHEMA.field(name).type) for name in MEMBER_COLUMNS},
+        } | {name: pa.nulls(len(firsts), sample.ROW_SCHEMA.field(name).type) for name in sample.ROW_MEMBER_COLUMNS},
             schema=sample.ROW_SCHEMA)
     folder = Path(target) / name
     shutil.rmtree(folder, ignore_errors=True)

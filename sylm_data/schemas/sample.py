@@ -171,6 +171,7 @@ ROW_CHUNK_WORDS = "chunk_words"
 ROW_CHUNK_UNITS = "chunk_units"
 ROW_WORD_OFFSETS = "word_offsets"
 ROW_UNIT_IDS = "unit_ids"
+ROW_MEMBER_COLUMNS = (ROW_CHUNK_WORDS, ROW_CHUNK_UNITS, ROW_WORD_OFFSETS, ROW_UNIT_IDS)
 ROW_SCHEMA = pa.schema(
     [
         pa.field(ROW_KEY, pa.string(), nullable=False),
@@ -187,7 +188,7 @@ ROW_SCHEMA = pa.schema(
         pa.field(ROW_DURATION_MS, pa.int64()),
         pa.field(ROW_SEGMENT_INDEX, pa.int64()),
         pa.field(ROW_SPEAKER, pa.string()),
-        *(pa.field(name, pa.list_(pa.int32())) for name in (ROW_CHUNK_WORDS, ROW_CHUNK_UNITS, ROW_WORD_OFFSETS, ROW_UNIT_IDS)),
+        *(pa.field(name, pa.list_(pa.int32())) for name in ROW_MEMBER_COLUMNS),
     ],
     metadata={"sylm.contract": "sample_row", "sylm.version": str(VERSION)},
 )
