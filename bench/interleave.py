@@ -9,10 +9,14 @@ shards, as the stage's transform and its shard writer do (in one process, no Ray
 context the shuffle by recording and the documents too). Floor: read the same Parquet and write
 the stage's finished sample bytes to tar with the same shard writer; in recording context also
 write the member rows to Parquet and read them back once, the I/O a shuffle cannot do without.
+One untimed pass of each warms the allocators and the page cache (the floor, timed second, would
+otherwise find them warm and the stage cold); then `--repeat` passes alternate, and the medians
+are compared.
 """
 
 import argparse
 import json
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -57,48 +61,64 @@ def synthetic_rows(count: int) -> pa.Table:
     return pa.Table.from_pylist(rows)
 
 
+def run_stage(scratch: Path, config: interleave.InterleaveConfig) -> float:
+    """The stage over scratch/tokenized.parquet, from nothing: its seconds."""
+    for name in ("interleave", recordings.DOCUMENTS, "shards"):
+        shutil.rmtree(scratch / name, ignore_errors=True)
+    start = time.perf_counter()
+    (scratch / "interleave" / "p").mkdir(parents=True)
+    for index, batch in enumerate(pq.ParquetFile(scratch / "tokenized.parquet").iter_batches(4096)):
+        out = interleave.transform(pa.Table.from_batches([batch]), config)
+        pq.write_table(stream.accepted(out, sample.ROW_SCHEMA), scratch / "interleave" / "p" / f"{index:05d}.parquet")
+    written = sum(pq.read_metadata(path).num_rows for path in (scratch / "interleave" / "p").glob("*.parquet"))
+    (scratch / "interleave" / "_done").mkdir()  # the partition's commit marker, as the runner writes it
+    (scratch / "interleave" / "_done" / "p.json").write_text(json.dumps({"run_id": "bench", "rows_out": written}))
+    interleave.write_shards(config, scratch / "interleave", lambda function, items: [function(item) for item in items])
+    return time.perf_counter() - start
+
+
+def run_floor(scratch: Path, samples: pa.Table, members: pa.Table | None, shard_bytes: int) -> float:
+    """The I/O the stage cannot do without, of the same bytes: its seconds."""
+    shutil.rmtree(scratch / "floor", ignore_errors=True)
+    start = time.perf_counter()
+    pq.read_table(scratch / "tokenized.parquet")
+    if members is not None:
+        pq.write_table(members, scratch / "members.parquet")
+        pq.read_table(scratch / "members.parquet")
+    with ShardWriter(scratch / "floor", shard_bytes) as writer:
+        for key, document in zip(samples[sample.ROW_KEY].to_pylist(), samples[sample.ROW_JSON].to_pylist()):
+            writer.write(key, {"json": document.encode()})
+    return time.perf_counter() - start
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=100_000)
     parser.add_argument("--granularity", choices=["word", "sentence"], default="word")
     parser.add_argument("--context", choices=["utterance", "recording"], default="utterance")
+    parser.add_argument("--repeat", type=int, default=3, help="timed passes of each, after one untimed warm-up pass")
     args = parser.parse_args()
     config = interleave.InterleaveConfig(granularity=args.granularity, context=args.context, shard_bytes=64 * 2**20)
     with tempfile.TemporaryDirectory() as scratch:
         scratch = Path(scratch)
         pq.write_table(synthetic_rows(args.rows), scratch / "tokenized.parquet", row_group_size=4096)
-
-        start = time.perf_counter()
-        (scratch / "interleave" / "p").mkdir(parents=True)
-        for index, batch in enumerate(pq.ParquetFile(scratch / "tokenized.parquet").iter_batches(4096)):
-            out = interleave.transform(pa.Table.from_batches([batch]), config)
-            pq.write_table(stream.accepted(out, sample.ROW_SCHEMA), scratch / "interleave" / "p" / f"{index:05d}.parquet")
-        written = sum(pq.read_metadata(path).num_rows for path in (scratch / "interleave" / "p").glob("*.parquet"))
-        (scratch / "interleave" / "_done").mkdir()  # the partition's commit marker, as the runner writes it
-        (scratch / "interleave" / "_done" / "p.json").write_text(json.dumps({"run_id": "bench", "rows_out": written}))
-        interleave.write_shards(config, scratch / "interleave", lambda function, items: [function(item) for item in items])
-        stage_s = time.perf_counter() - start
+        run_stage(scratch, config)
         made = scratch / (recordings.DOCUMENTS if args.context == "recording" else "interleave")
         samples = read_rows(made).sort_by(sample.ROW_KEY)
+        members = read_rows(scratch / "interleave") if args.context == "recording" else None
         ratio = json.loads((scratch / "shards" / "index.json").read_text())["stats"]["speech_text_ratio"]
         shard_bytes = sum(p.stat().st_size for p in (scratch / "shards").glob("*.tar"))
+        run_floor(scratch, samples, members, config.shard_bytes)
+        passes = [(run_stage(scratch, config), run_floor(scratch, samples, members, config.shard_bytes))
+                  for _ in range(args.repeat)]
 
-        members = read_rows(scratch / "interleave") if args.context == "recording" else None
-        start = time.perf_counter()
-        pq.read_table(scratch / "tokenized.parquet")
-        if members is not None:
-            pq.write_table(members, scratch / "members.parquet")
-            pq.read_table(scratch / "members.parquet")
-        with ShardWriter(scratch / "floor", config.shard_bytes) as writer:
-            for key, document in zip(samples[sample.ROW_KEY].to_pylist(), samples[sample.ROW_JSON].to_pylist()):
-                writer.write(key, {"json": document.encode()})
-        floor_s = time.perf_counter() - start
-
+    stage_s, floor_s = (float(np.median(times)) for times in zip(*passes))
     print(f"{args.rows:,} rows -> {samples.num_rows:,} samples ({args.context} context), {shard_bytes / 1e6:.0f} MB of shards, "
-          f"speech ratio {ratio}")
+          f"speech ratio {ratio}; medians of {args.repeat} alternating passes after a warm-up")
     print(f"{'':<40} {'wall s':>8} {'samples/s':>10} {'MB/s':>7} {'x floor':>8}")
     for name, seconds in (("interleave stage (transform + shards)", stage_s), (f"floor: read Parquet, {'members, ' if members is not None else ''}write tar", floor_s)):
         print(f"{name:<40} {seconds:>8.2f} {samples.num_rows / seconds:>10,.0f} {shard_bytes / 1e6 / seconds:>7.1f} {seconds / floor_s:>8.2f}")
+    print(f"stage / floor per pass: {', '.join(f'{stage / floor:.2f}' for stage, floor in passes)}")
 
 
 if __name__ == "__main__":

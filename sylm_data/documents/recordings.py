@@ -4,8 +4,8 @@ one recording joined, in order, into one sample.
 On the workers, per partition: each usable utterance becomes a member row (DIR/interleave/) that
 holds its chunks, cut as utterance context cuts them, each with its text, word count and units.
 Then, once every partition is committed, a shuffle keyed by recording: each partition's members
-go into hash buckets of their recording (one Parquet row group per bucket), and one task per
-bucket reads that bucket of every partition, sorts it by recording and place, cuts it into
+go into hash buckets of their recording (one record batch per bucket of an Arrow IPC file), and
+one task per bucket reads that bucket of every partition, sorts it by recording and place, cuts it into
 documents (`document_starts`) and renders them. A document's utterance boundaries are chunk
 boundaries, so speech spans run across them at either granularity. Buckets are named and filled
 by the recordings alone, and a document's random stream comes from the seed and its first
@@ -33,12 +33,11 @@ from sylm_data.documents import publish, spans
 from sylm_data.documents.render import comma_joined, documents_json, int_lists, quoted, range_positions
 from sylm_data.documents.utterances import read_batch, sample_rows, utterance_chunks
 from sylm_data.languages import word_joiner
-from sylm_data.pipeline.output import OutputLayout, read_rows, write_parquet
+from sylm_data.pipeline.output import OutputLayout, read_bucket, read_rows, write_buckets
 from sylm_data.schemas import sample, utterance
 
 DOCUMENTS = "documents"  # DIR/documents/: the assembled document rows, one committed partition per bucket
 SHUFFLE = "_shuffle"
-BUCKET = "bucket"
 
 
 def member_rows(batch: pa.Table, config, stage: str) -> pa.Table:
@@ -231,19 +230,18 @@ def bucket_name(bucket: int, buckets: int) -> str:
 
 
 def shuffle_partition(item: tuple[str, str], folder: str, shuffle_dir: str, buckets: int) -> None:
-    """On a worker: one partition's member rows into `shuffle_dir/<partition>.parquet`, one row
-    group per bucket (so that a bucket's task reads only its own)."""
+    """On a worker: one partition's member rows into `shuffle_dir/<partition>.arrow`, one record
+    batch per bucket of their recording (`write_buckets`)."""
     partition, _ = item
-    target = Path(shuffle_dir) / f"{partition}.parquet"
+    target = Path(shuffle_dir) / f"{partition}.arrow"
     if target.exists():
         return
     table = read_rows(Path(folder) / partition)
     if not table.num_rows:
         return
-    recordings = table[sample.ROW_RECORDING].to_pylist()
-    keys = [recording if recording is not None else key for recording, key in zip(recordings, table[sample.ROW_KEY].to_pylist())]
-    bucket = np.array([zlib.crc32(key.encode()) % buckets for key in keys], np.int32)
-    write_parquet(table.append_column(BUCKET, pa.array(bucket)), target, groups=BUCKET)
+    keys = pc.coalesce(table[sample.ROW_RECORDING], table[sample.ROW_KEY]).combine_chunks().dictionary_encode()
+    hashes = np.array([zlib.crc32(key.encode()) % buckets for key in keys.dictionary.to_pylist()], np.int64)
+    write_buckets(table, hashes[keys.indices.to_numpy()], buckets, target)
 
 
 _ORDER = [(name, "ascending", "at_end") for name in (sample.ROW_RECORDING, sample.ROW_SEGMENT_INDEX,
@@ -254,8 +252,7 @@ def assemble_bucket(bucket: int, shuffle_dir: str, target: str, buckets: int, st
                     limits: tuple[int, int, bool], choose: ChooseSpeech) -> int:
     """On a worker: the documents of one bucket, from that bucket of every partition, committed as
     DIR/documents/<bucket name>/ with its marker; how many documents."""
-    files = sorted(Path(shuffle_dir).glob("*.parquet"))
-    parts = [pq.read_table(path, filters=[(BUCKET, "=", bucket)]).drop_columns([BUCKET]) for path in files]
+    parts = [read_bucket(path, bucket) for path in sorted(Path(shuffle_dir).glob("*.arrow"))]
     table = pa.concat_tables(parts) if parts else pa.table({})
     name, layout = bucket_name(bucket, buckets), OutputLayout(Path(target).parent)
     rows = sample.ROW_SCHEMA.empty_table()

@@ -168,6 +168,33 @@ def write_parquet(table: pa.Table, path: Path, groups: str | None = None) -> Non
     os.replace(temporary, path)
 
 
+def write_buckets(table: pa.Table, buckets: np.ndarray, count: int, path: Path) -> None:
+    """A shuffle's intermediate: `table`'s rows into an Arrow IPC file at `path` (atomically), its
+    record batch b holding the rows of bucket b (`buckets`: each row's, 0..count-1) in their order,
+    an empty batch for an empty bucket, so that bucket b's task reads only its own (`read_bucket`).
+    IPC, not Parquet: written once and read once, the rows are not worth Parquet's encoding, which
+    took several times longer both ways (`bench/interleave.py`)."""
+    order = np.argsort(buckets, kind="stable")
+    table = table.take(pa.array(order)).combine_chunks()
+    rows = table.to_batches()[0] if table.num_rows else pa.RecordBatch.from_pylist([], schema=table.schema)
+    bounds = np.searchsorted(np.asarray(buckets)[order], np.arange(count + 1)).tolist()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.partial")
+    with pa.ipc.new_file(temporary, table.schema, options=pa.ipc.IpcWriteOptions(compression="lz4")) as writer:
+        for start, end in zip(bounds[:-1], bounds[1:]):
+            writer.write_batch(rows.slice(start, end - start))
+    os.replace(temporary, path)
+
+
+def read_bucket(path: Path, bucket: int) -> pa.Table:
+    """Bucket `bucket`'s rows of a `write_buckets` file."""
+    with pa.memory_map(str(path)) as source:
+        reader = pa.ipc.open_file(source)
+        if not 0 <= bucket < reader.num_record_batches:
+            raise ValueError(f"{path} holds {reader.num_record_batches} buckets, not bucket {bucket}")
+        return pa.Table.from_batches([reader.get_batch(bucket)])
+
+
 def write_batch(batch: pa.Table, root: str, run_id: str, final_stage: str, contract: pa.Schema) -> pa.Table:
     """Write an in-flight batch's rows and rejects into the run's staging folders; one summary row per partition."""
     layout = OutputLayout(root)
