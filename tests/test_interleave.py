@@ -307,6 +307,12 @@ def test_documents_are_what_the_compact_json_encoder_writes(words, kind):
     sample.validate(json.loads(made["json"]))
 
 
+@given(st.lists(st.text(), max_size=8))
+def test_strings_are_quoted_in_bulk_as_the_json_encoder_quotes_them(strings):
+    """The fast path (no escape needed) and the escaped strings mixed in one array."""
+    assert render.quoted_strings(pa.array(strings, pa.string())).to_pylist() == [render.quoted(item) for item in strings]
+
+
 @pytest.mark.parametrize(("words", "units", "reason"), [
     ([], UNITS, "no_words"), (WORDS, [], "no_units"), (WORDS, [(1, 5000, 6000)], "spans_disjoint")])
 def test_unusable_rows_are_rejected(words, units, reason):

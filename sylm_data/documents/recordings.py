@@ -30,7 +30,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from sylm_data.documents import publish, spans
-from sylm_data.documents.render import comma_joined, documents_json, int_lists, quoted, range_positions
+from sylm_data.documents.render import comma_joined, documents_json, int_lists, quoted_strings, range_positions
 from sylm_data.documents.utterances import read_batch, sample_rows, utterance_chunks
 from sylm_data.languages import word_joiner
 from sylm_data.pipeline.output import OutputLayout, read_bucket, read_rows, write_buckets
@@ -172,7 +172,7 @@ def render_documents(ids: list[str], languages: list[str], member_table: pa.Tabl
     single = (kinds == "interleaved") & (per_document == 1)  # no span fitted, or one chunk: a plain sample
     first_segment = np.concatenate([[0], np.cumsum(per_document)[:-1]])
     kinds[single] = np.where(segment_speech[first_segment[single]], "speech", "text")
-    quoted_ids = pa.array([quoted(item) for item in ids], pa.string())
+    quoted_ids = quoted_strings(pa.array(ids, pa.string()))
     held = comma_joined(quoted_ids, np.diff(np.append(firsts, len(ids))))
     documents = documents_json(units_text, texts, segment_speech, per_document, kinds.tolist(),
                                [languages[first] for first in firsts.tolist()], quoted_ids.take(pa.array(firsts)), held)

@@ -25,7 +25,7 @@ def render(utterances: Utterances, rows: np.ndarray, plan: Plan) -> tuple[pa.Arr
     starts = (utterances.unit_bounds[segments.rows] + segments.first_unit)[spoken]
     units_text = comma_joined(utterances.unit_ids.take(range_positions(starts, lengths)), lengths)
     texts = segment_texts(utterances, segments.take(np.flatnonzero(~speech)))
-    source_ids = pa.array([quoted(utterances.ids[row]) for row in rows.tolist()], pa.string())
+    source_ids = quoted_strings(pa.array(utterances.ids, pa.string()).take(rows))
     documents = documents_json(units_text, texts, speech, np.bincount(document_of, minlength=len(rows)), plan.kinds,
                                [utterances.languages[row] for row in rows.tolist()], source_ids, source_ids)
     speech_words = np.bincount(document_of[spoken], weights=segments.words[spoken], minlength=len(rows))
@@ -40,7 +40,8 @@ def documents_json(units_text: pa.Array, texts: list[str], speech: np.ndarray, p
     of `texts`; document d holds the next `per_document[d]` segments. `source_ids`: each one's
     first utterance id, `held`: all of its ids, comma-joined; both as JSON string literals."""
     speech_json = pc.binary_join_element_wise('{"modality":"speech","text":null,"units":[', units_text, "]}", "")
-    text_json = pa.array(['{"modality":"text","text":' + quoted(text) + ',"units":null}' for text in texts], pa.string())
+    text_json = pc.binary_join_element_wise('{"modality":"text","text":', quoted_strings(pa.array(texts, pa.string())),
+                                            ',"units":null}', "")
     order = np.empty(len(speech), np.int64)
     spoken = int(np.count_nonzero(speech))
     order[speech], order[~speech] = np.arange(spoken), spoken + np.arange(len(texts))
@@ -48,11 +49,22 @@ def documents_json(units_text: pa.Array, texts: list[str], speech: np.ndarray, p
                                              pa.concat_arrays([speech_json, text_json.cast(speech_json.type)]).take(order))
     return pc.binary_join_element_wise(
         '{"segments":[', pc.binary_join(segment_lists, ","), '],"kind":"', pa.array(kinds, pa.string()),
-        '","language":', pa.array([quoted(language) for language in languages], pa.string()),
+        '","language":', quoted_strings(pa.array(languages, pa.string())),
         ',"source_id":', source_ids, ',"source_ids":[', held, '],"synthetic":null}', "")
 
 
 quoted = json.encoder.encode_basestring  # a JSON string literal, non-ASCII kept (as COMPACT_JSON writes it)
+_ESCAPED = r'[\x00-\x1f"\\]'  # what `quoted` escapes; everything else it keeps as it is
+
+
+def quoted_strings(strings: pa.Array) -> pa.Array:
+    """Each string as `quoted` writes it: in quotes, and escaped in the rare string that needs it."""
+    literals = pc.binary_join_element_wise('"', strings, '"', "")
+    escaped = pc.match_substring_regex(strings, _ESCAPED)
+    if not pc.any(escaped).as_py():
+        return literals
+    return pc.replace_with_mask(literals, escaped, pa.array([quoted(item) for item in strings.filter(escaped).to_pylist()],
+                                                             pa.string()))
 
 
 def list_offsets(sizes: np.ndarray) -> pa.Array:
