@@ -72,7 +72,7 @@ def run_stage(scratch: Path, config: interleave.InterleaveConfig) -> float:
         pq.write_table(stream.accepted(out, sample.ROW_SCHEMA), scratch / "interleave" / "p" / f"{index:05d}.parquet")
     written = sum(pq.read_metadata(path).num_rows for path in (scratch / "interleave" / "p").glob("*.parquet"))
     (scratch / "interleave" / "_done").mkdir()  # the partition's commit marker, as the runner writes it
-    (scratch / "interleave" / "_done" / "p.json").write_text(json.dumps({"run_id": "bench", "rows_out": written}))
+    (scratch / "interleave" / "_done" / "p.json").write_text(json.dumps({"run_id": "bench", "rows_out": written, "config_hash": "bench"}))
     interleave.write_shards(config, scratch / "interleave", lambda function, items: [function(item) for item in items])
     return time.perf_counter() - start
 

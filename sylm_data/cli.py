@@ -229,10 +229,11 @@ def report(
     the interleaved document). It loads nothing from the network. Its size is mostly the viewer's
     audio: at most 8 samples; audio over 2 MB is drawn but not embedded."""
     from sylm_data import report as report_module
+    from sylm_data.pipeline.output import MarkerError
 
     try:
         written = report_module.write(path, output, samples)
-    except (report_module.ReportError, OSError) as error:
+    except (report_module.ReportError, MarkerError, OSError) as error:
         _fail(str(error))
     typer.echo(f"wrote {written} ({written.stat().st_size / 1e6:.2f} MB)")
 

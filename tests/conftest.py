@@ -62,4 +62,4 @@ def commit_rows(folder: Path, partition: str, table: pa.Table, run_id: str = "te
     (folder / partition).mkdir(parents=True, exist_ok=True)
     pq.write_table(table, folder / partition / "rows.parquet")
     (folder / "_done").mkdir(exist_ok=True)
-    (folder / "_done" / f"{partition}.json").write_text(json.dumps({"run_id": run_id, "rows_out": table.num_rows}))
+    (folder / "_done" / f"{partition}.json").write_text(json.dumps({"run_id": run_id, "rows_out": table.num_rows, "config_hash": "test-config"}))

@@ -93,6 +93,18 @@ def test_run_errors_are_one_clear_line(tmp_path):
         runner.run(make_config([tmp_path / "*.tar"]), [], str(tmp_path / "out"))
 
 
+@pytest.mark.parametrize(("marker", "says"), [('{"rows_out": 3}', "lacks run_id, config_hash"), ("{not json", "not a partition marker")])
+def test_an_input_folder_sylm_data_did_not_write_is_one_clear_line(tmp_path, marker, says):
+    """A hand-made `tokenize` folder with markers of its own: the run names the marker and what it
+    lacks, instead of a KeyError from deep inside."""
+    done = tmp_path / "out" / "tokenize" / "_done"
+    done.mkdir(parents=True)
+    (done / "part-0.json").write_text(marker)
+    cfg = config_module.load(None, ["run.stages=['interleave']"])
+    with pytest.raises(runner.RunError, match=f"part-0.json.*{says}"):
+        runner.run(cfg, ["interleave"], str(tmp_path / "out"), log=lambda line: None)
+
+
 @dataclass
 class ShoutConfig:
     reject_word: str = "river"

@@ -49,6 +49,25 @@ def read_rows(folder: Path, columns: list[str] | None = None) -> pa.Table:
     return ds.dataset(files, format="parquet").to_table(columns=columns) if files else pa.table({})
 
 
+MARKER_FIELDS = ("run_id", "rows_out", "config_hash")  # what every partition marker holds
+
+
+class MarkerError(ValueError):
+    """A partition marker that cannot be read as one."""
+
+
+def _read_marker(path: Path) -> dict:
+    try:
+        marker = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise MarkerError(f"{path} is not a partition marker ({error}): rerun the stage that wrote its folder") from None
+    missing = [name for name in MARKER_FIELDS if name not in marker] if isinstance(marker, dict) else list(MARKER_FIELDS)
+    if missing:
+        raise MarkerError(f"{path} is not a partition marker sylm-data writes: it lacks {', '.join(missing)}. A stage reads "
+                          "folders that sylm-data wrote; rerun the stage that writes this one into the same --output")
+    return marker
+
+
 class OutputLayout:
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
@@ -76,7 +95,9 @@ class OutputLayout:
         return self.root / "_ids"
 
     def markers(self, stage: str) -> dict[str, dict]:
-        return {path.stem: json.loads(path.read_text()) for path in sorted(self.done_dir(stage).glob("*.json"))}
+        """The committed partitions of `stage` and their markers; a marker that is not one that
+        sylm-data writes (a hand-made input folder, a damaged file) is a `MarkerError` naming it."""
+        return {path.stem: _read_marker(path) for path in sorted(self.done_dir(stage).glob("*.json"))}
 
     def write_marker(self, stage: str, partition: str, marker: dict) -> None:
         """Commit `partition` of `stage` (atomically: the marker is there whole or not at all)."""

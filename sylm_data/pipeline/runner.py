@@ -148,7 +148,7 @@ def run(config: Config, stage_names: list[str], output_dir: str, address: str | 
         raise RunError(str(error)) from None
     try:
         return _run_locked(config, stages, kept, layout, run_id, run_lock, address, log, list(retry_rejects))
-    except lock.LockLost as error:
+    except (lock.LockLost, output.MarkerError) as error:
         raise RunError(str(error)) from None
     except OSError as error:
         if error.errno == errno.ENOSPC:
