@@ -314,7 +314,7 @@ def test_member_rows_carry_their_chunks_and_place():
     first = table.to_pylist()[0]
     members = recordings.read_members(table)
     assert first[sample.ROW_KIND] == sample.MEMBER and first[sample.ROW_RECORDING] == "manifest:talk-0"
-    assert members.texts[0] == "The river ran past the mill."
+    assert members.texts[0].as_py() == "The river ran past the mill."
     assert members.chunk_words[members.chunk_member == 0].sum() == len(WORDS)
     assert members.chunk_units[members.chunk_member == 0].sum() == len(UNITS)
     assert members.units.to_pylist()[:len(UNITS)] == [u for u, _, _ in UNITS]

@@ -313,6 +313,16 @@ def test_strings_are_quoted_in_bulk_as_the_json_encoder_quotes_them(strings):
     assert render.quoted_strings(pa.array(strings, pa.string())).to_pylist() == [render.quoted(item) for item in strings]
 
 
+@given(st.lists(st.text(max_size=12), min_size=1, max_size=6), st.data())
+def test_text_slices_cut_characters_as_python_slices_them(texts, data):
+    """Multi-byte characters, empty texts, and an array that is itself a slice of another."""
+    picks = data.draw(st.lists(st.integers(0, len(texts) - 1), max_size=10))
+    cuts = [sorted(data.draw(st.tuples(st.integers(0, len(texts[row])), st.integers(0, len(texts[row]))))) for row in picks]
+    starts, ends = (np.array([cut[side] for cut in cuts], np.int64) for side in (0, 1))
+    got = render.text_slices(pa.array(["ahead", *texts]).slice(1), np.array(picks, np.int64), starts, ends)
+    assert got.to_pylist() == [texts[row][start:end] for row, (start, end) in zip(picks, cuts)]
+
+
 @pytest.mark.parametrize(("words", "units", "reason"), [
     ([], UNITS, "no_words"), (WORDS, [], "no_units"), (WORDS, [(1, 5000, 6000)], "spans_disjoint")])
 def test_unusable_rows_are_rejected(words, units, reason):

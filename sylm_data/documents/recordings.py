@@ -30,7 +30,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from sylm_data.documents import publish, spans
-from sylm_data.documents.render import comma_joined, documents_json, int_lists, quoted_strings, range_positions
+from sylm_data.documents.render import (comma_joined, documents_json, int_lists, list_offsets, quoted_strings,
+                                        range_positions, text_slices)
 from sylm_data.documents.utterances import read_batch, sample_rows, utterance_chunks
 from sylm_data.languages import word_joiner
 from sylm_data.pipeline.output import OutputLayout, read_bucket, read_rows, write_buckets
@@ -67,7 +68,7 @@ def member_rows(batch: pa.Table, config, stage: str) -> pa.Table:
 class Members(NamedTuple):
     """Member rows read flat: chunk c of the members belongs to member chunk_member[c]; each
     member's word offsets and units are a range of the flat arrays."""
-    texts: list[str]
+    texts: pa.Array  # the transcripts
     chunk_member: np.ndarray
     chunk_words: np.ndarray
     chunk_units: np.ndarray
@@ -86,7 +87,7 @@ def read_members(members: pa.Table) -> Members:
     (chunk_words, chunk_bounds), (chunk_units, _), (offsets, offset_bounds), (units, unit_bounds) = (
         flat(name) for name in sample.ROW_MEMBER_COLUMNS)
     as_int = lambda values: values.to_numpy(zero_copy_only=False).astype(np.int64)  # noqa: E731
-    return Members(members[sample.ROW_JSON].to_pylist(), np.repeat(np.arange(len(chunk_bounds) - 1), np.diff(chunk_bounds)),
+    return Members(members[sample.ROW_JSON].combine_chunks(), np.repeat(np.arange(len(chunk_bounds) - 1), np.diff(chunk_bounds)),
                    as_int(chunk_words), as_int(chunk_units), as_int(offsets), offset_bounds, units, unit_bounds)
 
 
@@ -196,29 +197,28 @@ def _within(sizes: np.ndarray, group: np.ndarray) -> np.ndarray:
 
 
 def _text_segments(members: Members, chunks: np.ndarray, segment_of: np.ndarray, first_word: np.ndarray,
-                   languages: list[str], document_of: np.ndarray, firsts: np.ndarray) -> list[str]:
+                   languages: list[str], document_of: np.ndarray, firsts: np.ndarray) -> pa.Array:
     """The text of each text segment, in order: per member, the transcript from the first word of
     its run of text chunks to the end of the last, trimmed; runs of one segment in several members
     joined by the document's word joiner."""
     if not len(chunks):
-        return []
+        return pa.array([], pa.string())
     member, segment = members.chunk_member[chunks], segment_of[chunks]
     opens = np.ones(len(chunks), bool)
     opens[1:] = (member[1:] != member[:-1]) | (segment[1:] != segment[:-1])
     closes = np.ones(len(chunks), bool)
     closes[:-1] = opens[1:]
     first, last = chunks[opens], chunks[closes]
-    bases = members.offset_bounds[members.chunk_member[first]]
-    begin = members.offsets[bases + first_word[first]]
-    end = members.offsets[bases + first_word[last] + members.chunk_words[last]]
-    texts, pieces_of = [], segment[opens].tolist()
-    for number, (row, start, stop) in enumerate(zip(members.chunk_member[first].tolist(), begin.tolist(), end.tolist())):
-        piece = members.texts[row][start:stop].strip()
-        if number and pieces_of[number] == pieces_of[number - 1]:
-            texts[-1] += word_joiner(languages[firsts[document_of[row]]]) + piece
-        else:
-            texts.append(piece)
-    return texts
+    rows = members.chunk_member[first]
+    bases = members.offset_bounds[rows]
+    pieces = pc.utf8_trim_whitespace(text_slices(members.texts, rows, members.offsets[bases + first_word[first]],
+                                                 members.offsets[bases + first_word[last] + members.chunk_words[last]]))
+    piece_segment = segment[opens]
+    segment_starts = np.flatnonzero(np.append(True, piece_segment[1:] != piece_segment[:-1]))
+    joiners = {language: word_joiner(language) for language in set(languages)}
+    document_joiners = pa.array([joiners[languages[first]] for first in firsts.tolist()], pa.string())
+    return pc.binary_join(pa.ListArray.from_arrays(list_offsets(np.diff(np.append(segment_starts, len(rows)))), pieces),
+                          document_joiners.take(document_of[rows[segment_starts]]))
 
 
 def bucket_count(members: int, members_per_bucket: int) -> int:

@@ -24,7 +24,7 @@ def render(utterances: Utterances, rows: np.ndarray, plan: Plan) -> tuple[pa.Arr
     lengths = (segments.end_unit - segments.first_unit)[spoken]
     starts = (utterances.unit_bounds[segments.rows] + segments.first_unit)[spoken]
     units_text = comma_joined(utterances.unit_ids.take(range_positions(starts, lengths)), lengths)
-    texts = segment_texts(utterances, segments.take(np.flatnonzero(~speech)))
+    texts = pa.array(segment_texts(utterances, segments.take(np.flatnonzero(~speech))), pa.string())
     source_ids = quoted_strings(pa.array(utterances.ids, pa.string()).take(rows))
     documents = documents_json(units_text, texts, speech, np.bincount(document_of, minlength=len(rows)), plan.kinds,
                                [utterances.languages[row] for row in rows.tolist()], source_ids, source_ids)
@@ -33,14 +33,14 @@ def render(utterances: Utterances, rows: np.ndarray, plan: Plan) -> tuple[pa.Arr
     return documents, speech_words.astype(np.int64), units.astype(np.int64)
 
 
-def documents_json(units_text: pa.Array, texts: list[str], speech: np.ndarray, per_document: np.ndarray, kinds: list[str],
+def documents_json(units_text: pa.Array, texts: pa.Array, speech: np.ndarray, per_document: np.ndarray, kinds: list[str],
                    languages: list[str], source_ids: pa.Array, held: pa.Array) -> pa.Array:
     """Samples' JSON, as COMPACT_JSON writes them, from their segments in order: segment i is
     speech where `speech[i]`, its units the next of `units_text` (comma-joined), else text, the next
     of `texts`; document d holds the next `per_document[d]` segments. `source_ids`: each one's
     first utterance id, `held`: all of its ids, comma-joined; both as JSON string literals."""
     speech_json = pc.binary_join_element_wise('{"modality":"speech","text":null,"units":[', units_text, "]}", "")
-    text_json = pc.binary_join_element_wise('{"modality":"text","text":', quoted_strings(pa.array(texts, pa.string())),
+    text_json = pc.binary_join_element_wise('{"modality":"text","text":', quoted_strings(texts),
                                             ',"units":null}', "")
     order = np.empty(len(speech), np.int64)
     spoken = int(np.count_nonzero(speech))
@@ -75,6 +75,24 @@ def list_offsets(sizes: np.ndarray) -> pa.Array:
 def range_positions(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     """The positions of the ranges start..start + length - 1, one range after another."""
     return np.repeat(starts - (np.cumsum(lengths) - lengths), lengths) + np.arange(lengths.sum())
+
+
+def text_slices(texts: pa.Array, rows: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> pa.Array:
+    """`texts[rows[i]][starts[i]:ends[i]]` for each i (character positions, as Python slices them,
+    0 <= start <= end <= length), cut from the UTF-8 bytes in bulk: character k of a text starts at
+    the k-th byte after its start that opens a character."""
+    texts = pa.array(texts, pa.string()) if not isinstance(texts, pa.Array) else texts.cast(pa.string())
+    text_bytes = np.frombuffer(texts.buffers()[1], np.int32)[texts.offset : texts.offset + len(texts) + 1].astype(np.int64)
+    data = np.frombuffer(texts.buffers()[2], np.uint8) if texts.buffers()[2] is not None else np.zeros(0, np.uint8)
+    data = data[: text_bytes[-1]] if len(text_bytes) else data[:0]
+    opens = np.append(np.flatnonzero((data & 0xC0) != 0x80), len(data))  # a text's end is where the next opens
+    first_char = np.searchsorted(opens, text_bytes[:-1])  # each text's first character among all of them
+    rows = np.asarray(rows, np.int64)
+    begin, end = opens[first_char[rows] + starts], opens[first_char[rows] + ends]
+    lengths = end - begin
+    sliced = data[range_positions(begin, lengths)]
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    return pa.LargeStringArray.from_buffers(len(rows), pa.py_buffer(offsets), pa.py_buffer(sliced)).cast(pa.string())
 
 
 def int_lists(values: pa.Array | np.ndarray, sizes: np.ndarray) -> pa.ListArray:
