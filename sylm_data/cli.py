@@ -337,8 +337,11 @@ def eval_t2t(
     limit: Annotated[int, typer.Option(help="At most this many pairs.")] = 1000,
 ) -> None:
     """Unit accuracy and perplexity (teacher-forced), and generated / reference unit counts."""
+    from transformers.utils import logging as transformers_logging
+
     from sylm_data.train import t2t
 
+    transformers_logging.disable_progress_bar()  # its weight-loading bar would come before the one JSON line
     try:
         network, meta = t2t.load(model)
         result = t2t.evaluate(network, meta, t2t.heldout_pairs(pairs, limit))

@@ -7,6 +7,7 @@ with `# readme: offline` and reads a cache holding tiny random models and a copy
 the names it uses; `# readme: skip REASON` leaves a line out. A marker on a line of its own applies
 to the lines below it in its block. The README's Development section says the same to its readers."""
 
+import json
 import os
 import re
 import shlex
@@ -160,7 +161,14 @@ def check_inspect(done: subprocess.CompletedProcess, work: Path) -> None:
     assert "The river ran past the old mill" in done.stdout
 
 
-CHECKS = {"sylm-data quickstart --output out": check_quickstart, "sylm-data inspect out": check_inspect}
+def check_eval_t2t(done, work):
+    """One JSON line and nothing else: no weight-loading bar before it."""
+    assert done.stderr == "", done.stderr[-2000:]
+    assert {"unit_accuracy", "perplexity"} <= set(json.loads(done.stdout))
+
+
+CHECKS = {"sylm-data quickstart --output out": check_quickstart, "sylm-data inspect out": check_inspect,
+          "sylm-data eval t2t t2t/final --pairs out/pairs-heldout": check_eval_t2t}
 
 
 @pytest.mark.slow

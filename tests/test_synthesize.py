@@ -69,6 +69,25 @@ def test_generation_is_batched_like_single_calls_and_keeps_its_bounds():
     assert sampled != t2t.generate(model, texts, [20] * 3, temperature=1.0, top_k=8, seeds=[4, 5, 6])
 
 
+def test_generation_with_the_kv_cache_is_what_recomputing_the_whole_sequence_gives():
+    """The cache really is passed back in (a cache argument the model does not know would be dropped
+    silently, each step then seeing only its own token)."""
+    torch.manual_seed(0)
+    model = t2t.new_model("t2t-tiny", UNIT_VOCAB).eval()
+    tokens, expected = list(t2t.prompt("a boy saw fish swim")), []
+    with torch.inference_mode():
+        for _ in range(12):
+            logits = model(input_ids=torch.tensor([tokens])).logits[0, -1].float()
+            allowed = torch.arange(len(logits)) >= t2t.FIRST_UNIT
+            allowed[t2t.EOS] = True
+            token = int(logits.masked_fill(~allowed, float("-inf")).argmax())
+            if token == t2t.EOS:
+                break
+            expected.append(token - t2t.FIRST_UNIT)
+            tokens.append(token)
+    assert t2t.generate(model, ["a boy saw fish swim"], [12]) == [expected]
+
+
 def test_documents_are_cleaned_and_checked():
     cleaned, removed = synthesize.clean("<p>The <b>river</b> &amp; the [mill](http://x.org/a) https://y.com/z ran.</p>")
     assert cleaned == "The river & the mill ran." and removed > 0

@@ -7,6 +7,7 @@ holds `t2t.json`: the unit vocabulary, the tokenizer id the units belong to, and
 per word seen in training (generation stops there).
 """
 
+import inspect
 import json
 import math
 from pathlib import Path
@@ -114,8 +115,10 @@ def generate(model, texts: list[str], limits: list[int], temperature: float = 0.
         mask[row, width - len(tokens):] = 1
     ids, mask = ids.to(device), mask.to(device)
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    # transformers 5.2x names the KV cache `cache`, in and out (the old `past_key_values` warns, and goes in 5.40); 5.13 does not
+    cache_name = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
     output = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
-    cache, logits = output.past_key_values, output.logits[:, -1]
+    cache, logits = output[cache_name], output.logits[:, -1]
     allowed = torch.zeros(logits.shape[-1], dtype=torch.bool, device=device)
     allowed[FIRST_UNIT:] = True
     allowed[EOS] = True
@@ -140,8 +143,8 @@ def generate(model, texts: list[str], limits: list[int], temperature: float = 0.
             break
         mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
         output = model(input_ids=token[:, None], attention_mask=mask, position_ids=next_position[:, None],
-                       past_key_values=cache, use_cache=True)
-        cache, logits = output.past_key_values, output.logits[:, -1]
+                       use_cache=True, **{cache_name: cache})
+        cache, logits = output[cache_name], output.logits[:, -1]
         next_position = next_position + 1
     chosen = torch.stack(steps, dim=1).tolist()
     return [[token - FIRST_UNIT for token in row[: row.index(EOS)]] for row in chosen]  # every row ends in EOS
