@@ -79,19 +79,27 @@ def range_positions(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
 
 def text_slices(texts: pa.Array, rows: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> pa.Array:
     """`texts[rows[i]][starts[i]:ends[i]]` for each i (character positions, as Python slices them,
-    0 <= start <= end <= length), cut from the UTF-8 bytes in bulk: character k of a text starts at
-    the k-th byte after its start that opens a character."""
-    texts = pa.array(texts, pa.string()) if not isinstance(texts, pa.Array) else texts.cast(pa.string())
+    0 <= start <= end <= length), cut from the UTF-8 bytes in bulk. In an ASCII text a character is
+    a byte; in any other, character k starts at the k-th byte of the text that opens a character."""
+    texts = texts.cast(pa.string())
     text_bytes = np.frombuffer(texts.buffers()[1], np.int32)[texts.offset : texts.offset + len(texts) + 1].astype(np.int64)
     data = np.frombuffer(texts.buffers()[2], np.uint8) if texts.buffers()[2] is not None else np.zeros(0, np.uint8)
-    data = data[: text_bytes[-1]] if len(text_bytes) else data[:0]
-    opens = np.append(np.flatnonzero((data & 0xC0) != 0x80), len(data))  # a text's end is where the next opens
-    first_char = np.searchsorted(opens, text_bytes[:-1])  # each text's first character among all of them
-    rows = np.asarray(rows, np.int64)
-    begin, end = opens[first_char[rows] + starts], opens[first_char[rows] + ends]
+    rows, starts, ends = (np.asarray(values, np.int64) for values in (rows, starts, ends))
+    begin, end = text_bytes[rows] + starts, text_bytes[rows] + ends
+    wide = ~pc.fill_null(pc.string_is_ascii(texts), True).to_numpy(zero_copy_only=False)
+    if wide.any():
+        in_wide = np.repeat(wide, np.diff(text_bytes))
+        opens = np.flatnonzero(in_wide & ((data[text_bytes[0] : text_bytes[-1]] & 0xC0) != 0x80)) + text_bytes[0]
+        first_char = np.searchsorted(opens, text_bytes[:-1])
+        characters = pc.fill_null(pc.utf8_length(texts), 0).to_numpy(zero_copy_only=False)
+        picked = np.flatnonzero(wide[rows])
+        for bounds, chars in ((begin, starts), (end, ends)):
+            row, char = rows[picked], chars[picked]
+            at = opens[np.minimum(first_char[row] + char, max(len(opens) - 1, 0))] if len(opens) else text_bytes[row + 1]
+            bounds[picked] = np.where(char < characters[row], at, text_bytes[row + 1])
     lengths = end - begin
-    sliced = data[range_positions(begin, lengths)]
     offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    sliced = data[range_positions(begin, lengths)]
     return pa.LargeStringArray.from_buffers(len(rows), pa.py_buffer(offsets), pa.py_buffer(sliced)).cast(pa.string())
 
 
