@@ -157,6 +157,39 @@ def punctuated_ends(text: str, words: list[str], marks: set[str], offsets: list[
     return counts
 
 
+def punctuated_ends_batch(texts: pa.Array, words: pa.Array, word_bounds: np.ndarray, offsets: np.ndarray, marks: set[str],
+                          rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """`punctuated_ends` of texts `rows` at once, as (text, word count) pairs: text i's words are
+    words[word_bounds[i]:word_bounds[i + 1]], `offsets` their flat `word_offsets_batch`. The marks
+    are found in the UTF-8 bytes (a valid text never holds a mark's bytes but as that mark) and
+    counted in characters, as `word_offsets_batch` counts them."""
+    text_bounds, text_bytes = _string_buffers(pc.fill_null(texts, "").cast(pa.large_string()))
+    found = np.zeros(len(text_bytes), bool)
+    for mark in marks:
+        encoded = np.frombuffer(mark.encode(), np.uint8)
+        reach = len(text_bytes) - len(encoded) + 1
+        if reach > 0:
+            found[:reach] |= np.logical_and.reduce([text_bytes[at : at + reach] == byte for at, byte in enumerate(encoded)])
+    positions = np.flatnonzero(found)
+    mark_rows = np.searchsorted(text_bounds, positions, side="right") - 1
+    wanted = np.zeros(len(text_bounds), bool)
+    wanted[rows] = True
+    positions, mark_rows = positions[wanted[mark_rows]], mark_rows[wanted[mark_rows]]
+    characters = positions - text_bounds[mark_rows]
+    if text_bytes.max(initial=0) >= 0x80:  # UTF-8 continuation bytes do not count
+        continuations = np.concatenate([[0], np.cumsum((text_bytes & 0xC0) == 0x80)])
+        characters -= continuations[positions] - continuations[text_bounds[mark_rows]]
+    if not len(offsets):
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    span = int(np.diff(text_bounds).max(initial=0)) + 2  # above any offset: one key order for (text, offset)
+    owners = np.repeat(np.arange(len(word_bounds) - 1), np.diff(word_bounds))
+    counts = np.searchsorted(owners * span + offsets, mark_rows * span + characters, side="right") - word_bounds[mark_rows]
+    last = np.maximum(word_bounds[mark_rows] + counts - 1, 0)  # the last word that starts before the mark
+    word_lengths = pc.fill_null(pc.utf8_length(words), 0).to_numpy(zero_copy_only=False)
+    after = (counts > 0) & (characters >= offsets[last] + word_lengths[last])  # not inside that word
+    return mark_rows[after].astype(np.int64), counts[after].astype(np.int64)
+
+
 @functools.lru_cache(maxsize=8)
 def _mark_pattern(marks: frozenset[str]) -> re.Pattern:
     return re.compile("[" + re.escape("".join(sorted(marks))) + "]")

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from sylm_data.languages import word_offsets, word_offsets_batch
+from sylm_data.languages import punctuated_ends, punctuated_ends_batch, word_offsets, word_offsets_batch
 
 from sylm_data.align.words import (
     SAMPLE_RATE,
@@ -47,6 +47,28 @@ def test_word_offsets_of_a_batch_are_those_of_each_transcript(cases, sliced):
     text_array = pa.array(["before"] + texts, pa.string()).slice(1) if sliced else pa.array(texts, pa.string())
     got = word_offsets_batch(text_array, pa.array([word for found in words for word in found], pa.string()), bounds)
     assert got.tolist() == [offset for text, found in zip(texts, words) for offset in word_offsets(text or "", found)]
+
+
+_MARKED_TEXT = st.lists(st.sampled_from(list("ab c.,'-  éü中文“”?!…。！？") + ["the ", "U.S.", "ab.", "?!"]), max_size=20).map("".join)
+
+
+@settings(deadline=None, max_examples=300)
+@given(st.lists(st.tuples(st.one_of(st.none(), _MARKED_TEXT), st.sampled_from(["as is", "extra", "reversed"])), max_size=6),
+       st.booleans(), st.data())
+def test_punctuated_ends_of_a_batch_are_those_of_each_transcript(cases, sliced, data):
+    """Marks after a word, inside one (U.S.), of several bytes, in a row, before any word; only the texts asked for."""
+    texts, words = [text for text, _ in cases], []
+    for text, change in cases:
+        found = transcript_words(text or "", "en")
+        words.append({"as is": found, "extra": found + ["zz"], "reversed": found[::-1]}[change])
+    bounds = np.cumsum([0] + [len(found) for found in words])
+    flat = pa.array([word for found in words for word in found], pa.string())
+    text_array = pa.array(["before."] + texts, pa.string()).slice(1) if sliced else pa.array(texts, pa.string())
+    rows = np.array(sorted(data.draw(st.sets(st.integers(0, max(len(texts) - 1, 0)), max_size=len(texts)))), np.int64)
+    marks = {".", "!", "?", "…", "。", "！", "？"}
+    got = punctuated_ends_batch(text_array, flat, bounds, word_offsets_batch(text_array, flat, bounds), marks, rows)
+    assert set(zip(*(column.tolist() for column in got))) == {
+        (row, count) for row in rows.tolist() for count in punctuated_ends(texts[row] or "", words[row], marks)}
 
 
 def test_cut_points_fall_in_the_pauses_and_keep_pieces_within_the_limit():

@@ -49,16 +49,17 @@ class Utterances:
     def word_texts(self) -> list[str]:
         return self.word_array.to_pylist()
 
-    def words(self, row: int) -> list[str]:
-        return self.word_texts[self.word_bounds[row] : self.word_bounds[row + 1]]
+    @functools.cached_property
+    def word_offsets(self) -> np.ndarray:
+        """Where each word starts in its transcript, flat (utterance i's: word_bounds[i]:word_bounds[i + 1])."""
+        return languages.word_offsets_batch(self.text_array, self.word_array, self.word_bounds)
 
     @functools.cached_property
     def offset_table(self) -> np.ndarray:
         """Per utterance, where each of its words starts in its transcript, then the transcript's
         length (utterance i's are offset_table[offset_bounds[i]:offset_bounds[i + 1]])."""
-        offsets = languages.word_offsets_batch(self.text_array, self.word_array, self.word_bounds)
         lengths = pc.fill_null(pc.utf8_length(self.text_array), 0).to_numpy(zero_copy_only=False)
-        return np.insert(offsets, self.word_bounds[1:], lengths)
+        return np.insert(self.word_offsets, self.word_bounds[1:], lengths)
 
     @functools.cached_property
     def offset_bounds(self) -> np.ndarray:
@@ -103,9 +104,9 @@ def utterance_chunks(utterances: Utterances, rows: np.ndarray, granularity: str)
     """The chunks of utterances `rows`: cut at every allowed cut (word), or only at sentence ends."""
     cuts = utterances.cuts
     if granularity == "sentence":
-        places = [(row, end) for row in rows.tolist()
-                  for end in spans.sentence_ends(utterances.texts[row], utterances.words(row), utterances.offsets(row))]
-        cuts = cuts.restricted_to(*np.array(places, np.int64).reshape(-1, 2).T)
+        cuts = cuts.restricted_to(*languages.punctuated_ends_batch(utterances.text_array, utterances.word_array,
+                                                                   utterances.word_bounds, utterances.word_offsets,
+                                                                   spans.SENTENCE_MARKS, rows))
     return spans.chunks(cuts, utterances.word_sizes, utterances.unit_sizes, rows)
 
 
