@@ -24,7 +24,7 @@ def render(utterances: Utterances, rows: np.ndarray, plan: Plan) -> tuple[pa.Arr
     lengths = (segments.end_unit - segments.first_unit)[spoken]
     starts = (utterances.unit_bounds[segments.rows] + segments.first_unit)[spoken]
     units_text = comma_joined(utterances.unit_ids.take(range_positions(starts, lengths)), lengths)
-    texts = pa.array(segment_texts(utterances, segments.take(np.flatnonzero(~speech))), pa.string())
+    texts = segment_texts(utterances, segments.take(np.flatnonzero(~speech)))
     source_ids = quoted_strings(pa.array(utterances.ids, pa.string()).take(rows))
     documents = documents_json(units_text, texts, speech, np.bincount(document_of, minlength=len(rows)), plan.kinds,
                                [utterances.languages[row] for row in rows.tolist()], source_ids, source_ids)
@@ -114,17 +114,11 @@ def comma_joined(values: pa.Array | np.ndarray, sizes: np.ndarray) -> pa.Array:
     return pc.binary_join(pa.ListArray.from_arrays(list_offsets(sizes), pc.cast(values, pa.string())), ",")
 
 
-def segment_texts(utterances: Utterances, pieces: spans.Pieces) -> list[str]:
+def segment_texts(utterances: Utterances, pieces: spans.Pieces) -> pa.Array:
     """Each text piece as the transcript writes it (its punctuation kept), from its first word."""
-    texts, word_bounds = [], utterances.word_bounds.tolist()
-    for row, first, end in zip(pieces.rows.tolist(), pieces.first_word.tolist(), pieces.end_word.tolist()):
-        text = utterances.texts[row]
-        if first == 0 and end == word_bounds[row + 1] - word_bounds[row]:  # the whole transcript: only its first word is looked for
-            texts.append(text[max(text.find(utterances.word_texts[word_bounds[row]]), 0):].strip())
-        else:
-            offsets = utterances.offsets(row)
-            texts.append(text[offsets[first] : offsets[end]].strip())
-    return texts
+    places = utterances.offset_bounds[pieces.rows]
+    starts, ends = utterances.offset_table[places + pieces.first_word], utterances.offset_table[places + pieces.end_word]
+    return pc.utf8_trim_whitespace(text_slices(utterances.text_array, pieces.rows, starts, ends))
 
 
 def build_samples(batch: pa.Table, config, plan, stage: str) -> pa.Table:

@@ -42,14 +42,6 @@ class Utterances:
         return np.diff(self.unit_bounds)
 
     @functools.cached_property
-    def texts(self) -> list[str | None]:
-        return self.text_array.to_pylist()
-
-    @functools.cached_property
-    def word_texts(self) -> list[str]:
-        return self.word_array.to_pylist()
-
-    @functools.cached_property
     def word_offsets(self) -> np.ndarray:
         """Where each word starts in its transcript, flat (utterance i's: word_bounds[i]:word_bounds[i + 1])."""
         return languages.word_offsets_batch(self.text_array, self.word_array, self.word_bounds)
@@ -64,10 +56,6 @@ class Utterances:
     @functools.cached_property
     def offset_bounds(self) -> np.ndarray:
         return self.word_bounds + np.arange(len(self.word_bounds))
-
-    def offsets(self, row: int) -> list[int]:
-        """Where each word of utterance `row` starts in its transcript, then the transcript's length."""
-        return self.offset_table[self.offset_bounds[row] : self.offset_bounds[row + 1]].tolist()
 
 
 class Plan(NamedTuple):
