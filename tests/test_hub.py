@@ -265,7 +265,8 @@ def test_the_run_record_names_the_commit_each_repo_was_read_at(fake_hub, tmp_pat
     earlier = {"path": f"hf://{REPO}@{V1}/EN/EN-B000000.tar"}
     now = {"path": partitions[0].path}
     for name, partition in (("a", earlier), ("b", now), ("c", {"path": f"hf://{REPO}/EN/old.tar"})):
-        (done / f"{name}.json").write_text(json.dumps({"partition": partition, "rows_in": 4, "rejected": {}}))
+        marker = {"partition": partition, "rows_in": 4, "rows_out": 4, "rejected": {}, "run_id": "run-0", "config_hash": "c"}
+        (done / f"{name}.json").write_text(json.dumps(marker))
     config = config_module.load()
     record = runner._record("run-1", config, ["ingest"], config.stage_hash(["ingest"]), layout, "ingest", {}, partitions, 3,
                             time.time())
