@@ -105,8 +105,8 @@ def word_offsets_batch(texts: pa.Array, words: pa.Array, word_bounds: np.ndarray
     `str.find` returns. Texts with a guess that does not stand are searched word by word."""
     texts = pc.fill_null(texts, "").cast(pa.large_string())
     words = words.cast(pa.large_string())
-    text_bounds, text_bytes = _string_buffers(texts)
-    word_byte_bounds, word_bytes = _string_buffers(words)
+    text_bounds, text_bytes = string_buffers(texts)
+    word_byte_bounds, word_bytes = string_buffers(words)
     sizes = np.diff(word_bounds)
     owner = np.repeat(np.arange(len(sizes)), sizes)
     rank = np.arange(len(owner)) - np.repeat(word_bounds[:-1], sizes)
@@ -135,7 +135,7 @@ def word_offsets_batch(texts: pa.Array, words: pa.Array, word_bounds: np.ndarray
     return offsets.astype(np.int64)
 
 
-def _string_buffers(strings: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+def string_buffers(strings: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     """A large_string array's value bounds (len + 1, into the bytes) and its bytes, with one zero
     byte of padding after them (so that a bound is always a valid index)."""
     strings = strings.combine_chunks() if isinstance(strings, pa.ChunkedArray) else strings
@@ -163,7 +163,9 @@ def punctuated_ends_batch(texts: pa.Array, words: pa.Array, word_bounds: np.ndar
     words[word_bounds[i]:word_bounds[i + 1]], `offsets` their flat `word_offsets_batch`. The marks
     are found in the UTF-8 bytes (a valid text never holds a mark's bytes but as that mark) and
     counted in characters, as `word_offsets_batch` counts them."""
-    text_bounds, text_bytes = _string_buffers(pc.fill_null(texts, "").cast(pa.large_string()))
+    if not len(offsets):  # no words: no word ends a sentence
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    text_bounds, text_bytes = string_buffers(pc.fill_null(texts, "").cast(pa.large_string()))
     found = np.zeros(len(text_bytes), bool)
     for mark in marks:
         encoded = np.frombuffer(mark.encode(), np.uint8)
@@ -179,8 +181,6 @@ def punctuated_ends_batch(texts: pa.Array, words: pa.Array, word_bounds: np.ndar
     if text_bytes.max(initial=0) >= 0x80:  # UTF-8 continuation bytes do not count
         continuations = np.concatenate([[0], np.cumsum((text_bytes & 0xC0) == 0x80)])
         characters -= continuations[positions] - continuations[text_bounds[mark_rows]]
-    if not len(offsets):
-        return np.zeros(0, np.int64), np.zeros(0, np.int64)
     span = int(np.diff(text_bounds).max(initial=0)) + 2  # above any offset: one key order for (text, offset)
     owners = np.repeat(np.arange(len(word_bounds) - 1), np.diff(word_bounds))
     counts = np.searchsorted(owners * span + offsets, mark_rows * span + characters, side="right") - word_bounds[mark_rows]

@@ -10,6 +10,7 @@ import pyarrow.compute as pc
 
 from sylm_data.documents import spans
 from sylm_data.documents.utterances import Plan, Utterances, read_batch, sample_rows
+from sylm_data.languages import string_buffers
 from sylm_data.schemas import sample
 
 COMPACT_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))  # the byte layout render writes
@@ -81,15 +82,13 @@ def text_slices(texts: pa.Array, rows: np.ndarray, starts: np.ndarray, ends: np.
     """`texts[rows[i]][starts[i]:ends[i]]` for each i (character positions, as Python slices them,
     0 <= start <= end <= length), cut from the UTF-8 bytes in bulk. In an ASCII text a character is
     a byte; in any other, character k starts at the k-th byte of the text that opens a character."""
-    texts = texts.cast(pa.string())
-    text_bytes = np.frombuffer(texts.buffers()[1], np.int32)[texts.offset : texts.offset + len(texts) + 1].astype(np.int64)
-    data = np.frombuffer(texts.buffers()[2], np.uint8) if texts.buffers()[2] is not None else np.zeros(0, np.uint8)
+    text_bytes, data = string_buffers(texts.cast(pa.large_string()))
     rows, starts, ends = (np.asarray(values, np.int64) for values in (rows, starts, ends))
     begin, end = text_bytes[rows] + starts, text_bytes[rows] + ends
     wide = ~pc.fill_null(pc.string_is_ascii(texts), True).to_numpy(zero_copy_only=False)
     if wide.any():
         in_wide = np.repeat(wide, np.diff(text_bytes))
-        opens = np.flatnonzero(in_wide & ((data[text_bytes[0] : text_bytes[-1]] & 0xC0) != 0x80)) + text_bytes[0]
+        opens = np.flatnonzero(in_wide & ((data[: text_bytes[-1]] & 0xC0) != 0x80))
         first_char = np.searchsorted(opens, text_bytes[:-1])
         characters = pc.fill_null(pc.utf8_length(texts), 0).to_numpy(zero_copy_only=False)
         picked = np.flatnonzero(wide[rows])
