@@ -66,7 +66,15 @@ def test_a_rerun_skips_finished_partitions_and_changes_nothing(tmp_path, corpus)
     out = tmp_path / "out"
     runner.run(make_config(tars), [], str(out), log=lambda line: None)
     before = sorted(p.name for p in (out / "ingest").rglob("*.parquet"))
+    # what a task of a killed run staged late, after the clean of its partition: a finished run removes it
+    done_partition = next((out / "ingest" / "_done").glob("*.json")).stem
+    late = [folder / ".tmp" / "20261204-005041-dead00" / done_partition / "late.parquet"
+            for folder in (out / "ingest", out / "rejects" / "ingest")]
+    for path in late:
+        path.parent.mkdir(parents=True)
+        path.write_bytes(b"")
     again = runner.run(make_config(tars), [], str(out), log=lambda line: None)
+    assert not any(path.exists() for path in late)
     assert again.record["partitions"] == {"total": 5, "skipped_done": 5, "processed": 0}
     assert sorted(p.name for p in (out / "ingest").rglob("*.parquet")) == before
     assert again.record["cumulative"][0]["in"] == 29

@@ -127,9 +127,13 @@ class OutputLayout:
         rejects = [self.rejects_dir(stage) for stage in stages]
         return [self.stage_dir(final_stage), *rejects, *(self.stage_dir(stage) for stage in kept)]
 
-    def drop_staging(self, run_id: str, final_stage: str, stages: list[str], kept: list[str] = ()) -> None:
+    def drop_staging(self, final_stage: str, stages: list[str], kept: list[str] = ()) -> None:
+        """Remove the staging folders of the folders a finished run wrote: its own, and any a killed run
+        left, which the run lock makes sure no live run writes. A run killed in a process whose Ray
+        lives on (a notebook, the tests) leaves tasks Ray Data cancels without waiting for them: they
+        can stage files after the next run's `clean` of their partition, and would stay for good."""
         for folder in self.written_folders(final_stage, stages, kept):
-            shutil.rmtree(folder / TMP / run_id, ignore_errors=True)
+            shutil.rmtree(folder / TMP, ignore_errors=True)
 
 
 @dataclass

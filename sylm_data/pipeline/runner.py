@@ -241,7 +241,7 @@ def _run_locked(config, stages, kept, layout, run_id, run_lock, address, log, re
                 _commit_as_complete(summaries, pending, tallies, commit, started, log)
             finally:
                 summaries.close()  # stops Ray Data's executor before Ray shuts down, also on an error
-        layout.drop_staging(run_id, final.name, names, kept)
+        layout.drop_staging(final.name, names, kept)
         record = _record(run_id, config, names, hashes[final.name], layout, final.name, tallies, all_partitions, len(done),
                          started)
         record["kept"] = {name: str(layout.stage_dir(name)) for name in kept}
