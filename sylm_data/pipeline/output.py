@@ -24,6 +24,7 @@ import json
 import os
 import shutil
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -220,12 +221,22 @@ def read_bucket(path: Path, bucket: int) -> pa.Table:
         return pa.Table.from_batches([reader.get_batch(bucket)])
 
 
+def by_partition(batch: pa.Table) -> Iterator[tuple[str, pa.Table]]:
+    """The batch's rows of each partition it holds; the batch itself when it holds one (the common
+    case: a filter would copy every value)."""
+    partitions = pc.unique(batch[stream.PARTITION]).to_pylist()
+    if len(partitions) == 1:
+        yield partitions[0], batch
+        return
+    for partition in partitions:
+        yield partition, batch.filter(pc.equal(batch[stream.PARTITION], partition))
+
+
 def write_batch(batch: pa.Table, root: str, run_id: str, final_stage: str, contract: pa.Schema) -> pa.Table:
     """Write an in-flight batch's rows and rejects into the run's staging folders; one summary row per partition."""
     layout = OutputLayout(root)
     summaries = []
-    for partition in pc.unique(batch[stream.PARTITION]).to_pylist():
-        rows = batch.filter(pc.equal(batch[stream.PARTITION], partition))
+    for partition, rows in by_partition(batch):
         name = staged_name(rows["id"])
         accepted = stream.accepted(rows, contract)
         rejects = stream.rejects(rows)
@@ -258,8 +269,7 @@ def store_batch(batch: pa.Table, root: str, run_id: str, stage: str, contract: p
     """Stage the rows of `stage` (its contract) that no stage has rejected so far, and pass the
     batch on: a fused run keeps a stage's rows (ingest's: the audio) while later stages run."""
     folder = OutputLayout(root).stage_dir(stage) / TMP / run_id
-    for partition in pc.unique(batch[stream.PARTITION]).to_pylist():
-        rows = batch.filter(pc.equal(batch[stream.PARTITION], partition))
+    for partition, rows in by_partition(batch):
         accepted = stream.accepted(rows, contract)
         if accepted.num_rows:
             write_parquet(accepted, folder / partition / staged_name(rows["id"]))
