@@ -173,12 +173,14 @@ def runs(pieces: Pieces, flags: np.ndarray) -> tuple[Pieces, np.ndarray]:
 
 def _padded(values: np.ndarray, rows: np.ndarray, count: int, fill) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per-utterance values laid out as a (count, longest + 1) matrix padded with `fill`; also
-    each value's column and each utterance's length."""
+    each value's place in the flattened matrix and each utterance's length."""
     sizes = np.bincount(rows, minlength=count)
     _, columns = _positions(sizes)
-    matrix = np.full((count, int(sizes.max(initial=0)) + 1), fill, dtype=np.asarray(values).dtype)
-    matrix[rows, columns] = values
-    return matrix, columns, sizes
+    width = int(sizes.max(initial=0)) + 1
+    places = rows * width + columns
+    matrix = np.full((count, width), fill, dtype=np.asarray(values).dtype)
+    matrix.ravel()[places] = values
+    return matrix, places, sizes
 
 
 def choose_speech(chunk_words: np.ndarray, chunk_rows: np.ndarray, keys: np.ndarray, speech_ratio: float,
@@ -196,16 +198,20 @@ def choose_speech(chunk_words: np.ndarray, chunk_rows: np.ndarray, keys: np.ndar
     smallest chunk, so that it stays interleaved: the one place the policy overshoots. All
     utterances place their t-th span together."""
     count = len(keys)
-    words, columns, sizes = _padded(np.asarray(chunk_words, np.int64), chunk_rows, count, 0)
-    speech, _, _ = _padded(np.zeros(len(chunk_rows), bool), chunk_rows, count, True)  # padding: never free
+    words, places, sizes = _padded(np.asarray(chunk_words, np.int64), chunk_rows, count, 0)
+    speech = np.ones(words.shape, bool)  # padding: never free
+    speech.ravel()[places] = False
     target = speech_ratio * np.bincount(chunk_rows, weights=chunk_words, minlength=count)
     spoken, free = np.zeros(count, np.int64), sizes.copy()
     over = np.full(count, -1)  # each utterance's first refused chunk (its column), -1 until one is
     never = np.iinfo(np.int64).max // 2
     for attempt in range(max_tries):
-        smallest_free = np.where(speech, never, words).min(axis=1, initial=never)
         # go on while a free chunk fits, or, once none does, until one has been refused
-        live = np.flatnonzero((spoken < target) & (free > 0) & ((spoken + smallest_free <= target) | (over < 0)))
+        live = (spoken < target) & (free > 0)
+        refusing = np.flatnonzero(live & (over >= 0))
+        smallest_free = np.where(speech[refusing], never, words[refusing]).min(axis=1, initial=never)
+        live[refusing] = spoken[refusing] + smallest_free <= target[refusing]
+        live = np.flatnonzero(live)
         if not live.size:
             break
         wanted = np.maximum(poisson(uniforms(keys[live], first_draw + 2 * attempt), span_mean), 1)
@@ -235,7 +241,7 @@ def choose_speech(chunk_words: np.ndarray, chunk_rows: np.ndarray, keys: np.ndar
         place = (np.arange(words.shape[1]) - start[:, None]) % np.maximum(sizes[unspoken], 1)[:, None]
         order = np.where(speech[unspoken], never, words[unspoken] * words.shape[1] + place)
         speech[unspoken, order.argmin(axis=1)] = True
-    return speech[chunk_rows, columns]
+    return speech.ravel()[places]
 
 
 def consecutive_spans(chunk_words: np.ndarray, chunk_rows: np.ndarray, keys: np.ndarray, span_mean: float,
@@ -243,7 +249,7 @@ def consecutive_spans(chunk_words: np.ndarray, chunk_rows: np.ndarray, keys: np.
     """Each chunk's span number within its utterance: spans of Poisson(span_mean) words (or chunks)
     one after another from the start, span s of utterance i sized by draw s of stream keys[i]."""
     count = len(keys)
-    words, columns, sizes = _padded(np.asarray(chunk_words, np.int64), chunk_rows, count, 0)
+    words, places, sizes = _padded(np.asarray(chunk_words, np.int64), chunk_rows, count, 0)
     span_of = np.zeros_like(words)
     span, taken = np.zeros(count, np.int64), np.zeros(count, np.int64)
     wanted = np.maximum(poisson(uniforms(keys, 0), span_mean), 1)
@@ -255,4 +261,4 @@ def consecutive_spans(chunk_words: np.ndarray, chunk_rows: np.ndarray, keys: np.
         wanted[done] = np.maximum(poisson(uniforms(keys[done], span[done]), span_mean), 1)
         span_of[rows, column] = span[rows]
         taken[rows] += words[rows, column] if span_in_words else 1
-    return span_of[chunk_rows, columns]
+    return span_of.ravel()[places]
