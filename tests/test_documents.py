@@ -119,7 +119,7 @@ def test_every_word_of_a_document_comes_once_in_order_as_text_or_speech(drawn, g
     members, starts = drawn
     ids = [f"u{index:03d}" for index in range(len(members))]
     config = interleave.InterleaveConfig(context="recording", granularity=granularity, span_mean=2, seed=seed)
-    made = recordings.render_documents(ids, ["en"] * len(ids), pa.Table.from_pylist([member(chunks) for chunks in members], schema=MEMBER),
+    made = recordings.render_documents(pa.array(ids), pa.array(["en"] * len(ids)), pa.Table.from_pylist([member(chunks) for chunks in members], schema=MEMBER),
                                        np.array(starts),
                                        seed, lambda *arguments: interleave.choose_document_speech(*arguments, config=config))
     firsts = made["first"].tolist()

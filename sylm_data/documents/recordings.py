@@ -66,10 +66,12 @@ def member_rows(batch: pa.Table, config, stage: str) -> pa.Table:
 
 
 class Members(NamedTuple):
-    """Member rows read flat: chunk c of the members belongs to member chunk_member[c]; each
-    member's word offsets and units are a range of the flat arrays."""
+    """Member rows read flat: chunk c of the members belongs to member chunk_member[c] (member
+    m's chunks: chunk_bounds[m]:chunk_bounds[m + 1]); each member's word offsets and units are a
+    range of the flat arrays."""
     texts: pa.Array  # the transcripts
     chunk_member: np.ndarray
+    chunk_bounds: np.ndarray
     chunk_words: np.ndarray
     chunk_units: np.ndarray
     offsets: np.ndarray  # flat word offsets, words + 1 per member
@@ -88,7 +90,7 @@ def read_members(members: pa.Table) -> Members:
         flat(name) for name in sample.ROW_MEMBER_COLUMNS)
     as_int = lambda values: values.to_numpy(zero_copy_only=False).astype(np.int64)  # noqa: E731
     return Members(members[sample.ROW_JSON].combine_chunks(), np.repeat(np.arange(len(chunk_bounds) - 1), np.diff(chunk_bounds)),
-                   as_int(chunk_words), as_int(chunk_units), as_int(offsets), offset_bounds, units, unit_bounds)
+                   chunk_bounds, as_int(chunk_words), as_int(chunk_units), as_int(offsets), offset_bounds, units, unit_bounds)
 
 
 def document_starts(places: pa.Table, max_document_ms: int, max_gap_ms: int, same_speaker: bool) -> np.ndarray:
@@ -139,9 +141,10 @@ def document_starts(places: pa.Table, max_document_ms: int, max_gap_ms: int, sam
 ChooseSpeech = Callable[[np.ndarray, np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
 
 
-def render_documents(ids: list[str], languages: list[str], member_table: pa.Table, starts: np.ndarray, seed: int,
+def render_documents(ids: pa.Array, languages: pa.Array, member_table: pa.Table, starts: np.ndarray, seed: int,
                      choose: ChooseSpeech) -> dict[str, list | np.ndarray]:
-    """The documents of members in order (`member_table`: their member rows; `starts`: `document_starts`):
+    """The documents of members in order (`ids`, `languages`: the members'; `member_table`: their
+    member rows; `starts`: `document_starts`):
     each one's first member (its key), kind, JSON, words, speech words and units. Chunks of one
     modality in a row make one segment, across utterances too: units joined, texts joined by the
     language's word joiner. Vectorised over the members, as utterance context renders a batch."""
@@ -149,13 +152,14 @@ def render_documents(ids: list[str], languages: list[str], member_table: pa.Tabl
     document_of = np.cumsum(starts) - 1
     firsts = np.flatnonzero(starts)
     count = len(firsts)
-    keys = spans.stream_keys(seed, [ids[first] for first in firsts.tolist()])
+    taken_firsts = pa.array(firsts)
+    first_languages = languages.take(taken_firsts).to_pylist()
+    keys = spans.stream_keys(seed, ids.take(taken_firsts).to_pylist())
     owner = document_of[members.chunk_member]
     kinds, speech = choose(keys, members.chunk_words, owner)
     speech = np.asarray(speech, bool)
     # each chunk's words and units as ranges within its member
-    first_word = _within(members.chunk_words, members.chunk_member)
-    first_unit = _within(members.chunk_units, members.chunk_member)
+    first_word, first_unit = (_within(sizes, members.chunk_bounds) for sizes in (members.chunk_words, members.chunk_units))
     opens = np.ones(len(owner), bool)
     opens[1:] = (owner[1:] != owner[:-1]) | (speech[1:] != speech[:-1])
     segment_of = np.cumsum(opens) - 1
@@ -167,16 +171,16 @@ def render_documents(ids: list[str], languages: list[str], member_table: pa.Tabl
     segment_units = np.bincount(segment_of[spoken], weights=lengths, minlength=len(segment_speech)).astype(np.int64)
     units_text = comma_joined(members.units.take(pa.array(positions, pa.int64())), segment_units[segment_speech])
     # text segments: one slice of a transcript per run of text chunks within a member, joined
-    texts = _text_segments(members, np.flatnonzero(~speech), segment_of, first_word, languages, document_of, firsts)
+    texts = _text_segments(members, np.flatnonzero(~speech), segment_of, first_word, first_languages, document_of)
     per_document = np.bincount(segment_owner, minlength=count)
     kinds = np.asarray(kinds).astype(object)
     single = (kinds == "interleaved") & (per_document == 1)  # no span fitted, or one chunk: a plain sample
     first_segment = np.concatenate([[0], np.cumsum(per_document)[:-1]])
     kinds[single] = np.where(segment_speech[first_segment[single]], "speech", "text")
-    quoted_ids = quoted_strings(pa.array(ids, pa.string()))
+    quoted_ids = quoted_strings(ids)
     held = comma_joined(quoted_ids, np.diff(np.append(firsts, len(ids))))
-    documents = documents_json(units_text, texts, segment_speech, per_document, kinds.tolist(),
-                               [languages[first] for first in firsts.tolist()], quoted_ids.take(pa.array(firsts)), held)
+    documents = documents_json(units_text, texts, segment_speech, per_document, kinds.tolist(), first_languages,
+                               quoted_ids.take(taken_firsts), held)
     words = np.bincount(owner, weights=members.chunk_words, minlength=count)
     speech_words = np.bincount(owner[spoken], weights=members.chunk_words[spoken], minlength=count)
     units = np.bincount(owner[spoken], weights=lengths, minlength=count)
@@ -184,20 +188,15 @@ def render_documents(ids: list[str], languages: list[str], member_table: pa.Tabl
             "speech_words": speech_words.astype(np.int64), "units": units.astype(np.int64)}
 
 
-def _within(sizes: np.ndarray, group: np.ndarray) -> np.ndarray:
-    """Where each item starts within its group, for items of `sizes` grouped (consecutively) by `group`."""
-    ends = np.cumsum(sizes)
-    starts = ends - sizes
-    group_start = np.zeros(len(sizes), np.int64)
-    if len(sizes):
-        opens = np.ones(len(sizes), bool)
-        opens[1:] = group[1:] != group[:-1]
-        group_start = np.maximum.accumulate(np.where(opens, starts, 0))
-    return starts - group_start
+def _within(sizes: np.ndarray, group_bounds: np.ndarray) -> np.ndarray:
+    """Where each item starts within its group, for items of `sizes` in consecutive groups (group
+    g: items group_bounds[g]:group_bounds[g + 1])."""
+    starts = np.concatenate([[0], np.cumsum(sizes)])
+    return starts[:-1] - np.repeat(starts[group_bounds[:-1]], np.diff(group_bounds))
 
 
 def _text_segments(members: Members, chunks: np.ndarray, segment_of: np.ndarray, first_word: np.ndarray,
-                   languages: list[str], document_of: np.ndarray, firsts: np.ndarray) -> pa.Array:
+                   document_languages: list[str], document_of: np.ndarray) -> pa.Array:
     """The text of each text segment, in order: per member, the transcript from the first word of
     its run of text chunks to the end of the last, trimmed; runs of one segment in several members
     joined by the document's word joiner."""
@@ -215,8 +214,8 @@ def _text_segments(members: Members, chunks: np.ndarray, segment_of: np.ndarray,
                                                  members.offsets[bases + first_word[last] + members.chunk_words[last]]))
     piece_segment = segment[opens]
     segment_starts = np.flatnonzero(np.append(True, piece_segment[1:] != piece_segment[:-1]))
-    joiners = {language: word_joiner(language) for language in set(languages)}
-    document_joiners = pa.array([joiners[languages[first]] for first in firsts.tolist()], pa.string())
+    joiners = {language: word_joiner(language) for language in set(document_languages)}
+    document_joiners = pa.array([joiners[language] for language in document_languages], pa.string())
     return pc.binary_join(pa.ListArray.from_arrays(list_offsets(np.diff(np.append(segment_starts, len(rows)))), pieces),
                           document_joiners.take(document_of[rows[segment_starts]]))
 
@@ -257,10 +256,12 @@ def assemble_bucket(bucket: int, shuffle_dir: str, target: str, buckets: int, st
     name, layout = bucket_name(bucket, buckets), OutputLayout(Path(target).parent)
     rows = sample.ROW_SCHEMA.empty_table()
     if table.num_rows:
-        table = table.take(pc.sort_indices(table, sort_keys=_ORDER))
-        keys, languages = table[sample.ROW_KEY].to_pylist(), table[sample.ROW_LANGUAGE].to_pylist()
+        order = pc.sort_indices(table, sort_keys=_ORDER).to_numpy()
+        if (order[1:] < order[:-1]).any():  # partitions usually hold a recording's utterances in order already
+            table = table.combine_chunks().take(pa.array(order))  # a take over many chunks is many times slower
         starts = document_starts(table, *limits)
-        documents = render_documents(keys, languages, table, starts, seed, choose)
+        documents = render_documents(table[sample.ROW_KEY].combine_chunks(), table[sample.ROW_LANGUAGE].combine_chunks(),
+                                     table, starts, seed, choose)
         firsts = documents["first"]
         durations = np.add.reduceat(pc.fill_null(table[sample.ROW_DURATION_MS], 0).to_numpy(zero_copy_only=False), firsts)
         heads = table.take(pa.array(firsts))
