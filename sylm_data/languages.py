@@ -121,8 +121,8 @@ def word_offsets_batch(texts: pa.Array, words: pa.Array, word_bounds: np.ndarray
     fits = (rank < np.diff(runs_before)[owner]) & (guess + lengths <= text_bounds[1:][owner]) & (lengths > 0)
     guess = np.where(fits, guess, starts)
     positions = np.repeat(guess - word_byte_bounds[:-1], lengths) + np.arange(word_byte_bounds[-1])
-    differs = np.bincount(np.repeat(np.arange(len(owner)), lengths), minlength=len(owner),
-                          weights=text_bytes[np.minimum(positions, len(text_bytes) - 1)] != word_bytes[:-1]) > 0
+    mismatches = np.concatenate([[0], np.cumsum(text_bytes[np.minimum(positions, len(text_bytes) - 1)] != word_bytes[:-1])])
+    differs = mismatches[word_byte_bounds[1:]] > mismatches[word_byte_bounds[:-1]]
     covers_run = ~in_word[np.minimum(guess + lengths, len(text_bytes) - 1)]
     stands = fits & ~differs & ((rank == 0) | np.roll(covers_run, 1))
     offsets = guess - starts

@@ -49,8 +49,10 @@ def member_rows(batch: pa.Table, config, stage: str) -> pa.Table:
     chunked = utterance_chunks(utterances, rows, config.granularity)
     per_row = np.bincount(np.searchsorted(rows, chunked.rows), minlength=len(rows))
     word_sizes, unit_sizes = utterances.word_sizes[rows], utterances.unit_sizes[rows]
-    offsets = utterances.offset_table[range_positions(utterances.offset_bounds[rows], word_sizes + 1)]
-    units = utterances.unit_ids.take(range_positions(utterances.unit_bounds[rows], unit_sizes))
+    offsets, units = utterances.offset_table, utterances.unit_ids
+    if len(rows) < len(utterances.ids):  # else the rows' ranges are the whole flat arrays
+        offsets = offsets[range_positions(utterances.offset_bounds[rows], word_sizes + 1)]
+        units = units.take(range_positions(utterances.unit_bounds[rows], unit_sizes))
     table, taken = read.table, pa.array(rows)
     return sample_rows(read, {
         sample.ROW_KIND: [sample.MEMBER] * len(rows), sample.ROW_JSON: utterances.text_array.take(taken),

@@ -159,10 +159,14 @@ def sample_rows(read: Batch, values: dict[str, list | pa.Array | np.ndarray]) ->
     placed = pa.array(np.cumsum(built) - 1, mask=~built)  # a built row's place among the built rows
     columns = {sample.ROW_KEY: batch[utterance.ID], sample.ROW_SOURCE: batch[utterance.SOURCE],
                stream.PARTITION: batch[stream.PARTITION], stream.PARTITION_TOTAL: batch[stream.PARTITION_TOTAL]}
-    columns |= {name: pc.if_else(built, batch[source], pa.scalar(None, pa.string()))
-                for name, source in ((sample.ROW_LANGUAGE, utterance.LANGUAGE), (sample.ROW_TOKENIZER, tokenized.TOKENIZER))}
     values = {sample.ROW_WORDS: read.word_sizes[read.rows]} | values
-    columns |= {name: _typed(column, OUTPUT_SCHEMA.field(name).type).take(placed) for name, column in values.items()}
+    values = {name: _typed(column, OUTPUT_SCHEMA.field(name).type) for name, column in values.items()}
+    if built.all():  # nothing to place
+        columns |= {sample.ROW_LANGUAGE: batch[utterance.LANGUAGE], sample.ROW_TOKENIZER: batch[tokenized.TOKENIZER]} | values
+    else:
+        columns |= {name: pc.if_else(built, batch[source], pa.scalar(None, pa.string()))
+                    for name, source in ((sample.ROW_LANGUAGE, utterance.LANGUAGE), (sample.ROW_TOKENIZER, tokenized.TOKENIZER))}
+        columns |= {name: column.take(placed) for name, column in values.items()}
     columns |= {name: pa.nulls(batch.num_rows, OUTPUT_SCHEMA.field(name).type)
                 for name in sample.ROW_SCHEMA.names if name not in columns}
     return pa.table(columns | read.envelope, schema=OUTPUT_SCHEMA).select(OUTPUT_SCHEMA.names)
