@@ -4,14 +4,14 @@
 
 Input: synthetic tokenized rows (14 words in two sentences, 1-2 units per word on a contiguous
 20 ms grid) in Parquet; in recording context, 20 consecutive segments per recording.
-Stage: read the Parquet, build every sample (chunking, spans, JSON), write the rows and then the
-shards, as the stage's transform and its shard writer do (in one process, no Ray; in recording
-context the shuffle by recording and the documents too). Floor: read the same Parquet and write
-the stage's finished sample bytes to tar with the same shard writer; in recording context also
-write the member rows to Parquet and read them back once, the I/O a shuffle cannot do without.
-One untimed pass of each warms the allocators and the page cache (the floor, timed second, would
-otherwise find them warm and the stage cold); then `--repeat` passes alternate, and the medians
-are compared.
+Stage: read the Parquet in the runner's blocks (`run.batch_rows_without_audio` rows), build every
+sample (chunking, spans, JSON), write the rows and then the shards, as the stage's transform and
+its shard writer do (in one process, no Ray; in recording context the shuffle by recording and the
+documents too). Floor: read the same Parquet and write the stage's finished sample bytes to tar
+with the same shard writer; in recording context also write the member rows to Parquet and read
+them back once, the I/O a shuffle cannot do without. One untimed pass of each warms the allocators
+and the page cache (the floor, timed second, would otherwise find them warm and the stage cold);
+then `--repeat` passes alternate, and the medians are compared.
 """
 
 import argparse
@@ -26,6 +26,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from sylm_data.documents import recordings
+from sylm_data.pipeline.config import RunConfig
 from sylm_data.pipeline.output import read_rows
 from sylm_data.pipeline.shards import ShardWriter
 from sylm_data.schemas import sample, stream
@@ -67,7 +68,8 @@ def run_stage(scratch: Path, config: interleave.InterleaveConfig) -> float:
         shutil.rmtree(scratch / name, ignore_errors=True)
     start = time.perf_counter()
     (scratch / "interleave" / "p").mkdir(parents=True)
-    for index, batch in enumerate(pq.ParquetFile(scratch / "tokenized.parquet").iter_batches(4096)):
+    batches = pq.ParquetFile(scratch / "tokenized.parquet").iter_batches(RunConfig().batch_rows_without_audio)
+    for index, batch in enumerate(batches):
         out = interleave.transform(pa.Table.from_batches([batch]), config)
         pq.write_table(stream.accepted(out, sample.ROW_SCHEMA), scratch / "interleave" / "p" / f"{index:05d}.parquet")
     written = sum(pq.read_metadata(path).num_rows for path in (scratch / "interleave" / "p").glob("*.parquet"))

@@ -3,7 +3,7 @@ submitted as a Ray job to a local cluster (`ray start --head`), side by side; an
 on synthetic tokenized rows of growing size, with 1 and 2 workers.
 
     python bench/scale.py [--copies 21] [--per-tar 48] [--skip-ingest]
-                          [--interleave-rows 100000,400000,1600000] [--partition-rows 10000] [--set run.batch_rows=4096]
+                          [--interleave-rows 100000,400000,1600000] [--partition-rows 10000] [--set run.batch_rows_without_audio=64]
 
 Each row is a fresh `sylm-data` process, so every figure includes starting (or attaching to) Ray.
 The submission overhead is the submitted run's wall time over the embedded 2-worker run's.
@@ -167,7 +167,7 @@ def main() -> None:
     parser.add_argument("--interleave-rows", default="", help="comma-separated sizes, e.g. 100000,400000,1600000")
     parser.add_argument("--partition-rows", type=int, default=10_000)
     parser.add_argument("--set", dest="overrides", action="append", default=[],
-                        help="SECTION.KEY=VALUE for the interleave runs (e.g. run.batch_rows=4096)")
+                        help="SECTION.KEY=VALUE for the interleave runs (e.g. run.batch_rows_without_audio=64)")
     args = parser.parse_args()
     sizes = [int(size) for size in args.interleave_rows.split(",") if size]
     if any(size % args.partition_rows for size in sizes):

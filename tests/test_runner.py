@@ -113,6 +113,20 @@ def test_an_input_folder_sylm_data_did_not_write_is_one_clear_line(tmp_path, mar
         runner.run(cfg, ["interleave"], str(tmp_path / "out"), log=lambda line: None)
 
 
+def test_rows_without_audio_are_read_in_larger_blocks():
+    """A run that starts after tokenize reads rows of a few KB (no audio): in blocks of
+    run.batch_rows_without_audio; sources, the ingest output and rows joined with their audio keep
+    run.batch_rows. Neither may be below 1."""
+    run = config_module.load(None, ["run.batch_rows=3", "run.batch_rows_without_audio=50"]).run
+    assert runner.read_batch_rows(None, None, run) == 3
+    assert runner.read_batch_rows(registry.STAGES["ingest"].contract, None, run) == 3
+    assert runner.read_batch_rows(registry.STAGES["align"].contract, "out/ingest", run) == 3
+    assert runner.read_batch_rows(registry.STAGES["align"].contract, None, run) == 50
+    assert runner.read_batch_rows(registry.STAGES["tokenize"].contract, None, run) == 50
+    with pytest.raises(config_module.ConfigError, match="batch_rows_without_audio must be at least 1"):
+        config_module.load(None, ["run.batch_rows_without_audio=0"])
+
+
 @dataclass
 class ShoutConfig:
     reject_word: str = "river"

@@ -31,6 +31,9 @@ class RunConfig:
     stages: list[str] = field(default_factory=lambda: list(registry.MAIN_LINE))
     seed: int = 0
     batch_rows: int = 64  # records per in-flight block: audio bytes make rows large
+    # records per block read from a stage's output that holds no audio (a run that starts at
+    # interleave or pairs): small blocks there cost more in per-call overhead than in work
+    batch_rows_without_audio: int = 4096
     num_cpus: int | None = None  # embedded Ray only; None = all cores
 
 
@@ -127,4 +130,7 @@ def load_sections(sections: dict[str, object], path: str | Path | None, override
 def load(path: str | Path | None = None, overrides: list[str] = ()) -> Config:
     config = Config()
     load_sections({"run": config.run, **config.stages}, path, list(overrides), "ingest.min_duration_ms=500")
+    if min(config.run.batch_rows, config.run.batch_rows_without_audio) < 1:
+        raise ConfigError(f"run.batch_rows and run.batch_rows_without_audio must be at least 1, got "
+                          f"{config.run.batch_rows} and {config.run.batch_rows_without_audio}")
     return config
