@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from sylm_data.pipeline import shards
-from sylm_data.pipeline.output import OutputLayout, read_rows
+from sylm_data.pipeline.output import OutputLayout, read_rows, sorted_rows
 from sylm_data.pipeline.stage import StageConfigError
 from sylm_data.schemas import sample, tokenized
 
@@ -34,7 +34,7 @@ def config_digest(config) -> str:
 def partition_samples(folder: Path, partition: str) -> pa.Table:
     """One committed partition's sample rows, in key order."""
     table = read_rows(folder / partition) if (folder / partition).exists() else pa.table({})
-    return table.sort_by(sample.ROW_KEY) if table.num_rows else sample.ROW_SCHEMA.empty_table()
+    return sorted_rows(table, [(sample.ROW_KEY, "ascending")]) if table.num_rows else sample.ROW_SCHEMA.empty_table()
 
 
 def sample_vocabulary(table: pa.Table) -> dict:

@@ -34,7 +34,7 @@ from sylm_data.documents.render import (comma_joined, documents_json, int_lists,
                                         range_positions, text_slices)
 from sylm_data.documents.utterances import read_batch, sample_rows, utterance_chunks
 from sylm_data.languages import word_joiner
-from sylm_data.pipeline.output import OutputLayout, read_bucket, read_rows, write_buckets
+from sylm_data.pipeline.output import OutputLayout, read_bucket, read_rows, sorted_rows, write_buckets
 from sylm_data.schemas import sample, utterance
 
 DOCUMENTS = "documents"  # DIR/documents/: the assembled document rows, one committed partition per bucket
@@ -258,9 +258,7 @@ def assemble_bucket(bucket: int, shuffle_dir: str, target: str, buckets: int, st
     name, layout = bucket_name(bucket, buckets), OutputLayout(Path(target).parent)
     rows = sample.ROW_SCHEMA.empty_table()
     if table.num_rows:
-        order = pc.sort_indices(table, sort_keys=_ORDER).to_numpy()
-        if (order[1:] < order[:-1]).any():  # partitions usually hold a recording's utterances in order already
-            table = table.combine_chunks().take(pa.array(order))  # a take over many chunks is many times slower
+        table = sorted_rows(table, _ORDER)
         starts = document_starts(table, *limits)
         documents = render_documents(table[sample.ROW_KEY].combine_chunks(), table[sample.ROW_LANGUAGE].combine_chunks(),
                                      table, starts, seed, choose)

@@ -221,6 +221,15 @@ def read_bucket(path: Path, bucket: int) -> pa.Table:
         return pa.Table.from_batches([reader.get_batch(bucket)])
 
 
+def sorted_rows(table: pa.Table, sort_keys: list[tuple]) -> pa.Table:
+    """`table` sorted (stably) by `sort_keys` (`pc.sort_indices`'); the table itself when it is in
+    that order already, as stored rows often are: the take would copy every value."""
+    order = pc.sort_indices(table, sort_keys=sort_keys).to_numpy()
+    if not (order[1:] < order[:-1]).any():
+        return table
+    return table.combine_chunks().take(pa.array(order))  # a take over many chunks is many times slower
+
+
 def by_partition(batch: pa.Table) -> Iterator[tuple[str, pa.Table]]:
     """The batch's rows of each partition it holds; the batch itself when it holds one (the common
     case: a filter would copy every value)."""
