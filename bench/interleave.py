@@ -4,14 +4,15 @@
 
 Input: synthetic tokenized rows (14 words in two sentences, 1-2 units per word on a contiguous
 20 ms grid) in Parquet; in recording context, 20 consecutive segments per recording.
-Stage: read the Parquet in the runner's blocks (`run.batch_rows_without_audio` rows), build every
-sample (chunking, spans, JSON), write the rows and then the shards, as the stage's transform and
-its shard writer do (in one process, no Ray; in recording context the shuffle by recording and the
-documents too). Floor: read the same Parquet and write the stage's finished sample bytes to tar
-with the same shard writer; in recording context also write the member rows to Parquet and read
-them back once, the I/O a shuffle cannot do without. One untimed pass of each warms the allocators
-and the page cache (the floor, timed second, would otherwise find them warm and the stage cold);
-then `--repeat` passes alternate, and the medians are compared.
+Stage: read the Parquet in the blocks a run's transform gets (batches of
+`run.batch_rows_without_audio` rows gathered up to Ray Data's target block size), build every
+sample (chunking, spans, JSON) with the transform the runner builds, write the rows and then the
+shards as the shard writer does (in one process, no Ray; in recording context the shuffle by
+recording and the documents too). Floor: read the same Parquet and write the stage's finished
+sample bytes to tar with the same shard writer; in recording context also write the member rows
+to Parquet and read them back once, the I/O a shuffle cannot do without. One untimed pass of each
+warms the allocators and the page cache (the floor, timed second, would otherwise find them warm
+and the stage cold); then `--repeat` passes alternate, and the medians are compared.
 """
 
 import argparse
@@ -26,6 +27,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from sylm_data.documents import recordings
+from sylm_data.pipeline import runner
 from sylm_data.pipeline.config import RunConfig
 from sylm_data.pipeline.output import read_rows
 from sylm_data.pipeline.shards import ShardWriter
@@ -62,15 +64,31 @@ def synthetic_rows(count: int) -> pa.Table:
     return pa.Table.from_pylist(rows)
 
 
+def ray_blocks(path: Path):
+    """The blocks the runner's transform gets: the partition read in batches of
+    `run.batch_rows_without_audio` rows, gathered by Ray Data into blocks of up to its target size."""
+    from ray.data.context import DataContext
+
+    target, gathered, size = DataContext.get_current().target_max_block_size, [], 0
+    for batch in pq.ParquetFile(path).iter_batches(RunConfig().batch_rows_without_audio):
+        gathered.append(batch)
+        size += batch.nbytes
+        if size >= target:
+            yield pa.Table.from_batches(gathered)
+            gathered, size = [], 0
+    if gathered:
+        yield pa.Table.from_batches(gathered)
+
+
 def run_stage(scratch: Path, config: interleave.InterleaveConfig) -> float:
     """The stage over scratch/tokenized.parquet, from nothing: its seconds."""
     for name in ("interleave", recordings.DOCUMENTS, "shards"):
         shutil.rmtree(scratch / name, ignore_errors=True)
     start = time.perf_counter()
     (scratch / "interleave" / "p").mkdir(parents=True)
-    batches = pq.ParquetFile(scratch / "tokenized.parquet").iter_batches(RunConfig().batch_rows_without_audio)
-    for index, batch in enumerate(batches):
-        out = interleave.transform(pa.Table.from_batches([batch]), config)
+    transform = runner.built_transform(interleave.STAGE, config)
+    for index, block in enumerate(ray_blocks(scratch / "tokenized.parquet")):
+        out = transform(block)
         pq.write_table(stream.accepted(out, sample.ROW_SCHEMA), scratch / "interleave" / "p" / f"{index:05d}.parquet")
     written = sum(pq.read_metadata(path).num_rows for path in (scratch / "interleave" / "p").glob("*.parquet"))
     (scratch / "interleave" / "_done").mkdir()  # the partition's commit marker, as the runner writes it

@@ -1,5 +1,6 @@
 """interleave: chunking properties, the speech ratio, sample kinds, determinism, shards end to end."""
 
+import functools
 import json
 
 import numpy as np
@@ -11,6 +12,7 @@ from hypothesis import strategies as st
 
 from sylm_data.pipeline import config as config_module
 from sylm_data.pipeline import runner
+from sylm_data.pipeline.stage import in_slices
 from sylm_data.sample import MANIFEST
 from sylm_data.schemas import sample, stream, tokenized
 from sylm_data.documents import render, spans
@@ -283,6 +285,13 @@ def test_a_sample_is_the_same_whatever_batch_it_comes_in():
     assert {r["kind"] for r in together} == {"interleaved", "speech", "text"}
     assert [built([item], config)[0] for item in rows[:8]] == together[:8]
     assert built(rows[::-1], config) == together[::-1]
+    # as the runner calls it on a block bigger than its slices, in either context
+    placed = [item | {"recording": "manifest:r", "segment_index": n, "recording_start_ms": None, "speaker": None,
+                      "duration_ms": 1200} for n, item in enumerate(rows)]
+    for context in ("utterance", "recording"):
+        config = interleave.InterleaveConfig(span_mean=2, context=context)
+        whole = interleave.transform(tokenized_rows(placed), config)
+        assert in_slices(functools.partial(interleave.transform, config=config), 7)(tokenized_rows(placed)).equals(whole)
 
 
 def test_sentence_granularity_makes_whole_sentences_speech_or_text():

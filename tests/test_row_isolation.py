@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from sylm_data.pipeline import registry
-from sylm_data.pipeline.stage import Rejected, isolate
+from sylm_data.pipeline.stage import Rejected, in_slices, isolate
 from sylm_data.sample import MANIFEST
 from sylm_data.schemas import stream
 from sylm_data.schemas.reject import Reason
@@ -82,6 +82,18 @@ def test_a_batch_that_raises_is_retried_row_by_row_and_only_the_raising_row_is_r
                             ("d", 6, None, None, None), ("e", 8, None, None, None)]
     assert out[stream.PARTITION].to_pylist() == ["p"] * 5
     assert out[stream.PARTITION_TOTAL].to_pylist() == [0, 0, 0, 0, 5]  # the partition still counts every row
+
+
+def test_in_slices_a_raising_row_costs_a_retry_of_its_slice_only():
+    """The runner's order (`runner.built_transform`): slices of the block, each isolated."""
+    doubler = Doubler(raise_on("e", ValueError("no number for e")))
+    out = in_slices(isolate(doubler, "double", CONTRACT), 3)(batch_of("abcdefgh"))
+    assert doubler.calls == [list("abc"), list("def"), ["d"], ["e"], ["f"], list("gh")]
+    assert out["id"].to_pylist() == list("abcdefgh") and out["doubled"].to_pylist() == [0, 2, 4, 6, None, 10, 12, 14]
+    assert out.schema.equals(OUTPUT)
+    small = Doubler(lambda ids: None)
+    assert in_slices(small, 8)(batch_of("abcdefgh")).equals(Doubler(lambda ids: None)(batch_of("abcdefgh")))
+    assert small.calls == [list("abcdefgh")]
 
 
 def test_out_of_memory_halves_the_batch_down_to_what_fits():

@@ -31,8 +31,8 @@ class RunConfig:
     stages: list[str] = field(default_factory=lambda: list(registry.MAIN_LINE))
     seed: int = 0
     batch_rows: int = 64  # records per in-flight block: audio bytes make rows large
-    # records per block read from a stage's output that holds no audio (a run that starts at
-    # interleave or pairs): small blocks there cost more in per-call overhead than in work
+    # records per batch read from a stage's output that holds no audio (a run that starts at
+    # interleave or pairs): small reads there cost more in overhead than in work
     batch_rows_without_audio: int = 4096
     num_cpus: int | None = None  # embedded Ray only; None = all cores
 

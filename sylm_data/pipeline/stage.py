@@ -59,6 +59,19 @@ def error_detail(error: BaseException) -> str:
     return f"{type(error).__name__}: {error}"[:300]
 
 
+def in_slices(transform: Transform, rows: int) -> Transform:
+    """`transform` called on `rows` rows of a batch at a time, its outputs concatenated in order.
+    Ray Data hands a map task blocks of up to 128 MiB (a whole partition of small rows); a
+    vectorised transform over one slice at a time keeps its arrays in the CPU's caches."""
+    return functools.partial(_sliced, transform=transform, rows=rows)
+
+
+def _sliced(batch: pa.Table, transform: Transform, rows: int) -> pa.Table:
+    if batch.num_rows <= rows:
+        return transform(batch)
+    return pa.concat_tables([transform(batch.slice(start, rows)) for start in range(0, batch.num_rows, rows)])
+
+
 def isolate(transform: Transform, stage_name: str, contract: pa.Schema) -> Transform:
     """`transform` made to cost a failing sample its own row, never its batch or the run.
 
@@ -172,3 +185,6 @@ class Stage:
     needs_audio: bool = False
     # the runner wraps the transform in `isolate`; off only for a stage whose rows depend on their batch
     isolated: bool = True
+    # the runner calls the (isolated) transform on at most this many rows of a block at a time
+    # (`in_slices`); None: on whole blocks
+    rows_per_call: int | None = None

@@ -136,4 +136,5 @@ STAGE = Stage(
     make_transform=lambda config: functools.partial(transform, config=config),
     preflight=preflight,
     finalize=write_shards,
+    rows_per_call=render.ROWS_PER_CALL,
 )

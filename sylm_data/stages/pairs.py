@@ -94,4 +94,5 @@ STAGE = Stage(
     make_transform=lambda config: functools.partial(render.build_samples, config=config, plan=plan_pairs, stage=NAME),
     preflight=preflight,
     finalize=write_shards,
+    rows_per_call=render.ROWS_PER_CALL,
 )
