@@ -222,8 +222,8 @@ def read_bucket(path: Path, bucket: int) -> pa.Table:
 
 
 def sorted_rows(table: pa.Table, sort_keys: list[tuple]) -> pa.Table:
-    """`table` sorted (stably) by `sort_keys` (`pc.sort_indices`'); the table itself when it is in
-    that order already, as stored rows often are: the take would copy every value."""
+    """`table` sorted (stably) by `sort_keys` (as `pc.sort_indices` takes them); the table itself
+    when it is in that order already, as stored rows often are: the take would copy every value."""
     order = pc.sort_indices(table, sort_keys=sort_keys).to_numpy()
     if not (order[1:] < order[:-1]).any():
         return table

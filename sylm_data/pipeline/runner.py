@@ -404,7 +404,7 @@ def _list_ids(partition: Partition, ids_dir: str, subsets: tuple[str, ...], near
 
 
 def read_batch_rows(contract: pa.Schema | None, audio_from: str | None, run_config) -> int:
-    """Rows per block the run's first stage reads (`contract`: that of the rows it reads, None for
+    """Rows per batch the run's first stage reads (`contract`: that of the rows it reads, None for
     sources): `run.batch_rows` where they hold audio (sources, the ingest output, rows joined with
     their audio), else `run.batch_rows_without_audio`: rows of a few KB, of which a read of 64 at
     a time took 8x as long as one of 4,096 (Ray Data then gathers them into bigger blocks)."""
