@@ -113,8 +113,8 @@ def test_an_input_folder_sylm_data_did_not_write_is_one_clear_line(tmp_path, mar
         runner.run(cfg, ["interleave"], str(tmp_path / "out"), log=lambda line: None)
 
 
-def test_rows_without_audio_are_read_in_larger_blocks():
-    """A run that starts after tokenize reads rows of a few KB (no audio): in blocks of
+def test_rows_without_audio_are_read_in_larger_batches():
+    """A run that starts after tokenize reads rows of a few KB (no audio): in batches of
     run.batch_rows_without_audio; sources, the ingest output and rows joined with their audio keep
     run.batch_rows. Neither may be below 1."""
     run = config_module.load(None, ["run.batch_rows=3", "run.batch_rows_without_audio=50"]).run
