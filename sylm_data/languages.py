@@ -5,6 +5,7 @@ import functools
 import re
 import unicodedata
 
+import numba
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -92,47 +93,40 @@ def word_offsets(text: str, words: list[str]) -> list[int]:
     return offsets
 
 
-# bytes that never start or continue a transcript word: ASCII other than letters, digits, ' and -
-_SEPARATOR_BYTE = np.array([not (chr(byte).isalnum() or chr(byte) in "'-") if byte < 0x80 else False
-                            for byte in range(256)])
-
-
 def word_offsets_batch(texts: pa.Array, words: pa.Array, word_bounds: np.ndarray) -> np.ndarray:
     """`word_offsets` of many transcripts at once: text i's words are words[word_bounds[i]:
-    word_bounds[i + 1]]; one flat offset per word, in characters. Word j of a text is first guessed
-    to start its j-th run of word bytes. A guess stands when the word's bytes are there and the word
-    before covered its whole run: then only separators lie between them, and the guess is what
-    `str.find` returns. Texts with a guess that does not stand are searched word by word."""
-    texts = pc.fill_null(texts, "").cast(pa.large_string())
-    words = words.cast(pa.large_string())
-    text_bounds, text_bytes = string_buffers(texts)
-    word_byte_bounds, word_bytes = string_buffers(words)
-    sizes = np.diff(word_bounds)
-    owner = np.repeat(np.arange(len(sizes)), sizes)
-    rank = np.arange(len(owner)) - np.repeat(word_bounds[:-1], sizes)
-    starts, lengths = text_bounds[:-1][owner], np.diff(word_byte_bounds)
-    in_word = ~_SEPARATOR_BYTE[text_bytes]  # the padding byte is a separator
-    opens = in_word.copy()
-    opens[1:] &= ~in_word[:-1]
-    opens[text_bounds[:-1]] = in_word[text_bounds[:-1]]
-    run_starts = np.append(np.flatnonzero(opens), len(text_bytes) - 1)
-    runs_before = np.searchsorted(run_starts, text_bounds)
-    guess = run_starts[np.minimum(runs_before[:-1][owner] + rank, len(run_starts) - 1)]
-    fits = (rank < np.diff(runs_before)[owner]) & (guess + lengths <= text_bounds[1:][owner]) & (lengths > 0)
-    guess = np.where(fits, guess, starts)
-    positions = np.repeat(guess - word_byte_bounds[:-1], lengths) + np.arange(word_byte_bounds[-1])
-    mismatches = np.concatenate([[0], np.cumsum(text_bytes[np.minimum(positions, len(text_bytes) - 1)] != word_bytes[:-1])])
-    differs = mismatches[word_byte_bounds[1:]] > mismatches[word_byte_bounds[:-1]]
-    covers_run = ~in_word[np.minimum(guess + lengths, len(text_bytes) - 1)]
-    stands = fits & ~differs & ((rank == 0) | np.roll(covers_run, 1))
-    offsets = guess - starts
-    if text_bytes.max(initial=0) >= 0x80:  # bytes to characters: UTF-8 continuation bytes do not count
-        continuations = np.concatenate([[0], np.cumsum((text_bytes & 0xC0) == 0x80)])
-        offsets -= continuations[guess] - continuations[starts]
-    for row in np.flatnonzero(np.bincount(owner, weights=~stands, minlength=len(sizes)) > 0).tolist():
-        first, last = int(word_bounds[row]), int(word_bounds[row + 1])
-        offsets[first:last] = word_offsets(texts[row].as_py(), words.slice(first, last - first).to_pylist())
-    return offsets.astype(np.int64)
+    word_bounds[i + 1]]; one flat offset per word, in characters. The search runs on UTF-8 bytes: a
+    word's bytes can only match where a character starts, so the first byte match is `str.find`'s."""
+    text_bounds, text_bytes = string_buffers(pc.fill_null(texts, "").cast(pa.large_string()))
+    word_byte_bounds, word_bytes = string_buffers(words.cast(pa.large_string()))
+    return _word_offsets(text_bounds, text_bytes, word_byte_bounds, word_bytes, np.asarray(word_bounds, np.int64))
+
+
+@numba.njit(cache=True)
+def _word_offsets(text_bounds, text_bytes, word_byte_bounds, word_bytes, word_bounds):
+    offsets = np.empty(len(word_byte_bounds) - 1, np.int64)
+    for text in range(len(word_bounds) - 1):
+        end = text_bounds[text + 1]
+        position = counted = text_bounds[text]  # bytes searched from; bytes whose characters are counted
+        characters = 0
+        for word in range(word_bounds[text], word_bounds[text + 1]):
+            first, size = word_byte_bounds[word], word_byte_bounds[word + 1] - word_byte_bounds[word]
+            found = -1
+            for start in range(position, end - size + 1):
+                matched = 0
+                while matched < size and text_bytes[start + matched] == word_bytes[first + matched]:
+                    matched += 1
+                if matched == size:
+                    found = start
+                    break
+            at = found if found >= 0 else position  # not found: where the previous word ended
+            for byte in range(counted, at):
+                characters += (text_bytes[byte] & 0xC0) != 0x80  # UTF-8 continuation bytes do not count
+            counted = at
+            offsets[word] = characters
+            if found >= 0:
+                position = found + size
+    return offsets
 
 
 def string_buffers(strings: pa.Array) -> tuple[np.ndarray, np.ndarray]:

@@ -13,6 +13,7 @@ import hashlib
 import math
 from typing import NamedTuple
 
+import numba
 import numpy as np
 
 from sylm_data.languages import punctuated_ends
@@ -93,39 +94,44 @@ class Pieces(NamedTuple):
 def word_cuts(word_sizes, word_starts, word_ends, unit_sizes, unit_starts, unit_ends, tolerance_ms: int) -> Cuts:
     """Where each utterance may be cut: before word k and unit j when unit j starts (where unit
     j - 1 ends) inside the gap between words k - 1 and k, give or take `tolerance_ms`. When several
-    unit boundaries qualify, the one nearest the gap's middle wins (the earlier on a tie).
-    Vectorised: every utterance's unit boundaries go into one sorted array keyed by utterance,
-    then time (doubled, so that gap middles stay integers)."""
-    word_rows, word_index = _positions(word_sizes)
-    unit_rows, unit_index = _positions(unit_sizes)
-    w_start, w_end = np.asarray(word_starts, np.int64), np.asarray(word_ends, np.int64)
-    u_start, u_end = np.asarray(unit_starts, np.int64), np.asarray(unit_ends, np.int64)
-    span = 2 * int(max(w_end.max(initial=0), u_end.max(initial=0), w_start.max(initial=0), u_start.max(initial=0))) + 2
-    # unit boundaries: unit j > 0 of an utterance that starts where unit j - 1 ends
-    later = np.flatnonzero((unit_index[1:] > 0) & (u_end[:-1] == u_start[1:])) + 1
-    boundary_key = unit_rows[later] * span + 2 * u_start[later]
-    gaps = np.flatnonzero(word_index[1:] > 0) + 1  # word k > 0: the gap before it
-    rows = word_rows[gaps]
-    middle2 = w_end[gaps - 1] + w_start[gaps]
-    low2, high2 = 2 * (w_end[gaps - 1] - tolerance_ms), 2 * (w_start[gaps] + tolerance_ms)
-    after = np.searchsorted(boundary_key, rows * span + middle2, side="left")
+    unit boundaries qualify, the one nearest the gap's middle wins (the earlier on a tie)."""
+    word_bounds, unit_bounds = (np.concatenate([[0], np.cumsum(np.asarray(sizes, np.int64))]) for sizes in (word_sizes, unit_sizes))
+    times = (np.asarray(values, np.int64) for values in (word_starts, word_ends, unit_starts, unit_ends))
+    return Cuts(*_word_cuts(word_bounds, unit_bounds, *times, tolerance_ms))
 
-    def candidate(position):
-        inside = (position >= 0) & (position < len(later))
-        position = position.clip(0, max(len(later) - 1, 0))
-        if not len(later):
-            return inside, position, np.zeros_like(middle2)
-        time2 = 2 * u_start[later[position]]
-        fits = inside & (unit_rows[later[position]] == rows) & (low2 <= time2) & (time2 <= high2)
-        return fits, position, np.abs(time2 - middle2)
 
-    before_fits, before, before_distance = candidate(after - 1)
-    after_fits, after, after_distance = candidate(after)
-    take_before = before_fits & (~after_fits | (before_distance <= after_distance))
-    chosen = np.where(take_before, before, after)
-    found = take_before | after_fits
-    units_at = unit_index[later[chosen[found]]] if len(later) else np.zeros(0, np.int64)
-    return Cuts(rows[found], word_index[gaps[found]], units_at)
+@numba.njit(cache=True)
+def _word_cuts(word_bounds, unit_bounds, word_starts, word_ends, unit_starts, unit_ends, tolerance_ms):
+    rows, words, units = np.empty(len(word_starts), np.int64), np.empty(len(word_starts), np.int64), np.empty(len(word_starts), np.int64)
+    boundaries = np.empty(len(unit_starts), np.int64)  # one utterance's units that start where the one before ends
+    found = 0
+    for row in range(len(word_bounds) - 1):
+        first_unit, count = unit_bounds[row], 0
+        for unit in range(first_unit + 1, unit_bounds[row + 1]):
+            if unit_ends[unit - 1] == unit_starts[unit]:
+                boundaries[count] = unit
+                count += 1
+        for word in range(word_bounds[row] + 1, word_bounds[row + 1]):
+            # doubled times, so that the gap's middle stays an integer
+            middle2 = word_ends[word - 1] + word_starts[word]
+            low2, high2 = 2 * (word_ends[word - 1] - tolerance_ms), 2 * (word_starts[word] + tolerance_ms)
+            low, high = 0, count  # binary search: the first boundary at or after the middle
+            while low < high:
+                half = (low + high) // 2
+                if 2 * unit_starts[boundaries[half]] < middle2:
+                    low = half + 1
+                else:
+                    high = half
+            best, best_distance = -1, 0
+            for candidate in (low - 1, low):  # the boundaries either side of the middle, the earlier first
+                if 0 <= candidate < count:
+                    time2 = 2 * unit_starts[boundaries[candidate]]
+                    if low2 <= time2 <= high2 and (best < 0 or abs(time2 - middle2) < best_distance):
+                        best, best_distance = boundaries[candidate], abs(time2 - middle2)
+            if best >= 0:
+                rows[found], words[found], units[found] = row, word - word_bounds[row], best - first_unit
+                found += 1
+    return rows[:found], words[:found], units[:found]
 
 
 def _positions(sizes) -> tuple[np.ndarray, np.ndarray]:
