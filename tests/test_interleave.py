@@ -316,10 +316,28 @@ def test_documents_are_what_the_compact_json_encoder_writes(words, kind):
     sample.validate(json.loads(made["json"]))
 
 
-@given(st.lists(st.text(), max_size=8))
-def test_strings_are_quoted_in_bulk_as_the_json_encoder_quotes_them(strings):
-    """The fast path (no escape needed) and the escaped strings mixed in one array."""
-    assert render.quoted_strings(pa.array(strings, pa.string())).to_pylist() == [render.quoted(item) for item in strings]
+@given(st.lists(st.tuples(st.lists(st.one_of(st.text(), st.lists(st.integers(-2**40, 2**40), max_size=4)), min_size=1, max_size=4),
+                          st.lists(st.text(), min_size=1, max_size=3), st.sampled_from(sample.KINDS), st.text(max_size=3)), max_size=5))
+def test_the_document_writer_writes_what_the_json_encoder_writes(documents):
+    """Any string (control characters, quotes, backslashes, any Unicode) in texts, ids and
+    languages; units of any sign and size, split over several ranges; documents of several ids."""
+    segments = [segment for content, *_ in documents for segment in content]
+    spoken = [segment for segment in segments if isinstance(segment, list)]
+    flat_units = np.array([unit for units in spoken for unit in units], np.int64)
+    halves = [(len(units) // 2, len(units) - len(units) // 2) for units in spoken]  # each segment's units as two ranges
+    lengths = np.array([length for pair in halves for length in pair], np.int64)
+    units = render.SpeechUnits(flat_units, np.cumsum(lengths) - lengths, lengths, np.full(len(spoken), 2))
+    made = render.documents_json(units, pa.array([segment for segment in segments if isinstance(segment, str)], pa.string()),
+                                 np.array([isinstance(segment, list) for segment in segments], bool),
+                                 np.array([len(content) for content, *_ in documents]), [kind for _, _, kind, _ in documents],
+                                 [language for *_, language in documents], pa.array([i for _, ids, *_ in documents for i in ids]),
+                                 np.array([len(ids) for _, ids, *_ in documents]))
+    expected = [render.COMPACT_JSON.encode({
+        "segments": [{"modality": "speech", "text": None, "units": segment} if isinstance(segment, list) else
+                     {"modality": "text", "text": segment, "units": None} for segment in content],
+        "kind": kind, "language": language, "source_id": ids[0], "source_ids": ids, "synthetic": None})
+        for content, ids, kind, language in documents]
+    assert made.to_pylist() == expected
 
 
 @given(st.lists(st.text(max_size=12), min_size=1, max_size=6), st.data())

@@ -30,8 +30,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from sylm_data.documents import publish, spans
-from sylm_data.documents.render import (comma_joined, documents_json, int_lists, list_offsets, quoted_strings,
-                                        range_positions, text_slices)
+from sylm_data.documents.render import SpeechUnits, documents_json, int_lists, list_offsets, range_positions, text_slices
 from sylm_data.documents.utterances import read_batch, sample_rows, utterance_chunks
 from sylm_data.languages import word_joiner
 from sylm_data.pipeline.output import OutputLayout, read_bucket, read_rows, sorted_rows, write_buckets
@@ -166,12 +165,11 @@ def render_documents(ids: pa.Array, languages: pa.Array, member_table: pa.Table,
     opens[1:] = (owner[1:] != owner[:-1]) | (speech[1:] != speech[:-1])
     segment_of = np.cumsum(opens) - 1
     segment_speech, segment_owner = speech[opens], owner[opens]
-    # speech segments: their chunks' units, one range after another in the flat unit strings
+    # speech segments: their chunks' unit ranges, one after another
     spoken = np.flatnonzero(speech)
     lengths = members.chunk_units[spoken]
-    positions = range_positions(members.unit_bounds[members.chunk_member[spoken]] + first_unit[spoken], lengths)
-    segment_units = np.bincount(segment_of[spoken], weights=lengths, minlength=len(segment_speech)).astype(np.int64)
-    units_text = comma_joined(members.units.take(pa.array(positions, pa.int64())), segment_units[segment_speech])
+    ranges = np.bincount(segment_of[spoken], minlength=len(segment_speech))[segment_speech]
+    units_of = SpeechUnits(members.units, members.unit_bounds[members.chunk_member[spoken]] + first_unit[spoken], lengths, ranges)
     # text segments: one slice of a transcript per run of text chunks within a member, joined
     texts = _text_segments(members, np.flatnonzero(~speech), segment_of, first_word, first_languages, document_of)
     per_document = np.bincount(segment_owner, minlength=count)
@@ -179,10 +177,8 @@ def render_documents(ids: pa.Array, languages: pa.Array, member_table: pa.Table,
     single = (kinds == "interleaved") & (per_document == 1)  # no span fitted, or one chunk: a plain sample
     first_segment = np.concatenate([[0], np.cumsum(per_document)[:-1]])
     kinds[single] = np.where(segment_speech[first_segment[single]], "speech", "text")
-    quoted_ids = quoted_strings(ids)
-    held = comma_joined(quoted_ids, np.diff(np.append(firsts, len(ids))))
-    documents = documents_json(units_text, texts, segment_speech, per_document, kinds.tolist(), first_languages,
-                               quoted_ids.take(taken_firsts), held)
+    documents = documents_json(units_of, texts, segment_speech, per_document, kinds.tolist(), first_languages, ids,
+                               np.diff(np.append(firsts, len(ids))))
     words = np.bincount(owner, weights=members.chunk_words, minlength=count)
     speech_words = np.bincount(owner[spoken], weights=members.chunk_words[spoken], minlength=count)
     units = np.bincount(owner[spoken], weights=lengths, minlength=count)

@@ -1,8 +1,11 @@
 """Samples as JSON text: a plan's segments of some utterances rendered byte for byte as
-`COMPACT_JSON` writes the sample contract (`schemas/sample.py`), the units through Arrow's string
-kernels, never Python ints."""
+`COMPACT_JSON` writes the sample contract (`schemas/sample.py`), by a compiled writer over Arrow's
+flat buffers, never Python objects per unit or segment."""
 
 import json
+from typing import NamedTuple
+
+import numba
 
 import numpy as np
 import pyarrow as pa
@@ -21,54 +24,178 @@ ROWS_PER_CALL = 4096
 
 def render(utterances: Utterances, rows: np.ndarray, plan: Plan) -> tuple[pa.Array, np.ndarray, np.ndarray]:
     """The JSON documents of utterances `rows` (byte for byte what COMPACT_JSON writes of them), and
-    each one's speech words and units. Units go through Arrow's string kernels, never Python ints."""
+    each one's speech words and units."""
     segments, speech = plan.segments, plan.speech
     document_of = np.searchsorted(rows, segments.rows)
     spoken = np.flatnonzero(speech)
     lengths = (segments.end_unit - segments.first_unit)[spoken]
     starts = (utterances.unit_bounds[segments.rows] + segments.first_unit)[spoken]
-    units_text = comma_joined(utterances.unit_ids.take(range_positions(starts, lengths)), lengths)
     texts = segment_texts(utterances, segments.take(np.flatnonzero(~speech)))
-    source_ids = quoted_strings(pa.array(utterances.ids, pa.string()).take(rows))
-    documents = documents_json(units_text, texts, speech, np.bincount(document_of, minlength=len(rows)), plan.kinds,
-                               [utterances.languages[row] for row in rows.tolist()], source_ids, source_ids)
+    one_each = np.ones(len(rows), np.int64)
+    documents = documents_json(SpeechUnits(utterances.unit_ids, starts, lengths, np.ones(len(spoken), np.int64)), texts, speech,
+                               np.bincount(document_of, minlength=len(rows)), plan.kinds,
+                               [utterances.languages[row] for row in rows.tolist()],
+                               pa.array(utterances.ids, pa.string()).take(rows), one_each)
     speech_words = np.bincount(document_of[spoken], weights=segments.words[spoken], minlength=len(rows))
     units = np.bincount(document_of[spoken], weights=lengths, minlength=len(rows))
     return documents, speech_words.astype(np.int64), units.astype(np.int64)
 
 
-def documents_json(units_text: pa.Array, texts: pa.Array, speech: np.ndarray, per_document: np.ndarray, kinds: list[str],
-                   languages: list[str], source_ids: pa.Array, held: pa.Array) -> pa.Array:
+class SpeechUnits(NamedTuple):
+    """The units of speech segments, in order: each segment joins its next `ranges_per_segment`
+    ranges of the flat `unit_ids` (range r: starts[r], lengths[r] units)."""
+    unit_ids: pa.Array | np.ndarray
+    starts: np.ndarray
+    lengths: np.ndarray
+    ranges_per_segment: np.ndarray
+
+
+def documents_json(units: SpeechUnits, texts: pa.Array, speech: np.ndarray, per_document: np.ndarray, kinds: list[str],
+                   languages: list[str], ids: pa.Array, ids_per_document: np.ndarray) -> pa.Array:
     """Samples' JSON, as COMPACT_JSON writes them, from their segments in order: segment i is
-    speech where `speech[i]`, its units the next of `units_text` (comma-joined), else text, the next
-    of `texts`; document d holds the next `per_document[d]` segments. `source_ids`: each one's
-    first utterance id, `held`: all of its ids, comma-joined; both as JSON string literals."""
-    speech_json = pc.binary_join_element_wise('{"modality":"speech","text":null,"units":[', units_text, "]}", "")
-    text_json = pc.binary_join_element_wise('{"modality":"text","text":', quoted_strings(texts),
-                                            ',"units":null}', "")
-    order = np.empty(len(speech), np.int64)
-    spoken = int(np.count_nonzero(speech))
-    order[speech], order[~speech] = np.arange(spoken), spoken + np.arange(len(texts))
-    segment_lists = pa.ListArray.from_arrays(list_offsets(per_document),
-                                             pa.concat_arrays([speech_json, text_json.cast(speech_json.type)]).take(order))
-    return pc.binary_join_element_wise(
-        '{"segments":[', pc.binary_join(segment_lists, ","), '],"kind":"', pa.array(kinds, pa.string()),
-        '","language":', quoted_strings(pa.array(languages, pa.string())),
-        ',"source_id":', source_ids, ',"source_ids":[', held, '],"synthetic":null}', "")
+    speech where `speech[i]` (its units the next of `units`), else text (the next of `texts`);
+    document d holds the next `per_document[d]` segments and the next `ids_per_document[d]` source
+    ids (`ids`), the first of which is its `source_id`. Written by one compiled pass that sizes
+    every document and one that writes them."""
+    unit_ids = units.unit_ids.to_numpy(zero_copy_only=False) if isinstance(units.unit_ids, pa.Array) else units.unit_ids
+    arguments = (np.asarray(speech, np.bool_), np.asarray(per_document, np.int64), unit_ids.astype(np.int64, copy=False),
+                 *(np.asarray(values, np.int64) for values in (units.starts, units.lengths, units.ranges_per_segment)),
+                 *string_buffers(texts.cast(pa.large_string())), *string_buffers(pa.array(kinds, pa.large_string())),
+                 *string_buffers(pa.array(languages, pa.large_string())), *string_buffers(ids.cast(pa.large_string())),
+                 np.asarray(ids_per_document, np.int64))
+    bounds = np.zeros(len(per_document) + 1, np.int64)
+    _write_documents(np.zeros(0, np.uint8), bounds, *arguments)
+    data = np.empty(bounds[-1], np.uint8)
+    _write_documents(data, bounds, *arguments)
+    return pa.LargeStringArray.from_buffers(len(per_document), pa.py_buffer(bounds), pa.py_buffer(data)).cast(pa.string())
+
+
+def _template(text: str) -> np.ndarray:
+    return np.frombuffer(text.encode(), np.uint8)
+
+
+# the fixed bytes of a document, in the order COMPACT_JSON writes the sample contract's fields
+_OPEN, _SPEECH, _SPEECH_END, _TEXT, _TEXT_END = (_template(part) for part in (
+    '{"segments":[', '{"modality":"speech","text":null,"units":[', "]}", '{"modality":"text","text":', ',"units":null}'))
+_KIND, _LANGUAGE, _SOURCE_ID, _SOURCE_IDS, _CLOSE, _COMMA = (_template(part) for part in (
+    '],"kind":"', '","language":', ',"source_id":', ',"source_ids":[', '],"synthetic":null}', ","))
+# json's escapes: a letter after a backslash for these bytes, \u00XX (lowercase hex) for the other
+# control bytes, 0 where a byte is written as it is
+_ESCAPE = np.zeros(256, np.uint8)
+_ESCAPE[:0x20] = ord("u")
+_ESCAPE[np.frombuffer(b'\b\t\n\f\r"\\', np.uint8)] = np.frombuffer(b'btnfr"\\', np.uint8)
+_HEX = _template("0123456789abcdef")
+
+
+@numba.njit(cache=True)
+def _put(out, at, data, start, end):
+    """`data[start:end]` at `at` (written only when `out` is the full buffer); where it ends."""
+    if len(out):
+        for index in range(end - start):  # a loop: slicing costs more than the few bytes copied
+            out[at + index] = data[start + index]
+    return at + end - start
+
+
+@numba.njit(cache=True)
+def _put_all(out, at, data):
+    return _put(out, at, data, 0, len(data))
+
+
+@numba.njit(cache=True)
+def _put_quoted(out, at, data, start, end):
+    """UTF-8 `data[start:end]` as a JSON string literal, as `quoted` writes it."""
+    writing = len(out) > 0
+    if writing:
+        out[at] = 34
+    at += 1
+    for index in range(start, end):
+        byte = data[index]
+        letter = _ESCAPE[byte]
+        if letter == 0:
+            if writing:
+                out[at] = byte
+            at += 1
+        elif letter != 117 or byte >= 0x20:  # a short escape: backslash and one letter
+            if writing:
+                out[at], out[at + 1] = 92, letter
+            at += 2
+        else:
+            if writing:
+                out[at : at + 6] = np.array([92, 117, 48, 48, _HEX[byte >> 4], _HEX[byte & 15]], np.uint8)
+            at += 6
+    if writing:
+        out[at] = 34
+    return at + 1
+
+
+@numba.njit(cache=True)
+def _put_number(out, at, value):
+    if value < 0:
+        if len(out):
+            out[at] = 45
+        at, value = at + 1, -value
+    digits, rest = 1, value
+    while rest >= 10:
+        digits, rest = digits + 1, rest // 10
+    if len(out):
+        for place in range(digits):
+            out[at + digits - 1 - place] = 48 + value % 10
+            value //= 10
+    return at + digits
+
+
+@numba.njit(cache=True)
+def _write_documents(out, bounds, speech, per_document, unit_ids, range_starts, range_lengths, ranges_per_segment,
+                     text_bounds, text_bytes, kind_bounds, kind_bytes, language_bounds, language_bytes, id_bounds, id_bytes,
+                     ids_per_document):
+    """Sizes every document into `bounds` when `out` is empty, else writes them at those bounds."""
+    segment = spoken = text = unit_range = first_id = 0
+    at = 0
+    for document in range(len(per_document)):
+        if len(out):
+            at = bounds[document]
+        else:
+            bounds[document] = at
+        at = _put_all(out, at, _OPEN)
+        for place in range(per_document[document]):
+            if place:
+                at = _put_all(out, at, _COMMA)
+            if speech[segment]:
+                at = _put_all(out, at, _SPEECH)
+                written = 0
+                for _ in range(ranges_per_segment[spoken]):
+                    for unit in range(range_starts[unit_range], range_starts[unit_range] + range_lengths[unit_range]):
+                        if written:
+                            at = _put_all(out, at, _COMMA)
+                        at = _put_number(out, at, unit_ids[unit])
+                        written += 1
+                    unit_range += 1
+                spoken += 1
+                at = _put_all(out, at, _SPEECH_END)
+            else:
+                at = _put_all(out, at, _TEXT)
+                at = _put_quoted(out, at, text_bytes, text_bounds[text], text_bounds[text + 1])
+                at = _put_all(out, at, _TEXT_END)
+                text += 1
+            segment += 1
+        at = _put_all(out, at, _KIND)
+        at = _put(out, at, kind_bytes, kind_bounds[document], kind_bounds[document + 1])
+        at = _put_all(out, at, _LANGUAGE)
+        at = _put_quoted(out, at, language_bytes, language_bounds[document], language_bounds[document + 1])
+        at = _put_all(out, at, _SOURCE_ID)
+        at = _put_quoted(out, at, id_bytes, id_bounds[first_id], id_bounds[first_id + 1])
+        at = _put_all(out, at, _SOURCE_IDS)
+        for held in range(first_id, first_id + ids_per_document[document]):
+            if held > first_id:
+                at = _put_all(out, at, _COMMA)
+            at = _put_quoted(out, at, id_bytes, id_bounds[held], id_bounds[held + 1])
+        first_id += ids_per_document[document]
+        at = _put_all(out, at, _CLOSE)
+    if not len(out):
+        bounds[len(per_document)] = at
 
 
 quoted = json.encoder.encode_basestring  # a JSON string literal, non-ASCII kept (as COMPACT_JSON writes it)
-_ESCAPED = r'[\x00-\x1f"\\]'  # what `quoted` escapes; everything else it keeps as it is
-
-
-def quoted_strings(strings: pa.Array) -> pa.Array:
-    """Each string as `quoted` writes it: in quotes, and escaped in the rare string that needs it."""
-    literals = pc.binary_join_element_wise('"', strings, '"', "")
-    escaped = pc.match_substring_regex(strings, _ESCAPED)
-    if not pc.any(escaped).as_py():
-        return literals
-    return pc.replace_with_mask(literals, escaped, pa.array([quoted(item) for item in strings.filter(escaped).to_pylist()],
-                                                             pa.string()))
 
 
 def list_offsets(sizes: np.ndarray) -> pa.Array:
@@ -108,12 +235,6 @@ def text_slices(texts: pa.Array, rows: np.ndarray, starts: np.ndarray, ends: np.
 def int_lists(values: pa.Array | np.ndarray, sizes: np.ndarray) -> pa.ListArray:
     """`values` grouped by `sizes`, each group one list of int32."""
     return pa.ListArray.from_arrays(list_offsets(sizes), pc.cast(values, pa.int32()))
-
-
-def comma_joined(values: pa.Array | np.ndarray, sizes: np.ndarray) -> pa.Array:
-    """`values` (numbers or strings) grouped by `sizes`, each group one comma-separated string."""
-    values = pa.array(values) if isinstance(values, np.ndarray) else values
-    return pc.binary_join(pa.ListArray.from_arrays(list_offsets(sizes), pc.cast(values, pa.string())), ",")
 
 
 def segment_texts(utterances: Utterances, pieces: spans.Pieces) -> pa.Array:
