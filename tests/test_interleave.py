@@ -7,7 +7,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 import webdataset as wds
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from sylm_data.pipeline import config as config_module
@@ -316,38 +316,49 @@ def test_documents_are_what_the_compact_json_encoder_writes(words, kind):
     sample.validate(json.loads(made["json"]))
 
 
-@given(st.lists(st.tuples(st.lists(st.one_of(st.text(), st.lists(st.integers(-2**40, 2**40), max_size=4)), min_size=1, max_size=4),
-                          st.lists(st.text(), min_size=1, max_size=3), st.sampled_from(sample.KINDS), st.text(max_size=3)), max_size=5))
-def test_the_document_writer_writes_what_the_json_encoder_writes(documents):
-    """Any string (control characters, quotes, backslashes, any Unicode) in texts, ids and
-    languages; units of any sign and size, split over several ranges; documents of several ids."""
-    segments = [segment for content, *_ in documents for segment in content]
-    spoken = [segment for segment in segments if isinstance(segment, list)]
+_SEGMENT = st.one_of(st.tuples(st.just("text"), st.lists(st.tuples(st.integers(0, 3), st.integers(0, 30), st.integers(0, 30)),
+                                                          min_size=1, max_size=3)),
+                     st.tuples(st.just("speech"), st.lists(st.integers(-2**40, 2**40), max_size=4)))
+
+
+@settings(deadline=None)
+@example(["\u3000日本\xa0", "b\u2028\x1c", "\u0085 c\x1f ", "\u180e d\u200b"],  # spaces, and the two that are not
+         [([("text", [(0, 0, 4), (1, 0, 3)]), ("text", [(2, 0, 9), (3, 0, 9)])], ["id"], "text", "ja", "")])
+@given(st.lists(st.text(max_size=12), min_size=4, max_size=4),
+       st.lists(st.tuples(st.lists(_SEGMENT, min_size=1, max_size=4), st.lists(st.text(), min_size=1, max_size=3),
+                          st.sampled_from(sample.KINDS), st.text(max_size=3), st.sampled_from(["", " ", '"\n'])), max_size=5))
+def test_the_document_writer_writes_what_the_json_encoder_writes(transcripts, documents):
+    """Any string (control characters, quotes, backslashes, whitespace, any Unicode) in transcripts,
+    ids and languages; texts cut from transcripts by character (as Python slices and strips them)
+    and joined; units of any sign and size, split over several ranges; documents of several ids."""
+    segments = [(modality, content, joiner) for held, *_, joiner in documents for modality, content in held]
+    spoken = [content for modality, content, _ in segments if modality == "speech"]
     flat_units = np.array([unit for units in spoken for unit in units], np.int64)
     halves = [(len(units) // 2, len(units) - len(units) // 2) for units in spoken]  # each segment's units as two ranges
     lengths = np.array([length for pair in halves for length in pair], np.int64)
     units = render.SpeechUnits(flat_units, np.cumsum(lengths) - lengths, lengths, np.full(len(spoken), 2))
-    made = render.documents_json(units, pa.array([segment for segment in segments if isinstance(segment, str)], pa.string()),
-                                 np.array([isinstance(segment, list) for segment in segments], bool),
-                                 np.array([len(content) for content, *_ in documents]), [kind for _, _, kind, _ in documents],
-                                 [language for *_, language in documents], pa.array([i for _, ids, *_ in documents for i in ids]),
+    written = [(content, joiner) for modality, content, joiner in segments if modality == "text"]
+    pieces = [piece for content, _ in written for piece in content]
+    joiners = sorted({joiner for _, joiner in written})
+    texts = render.TextPieces(pa.array(["ahead", *transcripts]).slice(1),
+                              *(np.array([piece[side] for piece in pieces], np.int64) for side in range(3)),
+                              np.array([len(content) for content, _ in written]),
+                              np.array([joiners.index(joiner) for _, joiner in written], np.int64), joiners)
+    made = render.documents_json(units, texts, np.array([modality == "speech" for modality, *_ in segments], bool),
+                                 np.array([len(held) for held, *_ in documents]), [kind for _, _, kind, *_ in documents],
+                                 [language for *_, language, _ in documents], pa.array([i for _, ids, *_ in documents for i in ids]),
                                  np.array([len(ids) for _, ids, *_ in documents]))
-    expected = [render.COMPACT_JSON.encode({
-        "segments": [{"modality": "speech", "text": None, "units": segment} if isinstance(segment, list) else
-                     {"modality": "text", "text": segment, "units": None} for segment in content],
-        "kind": kind, "language": language, "source_id": ids[0], "source_ids": ids, "synthetic": None})
-        for content, ids, kind, language in documents]
+
+    def segment(modality, content, joiner):
+        if modality == "speech":
+            return {"modality": "speech", "text": None, "units": content}
+        return {"modality": "text", "text": joiner.join(transcripts[row][start:end].strip() for row, start, end in content),
+                "units": None}
+
+    expected = [render.COMPACT_JSON.encode({"segments": [segment(*part, joiner) for part in held], "kind": kind, "language": language,
+                                            "source_id": ids[0], "source_ids": ids, "synthetic": None})
+                for held, ids, kind, language, joiner in documents]
     assert made.to_pylist() == expected
-
-
-@given(st.lists(st.text(max_size=12), min_size=1, max_size=6), st.data())
-def test_text_slices_cut_characters_as_python_slices_them(texts, data):
-    """Multi-byte characters, empty texts, and an array that is itself a slice of another."""
-    picks = data.draw(st.lists(st.integers(0, len(texts) - 1), max_size=10))
-    cuts = [sorted(data.draw(st.tuples(st.integers(0, len(texts[row])), st.integers(0, len(texts[row]))))) for row in picks]
-    starts, ends = (np.array([cut[side] for cut in cuts], np.int64) for side in (0, 1))
-    got = render.text_slices(pa.array(["ahead", *texts]).slice(1), np.array(picks, np.int64), starts, ends)
-    assert got.to_pylist() == [texts[row][start:end] for row, (start, end) in zip(picks, cuts)]
 
 
 @pytest.mark.parametrize(("words", "units", "reason"), [

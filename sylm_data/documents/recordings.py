@@ -30,7 +30,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from sylm_data.documents import publish, spans
-from sylm_data.documents.render import SpeechUnits, documents_json, int_lists, list_offsets, range_positions, text_slices
+from sylm_data.documents.render import SpeechUnits, TextPieces, documents_json, int_lists, range_positions
 from sylm_data.documents.utterances import read_batch, sample_rows, utterance_chunks
 from sylm_data.languages import word_joiner
 from sylm_data.pipeline.output import OutputLayout, read_bucket, read_rows, sorted_rows, write_buckets
@@ -194,12 +194,10 @@ def _within(sizes: np.ndarray, group_bounds: np.ndarray) -> np.ndarray:
 
 
 def _text_segments(members: Members, chunks: np.ndarray, segment_of: np.ndarray, first_word: np.ndarray,
-                   document_languages: list[str], document_of: np.ndarray) -> pa.Array:
+                   document_languages: list[str], document_of: np.ndarray) -> TextPieces:
     """The text of each text segment, in order: per member, the transcript from the first word of
-    its run of text chunks to the end of the last, trimmed; runs of one segment in several members
-    joined by the document's word joiner."""
-    if not len(chunks):
-        return pa.array([], pa.string())
+    its run of text chunks to the end of the last; runs of one segment in several members joined by
+    the document's word joiner."""
     member, segment = members.chunk_member[chunks], segment_of[chunks]
     opens = np.ones(len(chunks), bool)
     opens[1:] = (member[1:] != member[:-1]) | (segment[1:] != segment[:-1])
@@ -208,14 +206,14 @@ def _text_segments(members: Members, chunks: np.ndarray, segment_of: np.ndarray,
     first, last = chunks[opens], chunks[closes]
     rows = members.chunk_member[first]
     bases = members.offset_bounds[rows]
-    pieces = pc.utf8_trim_whitespace(text_slices(members.texts, rows, members.offsets[bases + first_word[first]],
-                                                 members.offsets[bases + first_word[last] + members.chunk_words[last]]))
     piece_segment = segment[opens]
-    segment_starts = np.flatnonzero(np.append(True, piece_segment[1:] != piece_segment[:-1]))
+    segment_starts = np.flatnonzero(np.diff(piece_segment, prepend=-1))
     joiners = {language: word_joiner(language) for language in set(document_languages)}
-    document_joiners = pa.array([joiners[language] for language in document_languages], pa.string())
-    return pc.binary_join(pa.ListArray.from_arrays(list_offsets(np.diff(np.append(segment_starts, len(rows)))), pieces),
-                          document_joiners.take(document_of[rows[segment_starts]]))
+    numbered = {joiner: number for number, joiner in enumerate(sorted(set(joiners.values())))}
+    joiner_of_document = np.array([numbered[joiners[language]] for language in document_languages], np.int64)
+    return TextPieces(members.texts, rows, members.offsets[bases + first_word[first]],
+                      members.offsets[bases + first_word[last] + members.chunk_words[last]],
+                      np.diff(np.append(segment_starts, len(rows))), joiner_of_document[document_of[rows[segment_starts]]], list(numbered))
 
 
 def bucket_count(members: int, members_per_bucket: int) -> int:

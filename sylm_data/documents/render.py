@@ -50,7 +50,20 @@ class SpeechUnits(NamedTuple):
     ranges_per_segment: np.ndarray
 
 
-def documents_json(units: SpeechUnits, texts: pa.Array, speech: np.ndarray, per_document: np.ndarray, kinds: list[str],
+class TextPieces(NamedTuple):
+    """The texts of text segments, in order: each segment joins its next `pieces_per_segment`
+    pieces with `joiners[joiner_of[segment]]`; piece p is transcripts[rows[p]][starts[p]:ends[p]]
+    stripped of whitespace (character positions; sliced and stripped as Python's str does)."""
+    transcripts: pa.Array
+    rows: np.ndarray
+    starts: np.ndarray
+    ends: np.ndarray
+    pieces_per_segment: np.ndarray
+    joiner_of: np.ndarray
+    joiners: list[str]
+
+
+def documents_json(units: SpeechUnits, texts: TextPieces, speech: np.ndarray, per_document: np.ndarray, kinds: list[str],
                    languages: list[str], ids: pa.Array, ids_per_document: np.ndarray) -> pa.Array:
     """Samples' JSON, as COMPACT_JSON writes them, from their segments in order: segment i is
     speech where `speech[i]` (its units the next of `units`), else text (the next of `texts`);
@@ -58,11 +71,16 @@ def documents_json(units: SpeechUnits, texts: pa.Array, speech: np.ndarray, per_
     ids (`ids`), the first of which is its `source_id`. Written by one compiled pass that sizes
     every document and one that writes them."""
     unit_ids = units.unit_ids.to_numpy(zero_copy_only=False) if isinstance(units.unit_ids, pa.Array) else units.unit_ids
-    arguments = (np.asarray(speech, np.bool_), np.asarray(per_document, np.int64), unit_ids.astype(np.int64, copy=False),
-                 *(np.asarray(values, np.int64) for values in (units.starts, units.lengths, units.ranges_per_segment)),
-                 *string_buffers(texts.cast(pa.large_string())), *string_buffers(pa.array(kinds, pa.large_string())),
+    transcripts = pc.fill_null(texts.transcripts, "")
+    as_int = lambda values: np.asarray(values, np.int64)  # noqa: E731
+    arguments = (np.asarray(speech, np.bool_), as_int(per_document), unit_ids.astype(np.int64, copy=False),
+                 *map(as_int, (units.starts, units.lengths, units.ranges_per_segment)),
+                 *string_buffers(transcripts.cast(pa.large_string())),
+                 pc.string_is_ascii(transcripts).to_numpy(zero_copy_only=False),
+                 *map(as_int, (texts.rows, texts.starts, texts.ends, texts.pieces_per_segment, texts.joiner_of)),
+                 *string_buffers(pa.array(texts.joiners, pa.large_string())), *string_buffers(pa.array(kinds, pa.large_string())),
                  *string_buffers(pa.array(languages, pa.large_string())), *string_buffers(ids.cast(pa.large_string())),
-                 np.asarray(ids_per_document, np.int64))
+                 as_int(ids_per_document))
     bounds = np.zeros(len(per_document) + 1, np.int64)
     _write_documents(np.zeros(0, np.uint8), bounds, *arguments)
     data = np.empty(bounds[-1], np.uint8)
@@ -85,6 +103,8 @@ _ESCAPE = np.zeros(256, np.uint8)
 _ESCAPE[:0x20] = ord("u")
 _ESCAPE[np.frombuffer(b'\b\t\n\f\r"\\', np.uint8)] = np.frombuffer(b'btnfr"\\', np.uint8)
 _HEX = _template("0123456789abcdef")
+# the code points str.strip() (and Arrow's utf8_trim_whitespace) strip; none is above U+3000
+_SPACE = np.array([chr(code).isspace() for code in range(0x3001)])
 
 
 @numba.njit(cache=True)
@@ -102,12 +122,9 @@ def _put_all(out, at, data):
 
 
 @numba.njit(cache=True)
-def _put_quoted(out, at, data, start, end):
-    """UTF-8 `data[start:end]` as a JSON string literal, as `quoted` writes it."""
+def _put_escaped(out, at, data, start, end):
+    """UTF-8 `data[start:end]` escaped as `quoted` escapes a string's characters."""
     writing = len(out) > 0
-    if writing:
-        out[at] = 34
-    at += 1
     for index in range(start, end):
         byte = data[index]
         letter = _ESCAPE[byte]
@@ -123,9 +140,67 @@ def _put_quoted(out, at, data, start, end):
             if writing:
                 out[at : at + 6] = np.array([92, 117, 48, 48, _HEX[byte >> 4], _HEX[byte & 15]], np.uint8)
             at += 6
-    if writing:
+    return at
+
+
+@numba.njit(cache=True)
+def _put_quoted(out, at, data, start, end):
+    """UTF-8 `data[start:end]` as a JSON string literal, as `quoted` writes it."""
+    if len(out):
+        out[at] = 34
+    at = _put_escaped(out, at + 1, data, start, end)
+    if len(out):
         out[at] = 34
     return at + 1
+
+
+@numba.njit(cache=True)
+def _char_byte(data, start, end, ascii, chars):
+    """Where character `chars` of the UTF-8 text data[start:end] starts (its end if it has fewer)."""
+    if ascii:
+        return min(start + chars, end)
+    for index in range(start, end):
+        if (data[index] & 0xC0) != 0x80:  # a character starts here
+            if chars == 0:
+                return index
+            chars -= 1
+    return end
+
+
+@numba.njit(cache=True)
+def _char_size(lead):
+    """The bytes of the UTF-8 character that starts with byte `lead`."""
+    return 1 if lead < 0xC0 else 2 if lead < 0xE0 else 3 if lead < 0xF0 else 4
+
+
+@numba.njit(cache=True)
+def _is_space(data, index, end):
+    """Whether the UTF-8 character that starts at `index` (before `end`) is whitespace."""
+    byte = data[index]
+    if byte < 0x80:
+        return _SPACE[byte]
+    size = _char_size(byte)
+    if index + size > end:
+        return False
+    code = byte & (0x1F if size == 2 else 0x0F if size == 3 else 0x07)
+    for follower in range(index + 1, index + size):
+        code = (code << 6) | (data[follower] & 0x3F)
+    return code < len(_SPACE) and _SPACE[code]
+
+
+@numba.njit(cache=True)
+def _stripped(data, start, end):
+    """The bytes of data[start:end] (a UTF-8 text) without whitespace at either end."""
+    while start < end and _is_space(data, start, end):
+        start += _char_size(data[start])
+    while start < end:
+        last = end - 1
+        while last > start and (data[last] & 0xC0) == 0x80:
+            last -= 1
+        if not _is_space(data, last, end):
+            break
+        end = last
+    return start, end
 
 
 @numba.njit(cache=True)
@@ -146,10 +221,11 @@ def _put_number(out, at, value):
 
 @numba.njit(cache=True)
 def _write_documents(out, bounds, speech, per_document, unit_ids, range_starts, range_lengths, ranges_per_segment,
-                     text_bounds, text_bytes, kind_bounds, kind_bytes, language_bounds, language_bytes, id_bounds, id_bytes,
-                     ids_per_document):
+                     transcript_bounds, transcript_bytes, ascii, piece_rows, piece_starts, piece_ends, pieces_per_segment,
+                     joiner_of, joiner_bounds, joiner_bytes, kind_bounds, kind_bytes, language_bounds, language_bytes,
+                     id_bounds, id_bytes, ids_per_document):
     """Sizes every document into `bounds` when `out` is empty, else writes them at those bounds."""
-    segment = spoken = text = unit_range = first_id = 0
+    segment = spoken = text = unit_range = piece = first_id = 0
     at = 0
     for document in range(len(per_document)):
         if len(out):
@@ -174,8 +250,22 @@ def _write_documents(out, bounds, speech, per_document, unit_ids, range_starts, 
                 at = _put_all(out, at, _SPEECH_END)
             else:
                 at = _put_all(out, at, _TEXT)
-                at = _put_quoted(out, at, text_bytes, text_bounds[text], text_bounds[text + 1])
-                at = _put_all(out, at, _TEXT_END)
+                if len(out):
+                    out[at] = 34
+                at += 1
+                joiner = joiner_of[text]
+                for place in range(pieces_per_segment[text]):
+                    if place:
+                        at = _put_escaped(out, at, joiner_bytes, joiner_bounds[joiner], joiner_bounds[joiner + 1])
+                    row = piece_rows[piece]
+                    first, end = transcript_bounds[row], transcript_bounds[row + 1]
+                    start, stop = _stripped(transcript_bytes, _char_byte(transcript_bytes, first, end, ascii[row], piece_starts[piece]),
+                                            _char_byte(transcript_bytes, first, end, ascii[row], piece_ends[piece]))
+                    at = _put_escaped(out, at, transcript_bytes, start, stop)
+                    piece += 1
+                if len(out):
+                    out[at] = 34
+                at = _put_all(out, at + 1, _TEXT_END)
                 text += 1
             segment += 1
         at = _put_all(out, at, _KIND)
@@ -208,40 +298,17 @@ def range_positions(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     return np.repeat(starts - (np.cumsum(lengths) - lengths), lengths) + np.arange(lengths.sum())
 
 
-def text_slices(texts: pa.Array, rows: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> pa.Array:
-    """`texts[rows[i]][starts[i]:ends[i]]` for each i (character positions, as Python slices them,
-    0 <= start <= end <= length), cut from the UTF-8 bytes in bulk. In an ASCII text a character is
-    a byte; in any other, character k starts at the k-th byte of the text that opens a character."""
-    text_bytes, data = string_buffers(texts.cast(pa.large_string()))
-    rows, starts, ends = (np.asarray(values, np.int64) for values in (rows, starts, ends))
-    begin, end = text_bytes[rows] + starts, text_bytes[rows] + ends
-    wide = ~pc.fill_null(pc.string_is_ascii(texts), True).to_numpy(zero_copy_only=False)
-    if wide.any():
-        in_wide = np.repeat(wide, np.diff(text_bytes))
-        opens = np.flatnonzero(in_wide & ((data[: text_bytes[-1]] & 0xC0) != 0x80))
-        first_char = np.searchsorted(opens, text_bytes[:-1])
-        characters = pc.fill_null(pc.utf8_length(texts), 0).to_numpy(zero_copy_only=False)
-        picked = np.flatnonzero(wide[rows])
-        for bounds, chars in ((begin, starts), (end, ends)):
-            row, char = rows[picked], chars[picked]
-            at = opens[np.minimum(first_char[row] + char, max(len(opens) - 1, 0))] if len(opens) else text_bytes[row + 1]
-            bounds[picked] = np.where(char < characters[row], at, text_bytes[row + 1])
-    lengths = end - begin
-    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
-    sliced = data[range_positions(begin, lengths)]
-    return pa.LargeStringArray.from_buffers(len(rows), pa.py_buffer(offsets), pa.py_buffer(sliced)).cast(pa.string())
-
-
 def int_lists(values: pa.Array | np.ndarray, sizes: np.ndarray) -> pa.ListArray:
     """`values` grouped by `sizes`, each group one list of int32."""
     return pa.ListArray.from_arrays(list_offsets(sizes), pc.cast(values, pa.int32()))
 
 
-def segment_texts(utterances: Utterances, pieces: spans.Pieces) -> pa.Array:
+def segment_texts(utterances: Utterances, pieces: spans.Pieces) -> TextPieces:
     """Each text piece as the transcript writes it (its punctuation kept), from its first word."""
     places = utterances.offset_bounds[pieces.rows]
     starts, ends = utterances.offset_table[places + pieces.first_word], utterances.offset_table[places + pieces.end_word]
-    return pc.utf8_trim_whitespace(text_slices(utterances.text_array, pieces.rows, starts, ends))
+    return TextPieces(utterances.text_array, pieces.rows, starts, ends, np.ones(len(starts), np.int64),
+                      np.zeros(len(starts), np.int64), [""])
 
 
 def build_samples(batch: pa.Table, config, plan, stage: str) -> pa.Table:
