@@ -21,6 +21,7 @@ from sylm_data.languages import punctuated_ends
 SENTENCE_MARKS = set(".!?…。！？")
 
 _GAMMA = 0x9E3779B97F4A7C15
+_GAMMA_U64 = np.uint64(_GAMMA)
 _MIX = (np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB))
 
 
@@ -201,53 +202,72 @@ def choose_speech(chunk_words: np.ndarray, chunk_rows: np.ndarray, keys: np.ndar
     expected speech is its target exactly and the ratio over a corpus is unbiased whatever the
     chunk sizes. The over chunk is never taken when it would leave no text. An utterance none of
     whose chunks fits under its target (every chunk above 30% of a short one, say) still gets its
-    smallest chunk, so that it stays interleaved: the one place the policy overshoots. All
-    utterances place their t-th span together."""
-    count = len(keys)
-    words, places, sizes = _padded(np.asarray(chunk_words, np.int64), chunk_rows, count, 0)
-    speech = np.ones(words.shape, bool)  # padding: never free
-    speech.ravel()[places] = False
-    target = speech_ratio * np.bincount(chunk_rows, weights=chunk_words, minlength=count)
-    spoken, free = np.zeros(count, np.int64), sizes.copy()
-    over = np.full(count, -1)  # each utterance's first refused chunk (its column), -1 until one is
-    never = np.iinfo(np.int64).max // 2
-    for attempt in range(max_tries):
-        # go on while a free chunk fits, or, once none does, until one has been refused
-        live = (spoken < target) & (free > 0)
-        refusing = np.flatnonzero(live & (over >= 0))
-        smallest_free = np.where(speech[refusing], never, words[refusing]).min(axis=1, initial=never)
-        live[refusing] = spoken[refusing] + smallest_free <= target[refusing]
-        live = np.flatnonzero(live)
-        if not live.size:
-            break
-        wanted = np.maximum(poisson(uniforms(keys[live], first_draw + 2 * attempt), span_mean), 1)
-        at = below(uniforms(keys[live], first_draw + 2 * attempt + 1), sizes[live])
-        placed = ~speech[live, at]
-        rows, at, wanted, taken = live[placed], at[placed], wanted[placed], np.zeros(placed.sum(), np.int64)
-        while rows.size:
-            size, open_ = words[rows, at], ~speech[rows, at] & (taken < wanted)
-            fits = spoken[rows] + size <= target[rows]
-            refused = open_ & ~fits & (over[rows] < 0)
-            over[rows[refused]] = at[refused]
-            go = open_ & fits
-            rows, at, wanted, taken, size = rows[go], at[go], wanted[go], taken[go], size[go]
-            speech[rows, at] = True
-            spoken[rows] += size
-            free[rows] -= 1
-            taken += size if span_in_words else 1
-            at += 1
-    rounded = np.flatnonzero((over >= 0) & (spoken > 0) & (free > 1))
-    size = words[rounded, over[rounded]]
-    up = uniforms(keys[rounded], first_draw + 2 * max_tries) < (target[rounded] - spoken[rounded]) / size
-    speech[rounded[up], over[rounded[up]]] = True
-    unspoken = np.flatnonzero((spoken == 0) & (target > 0) & (sizes > 1))
-    if unspoken.size:
-        # the smallest chunk, the first of equals after a random place
-        start = below(uniforms(keys[unspoken], first_draw + 2 * max_tries), sizes[unspoken])
-        place = (np.arange(words.shape[1]) - start[:, None]) % np.maximum(sizes[unspoken], 1)[:, None]
-        order = np.where(speech[unspoken], never, words[unspoken] * words.shape[1] + place)
-        speech[unspoken, order.argmin(axis=1)] = True
-    return speech.ravel()[places]
+    smallest chunk, so that it stays interleaved: the one place the policy overshoots."""
+    chunk_rows = np.asarray(chunk_rows, np.int64)
+    order = np.argsort(chunk_rows, kind="stable")
+    bounds = np.searchsorted(chunk_rows[order], np.arange(len(keys) + 1))
+    span_cdf = _poisson_cdf(span_mean) if span_mean > 0 else np.ones(1)  # no mean: every span draws 0 (then 1)
+    chosen = _choose_speech(np.asarray(chunk_words, np.int64)[order], bounds, np.asarray(keys, np.uint64), float(speech_ratio),
+                            span_cdf, bool(span_in_words), int(first_draw), int(max_tries))
+    speech = np.empty(len(order), bool)
+    speech[order] = chosen
+    return speech
+
+
+@numba.njit(cache=True)
+def _uniform(key, draw):
+    """`uniforms` of one key, compiled."""
+    z = key + np.uint64(draw + 1) * _GAMMA_U64
+    z = (z ^ (z >> np.uint64(30))) * _MIX[0]
+    z = (z ^ (z >> np.uint64(27))) * _MIX[1]
+    z = z ^ (z >> np.uint64(31))
+    return np.float64(z >> np.uint64(11)) * 2.0**-53
+
+
+@numba.njit(cache=True)
+def _choose_speech(words, bounds, keys, speech_ratio, span_cdf, span_in_words, first_draw, max_tries):
+    speech = np.zeros(len(words), np.bool_)
+    for row in range(len(keys)):
+        first, count, key = bounds[row], bounds[row + 1] - bounds[row], keys[row]
+        target = speech_ratio * np.float64(words[first : first + count].sum())
+        spoken, free, over = 0, count, -1  # over: the first chunk refused for going over, -1 until one is
+        for attempt in range(max_tries):
+            # go on while a free chunk fits, or, once none does, until one has been refused
+            if spoken >= target or free == 0:
+                break
+            if over >= 0:
+                smallest = -1
+                for index in range(first, first + count):
+                    if not speech[index] and (smallest < 0 or words[index] < smallest):
+                        smallest = words[index]
+                if spoken + smallest > target:
+                    break
+            wanted = max(np.searchsorted(span_cdf, _uniform(key, first_draw + 2 * attempt), side="right"), 1)
+            at = min(int(_uniform(key, first_draw + 2 * attempt + 1) * count), count - 1)
+            taken = 0
+            while at < count and not speech[first + at] and taken < wanted:
+                size = words[first + at]
+                if spoken + size > target:
+                    if over < 0:
+                        over = at
+                    break
+                speech[first + at] = True
+                spoken += size
+                free -= 1
+                taken += size if span_in_words else 1
+                at += 1
+        last = _uniform(key, first_draw + 2 * max_tries)
+        if over >= 0 and spoken > 0 and free > 1:
+            speech[first + over] = last < (target - spoken) / words[first + over]
+        elif spoken == 0 and target > 0 and count > 1:
+            # the smallest chunk, the first of equals after a random place
+            start, best = min(int(last * count), count - 1), -1
+            for step in range(count):
+                index = first + (start + step) % count
+                if not speech[index] and (best < 0 or words[index] < words[best]):
+                    best = index
+            speech[best] = True
+    return speech
 
 
 def consecutive_spans(chunk_words: np.ndarray, chunk_rows: np.ndarray, keys: np.ndarray, span_mean: float,
