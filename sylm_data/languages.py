@@ -93,18 +93,20 @@ def word_offsets(text: str, words: list[str]) -> list[int]:
     return offsets
 
 
-def word_offsets_batch(texts: pa.Array, words: pa.Array, word_bounds: np.ndarray) -> np.ndarray:
-    """`word_offsets` of many transcripts at once: text i's words are words[word_bounds[i]:
-    word_bounds[i + 1]]; one flat offset per word, in characters. The search runs on UTF-8 bytes: a
-    word's bytes can only match where a character starts, so the first byte match is `str.find`'s."""
+def word_offset_table(texts: pa.Array, words: pa.Array, word_bounds: np.ndarray) -> np.ndarray:
+    """`word_offsets` of many transcripts at once, each followed by its transcript's length: text
+    i's words are words[word_bounds[i]:word_bounds[i + 1]], and its entries the table's
+    [word_bounds[i] + i, word_bounds[i + 1] + i + 1), in characters. The search runs on UTF-8
+    bytes: a word's bytes can only match where a character starts, so the first byte match is
+    `str.find`'s."""
     text_bounds, text_bytes = string_buffers(pc.fill_null(texts, "").cast(pa.large_string()))
     word_byte_bounds, word_bytes = string_buffers(words.cast(pa.large_string()))
-    return _word_offsets(text_bounds, text_bytes, word_byte_bounds, word_bytes, np.asarray(word_bounds, np.int64))
+    return _word_offset_table(text_bounds, text_bytes, word_byte_bounds, word_bytes, np.asarray(word_bounds, np.int64))
 
 
 @numba.njit(cache=True)
-def _word_offsets(text_bounds, text_bytes, word_byte_bounds, word_bytes, word_bounds):
-    offsets = np.empty(len(word_byte_bounds) - 1, np.int64)
+def _word_offset_table(text_bounds, text_bytes, word_byte_bounds, word_bytes, word_bounds):
+    table = np.empty(len(word_byte_bounds) - 1 + len(word_bounds) - 1, np.int64)
     for text in range(len(word_bounds) - 1):
         end = text_bounds[text + 1]
         position = counted = text_bounds[text]  # bytes searched from; bytes whose characters are counted
@@ -120,13 +122,22 @@ def _word_offsets(text_bounds, text_bytes, word_byte_bounds, word_bytes, word_bo
                     found = start
                     break
             at = found if found >= 0 else position  # not found: where the previous word ended
-            for byte in range(counted, at):
-                characters += (text_bytes[byte] & 0xC0) != 0x80  # UTF-8 continuation bytes do not count
+            characters += _characters(text_bytes, counted, at)
             counted = at
-            offsets[word] = characters
+            table[word + text] = characters
             if found >= 0:
                 position = found + size
-    return offsets
+        table[word_bounds[text + 1] + text] = characters + _characters(text_bytes, counted, end)
+    return table
+
+
+@numba.njit(cache=True)
+def _characters(data, start, end):
+    """The UTF-8 characters that start in data[start:end] (continuation bytes do not count)."""
+    count = 0
+    for index in range(start, end):
+        count += (data[index] & 0xC0) != 0x80
+    return count
 
 
 def string_buffers(strings: pa.Array) -> tuple[np.ndarray, np.ndarray]:
@@ -154,9 +165,9 @@ def punctuated_ends(text: str, words: list[str], marks: set[str], offsets: list[
 def punctuated_ends_batch(texts: pa.Array, words: pa.Array, word_bounds: np.ndarray, offsets: np.ndarray, marks: set[str],
                           rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """`punctuated_ends` of texts `rows` at once, as (text, word count) pairs: text i's words are
-    words[word_bounds[i]:word_bounds[i + 1]], `offsets` their flat `word_offsets_batch`. The marks
+    words[word_bounds[i]:word_bounds[i + 1]], `offsets` their flat `word_offsets`. The marks
     are found in the UTF-8 bytes (a valid text never holds a mark's bytes but as that mark) and
-    counted in characters, as `word_offsets_batch` counts them."""
+    counted in characters, as `word_offset_table` counts them."""
     if not len(offsets):  # no words: no word ends a sentence
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
     text_bounds, text_bytes = string_buffers(pc.fill_null(texts, "").cast(pa.large_string()))

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from sylm_data.languages import punctuated_ends, punctuated_ends_batch, word_offsets, word_offsets_batch
+from sylm_data.languages import punctuated_ends, punctuated_ends_batch, word_offset_table, word_offsets
 
 from sylm_data.align.words import (
     SAMPLE_RATE,
@@ -36,8 +36,8 @@ _TEXT = st.lists(st.sampled_from(list("ab c.,'-  éü中文“”\t?!") + ["the 
 @given(st.lists(st.tuples(st.one_of(st.none(), _TEXT), st.sampled_from(["as is", "extra", "reversed", "initials"])), max_size=6),
        st.booleans())
 def test_word_offsets_of_a_batch_are_those_of_each_transcript(cases, sliced):
-    """The vectorised offsets equal str.find word by word, for words the transcript holds, lacks, reorders or
-    holds inside other words."""
+    """The batch's offsets equal str.find word by word, then each transcript's length comes, for
+    words the transcript holds, lacks, reorders or holds inside other words."""
     texts, words = [text for text, _ in cases], []
     for text, change in cases:
         found = transcript_words(text or "", "en")
@@ -45,8 +45,8 @@ def test_word_offsets_of_a_batch_are_those_of_each_transcript(cases, sliced):
                       "initials": [word[0] for word in found]}[change])
     bounds = np.cumsum([0] + [len(found) for found in words])
     text_array = pa.array(["before"] + texts, pa.string()).slice(1) if sliced else pa.array(texts, pa.string())
-    got = word_offsets_batch(text_array, pa.array([word for found in words for word in found], pa.string()), bounds)
-    assert got.tolist() == [offset for text, found in zip(texts, words) for offset in word_offsets(text or "", found)]
+    got = word_offset_table(text_array, pa.array([word for found in words for word in found], pa.string()), bounds)
+    assert got.tolist() == [offset for text, found in zip(texts, words) for offset in [*word_offsets(text or "", found), len(text or "")]]
 
 
 _MARKED_TEXT = st.lists(st.sampled_from(list("ab c.,'-  éü中文“”?!…。！？") + ["the ", "U.S.", "ab.", "?!"]), max_size=20).map("".join)
@@ -66,7 +66,8 @@ def test_punctuated_ends_of_a_batch_are_those_of_each_transcript(cases, sliced, 
     text_array = pa.array(["before."] + texts, pa.string()).slice(1) if sliced else pa.array(texts, pa.string())
     rows = np.array(sorted(data.draw(st.sets(st.integers(0, max(len(texts) - 1, 0)), max_size=len(texts)))), np.int64)
     marks = {".", "!", "?", "…", "。", "！", "？"}
-    got = punctuated_ends_batch(text_array, flat, bounds, word_offsets_batch(text_array, flat, bounds), marks, rows)
+    table = word_offset_table(text_array, flat, bounds)
+    got = punctuated_ends_batch(text_array, flat, bounds, np.delete(table, bounds[1:] + np.arange(len(bounds) - 1)), marks, rows)
     assert set(zip(*(column.tolist() for column in got))) == {
         (row, count) for row in rows.tolist() for count in punctuated_ends(texts[row] or "", words[row], marks)}
 

@@ -259,8 +259,8 @@ def _write_documents(out, bounds, speech, per_document, unit_ids, range_starts, 
                         at = _put_escaped(out, at, joiner_bytes, joiner_bounds[joiner], joiner_bounds[joiner + 1])
                     row = piece_rows[piece]
                     first, end = transcript_bounds[row], transcript_bounds[row + 1]
-                    start, stop = _stripped(transcript_bytes, _char_byte(transcript_bytes, first, end, ascii[row], piece_starts[piece]),
-                                            _char_byte(transcript_bytes, first, end, ascii[row], piece_ends[piece]))
+                    start = _char_byte(transcript_bytes, first, end, ascii[row], piece_starts[piece])
+                    start, stop = _stripped(transcript_bytes, start, _char_byte(transcript_bytes, first, end, ascii[row], piece_ends[piece]))
                     at = _put_escaped(out, at, transcript_bytes, start, stop)
                     piece += 1
                 if len(out):

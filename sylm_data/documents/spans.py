@@ -103,7 +103,7 @@ def word_cuts(word_sizes, word_starts, word_ends, unit_sizes, unit_starts, unit_
 
 @numba.njit(cache=True)
 def _word_cuts(word_bounds, unit_bounds, word_starts, word_ends, unit_starts, unit_ends, tolerance_ms):
-    rows, words, units = np.empty(len(word_starts), np.int64), np.empty(len(word_starts), np.int64), np.empty(len(word_starts), np.int64)
+    found_cuts = np.empty((3, len(word_starts)), np.int64)  # a cut per gap at most: its row, word, unit
     boundaries = np.empty(len(unit_starts), np.int64)  # one utterance's units that start where the one before ends
     found = 0
     for row in range(len(word_bounds) - 1):
@@ -130,9 +130,9 @@ def _word_cuts(word_bounds, unit_bounds, word_starts, word_ends, unit_starts, un
                     if low2 <= time2 <= high2 and (best < 0 or abs(time2 - middle2) < best_distance):
                         best, best_distance = boundaries[candidate], abs(time2 - middle2)
             if best >= 0:
-                rows[found], words[found], units[found] = row, word - word_bounds[row], best - first_unit
+                found_cuts[0, found], found_cuts[1, found], found_cuts[2, found] = row, word - word_bounds[row], best - first_unit
                 found += 1
-    return rows[:found], words[:found], units[:found]
+    return found_cuts[0, :found], found_cuts[1, :found], found_cuts[2, :found]
 
 
 def _positions(sizes) -> tuple[np.ndarray, np.ndarray]:

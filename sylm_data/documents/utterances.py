@@ -42,16 +42,15 @@ class Utterances:
         return np.diff(self.unit_bounds)
 
     @functools.cached_property
-    def word_offsets(self) -> np.ndarray:
-        """Where each word starts in its transcript, flat (utterance i's: word_bounds[i]:word_bounds[i + 1])."""
-        return languages.word_offsets_batch(self.text_array, self.word_array, self.word_bounds)
-
-    @functools.cached_property
     def offset_table(self) -> np.ndarray:
         """Per utterance, where each of its words starts in its transcript, then the transcript's
         length (utterance i's are offset_table[offset_bounds[i]:offset_bounds[i + 1]])."""
-        lengths = pc.fill_null(pc.utf8_length(self.text_array), 0).to_numpy(zero_copy_only=False)
-        return np.insert(self.word_offsets, self.word_bounds[1:], lengths)
+        return languages.word_offset_table(self.text_array, self.word_array, self.word_bounds)
+
+    @functools.cached_property
+    def word_offsets(self) -> np.ndarray:
+        """Where each word starts in its transcript, flat (utterance i's: word_bounds[i]:word_bounds[i + 1])."""
+        return np.delete(self.offset_table, self.offset_bounds[1:] - 1)
 
     @functools.cached_property
     def offset_bounds(self) -> np.ndarray:
