@@ -346,7 +346,8 @@ def test_the_document_writer_writes_what_the_json_encoder_writes(transcripts, do
                               np.array([joiners.index(joiner) for _, joiner in written], np.int64), joiners)
     made = render.documents_json(units, texts, np.array([modality == "speech" for modality, *_ in segments], bool),
                                  np.array([len(held) for held, *_ in documents]), [kind for _, _, kind, *_ in documents],
-                                 [language for *_, language, _ in documents], pa.array([i for _, ids, *_ in documents for i in ids]),
+                                 pa.array([language for *_, language, _ in documents], pa.string()),
+                                 pa.array([i for _, ids, *_ in documents for i in ids], pa.string()),
                                  np.array([len(ids) for _, ids, *_ in documents]))
 
     def segment(modality, content, joiner):

@@ -154,7 +154,7 @@ def render_documents(ids: pa.Array, languages: pa.Array, member_table: pa.Table,
     firsts = np.flatnonzero(starts)
     count = len(firsts)
     taken_firsts = pa.array(firsts)
-    first_languages = languages.take(taken_firsts).to_pylist()
+    first_languages = languages.take(taken_firsts)
     keys = spans.stream_keys(seed, ids.take(taken_firsts).to_pylist())
     owner = document_of[members.chunk_member]
     kinds, speech = choose(keys, members.chunk_words, owner)
@@ -171,7 +171,7 @@ def render_documents(ids: pa.Array, languages: pa.Array, member_table: pa.Table,
     ranges = np.bincount(segment_of[spoken], minlength=len(segment_speech))[segment_speech]
     units_of = SpeechUnits(members.units, members.unit_bounds[members.chunk_member[spoken]] + first_unit[spoken], lengths, ranges)
     # text segments: one slice of a transcript per run of text chunks within a member, joined
-    texts = _text_segments(members, np.flatnonzero(~speech), segment_of, first_word, first_languages, document_of)
+    texts = _text_segments(members, np.flatnonzero(~speech), segment_of, first_word, first_languages.to_pylist(), document_of)
     per_document = np.bincount(segment_owner, minlength=count)
     kinds = np.asarray(kinds).astype(object)
     single = (kinds == "interleaved") & (per_document == 1)  # no span fitted, or one chunk: a plain sample

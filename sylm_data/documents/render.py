@@ -34,8 +34,7 @@ def render(utterances: Utterances, rows: np.ndarray, plan: Plan) -> tuple[pa.Arr
     one_each = np.ones(len(rows), np.int64)
     documents = documents_json(SpeechUnits(utterances.unit_ids, starts, lengths, np.ones(len(spoken), np.int64)), texts, speech,
                                np.bincount(document_of, minlength=len(rows)), plan.kinds,
-                               [utterances.languages[row] for row in rows.tolist()],
-                               pa.array(utterances.ids, pa.string()).take(rows), one_each)
+                               utterances.languages.take(rows), utterances.ids.take(rows), one_each)
     speech_words = np.bincount(document_of[spoken], weights=segments.words[spoken], minlength=len(rows))
     units = np.bincount(document_of[spoken], weights=lengths, minlength=len(rows))
     return documents, speech_words.astype(np.int64), units.astype(np.int64)
@@ -64,7 +63,7 @@ class TextPieces(NamedTuple):
 
 
 def documents_json(units: SpeechUnits, texts: TextPieces, speech: np.ndarray, per_document: np.ndarray, kinds: list[str],
-                   languages: list[str], ids: pa.Array, ids_per_document: np.ndarray) -> pa.Array:
+                   languages: pa.Array, ids: pa.Array, ids_per_document: np.ndarray) -> pa.Array:
     """Samples' JSON, as COMPACT_JSON writes them, from their segments in order: segment i is
     speech where `speech[i]` (its units the next of `units`), else text (the next of `texts`);
     document d holds the next `per_document[d]` segments and the next `ids_per_document[d]` source
@@ -79,7 +78,7 @@ def documents_json(units: SpeechUnits, texts: TextPieces, speech: np.ndarray, pe
                  pc.string_is_ascii(transcripts).to_numpy(zero_copy_only=False),
                  *map(as_int, (texts.rows, texts.starts, texts.ends, texts.pieces_per_segment, texts.joiner_of)),
                  *string_buffers(pa.array(texts.joiners, pa.large_string())), *string_buffers(pa.array(kinds, pa.large_string())),
-                 *string_buffers(pa.array(languages, pa.large_string())), *string_buffers(ids.cast(pa.large_string())),
+                 *string_buffers(languages.cast(pa.large_string())), *string_buffers(ids.cast(pa.large_string())),
                  as_int(ids_per_document))
     bounds = np.zeros(len(per_document) + 1, np.int64)
     _write_documents(np.zeros(0, np.uint8), bounds, *arguments)

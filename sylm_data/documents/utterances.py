@@ -24,9 +24,9 @@ from sylm_data.schemas.reject import Reason
 class Utterances:
     """A batch's utterances read flat from Arrow: list columns as one flat array plus bounds
     (utterance i's words are word_array[word_bounds[i]:word_bounds[i + 1]])."""
-    ids: list[str]
+    ids: pa.Array
     text_array: pa.Array
-    languages: list[str]
+    languages: pa.Array
     word_array: pa.Array
     word_bounds: np.ndarray
     unit_ids: pa.Array
@@ -66,16 +66,16 @@ class Plan(NamedTuple):
 
 
 def unusable(word_sizes, first_word_starts, last_word_ends, unit_sizes, first_unit_starts,
-             last_unit_ends) -> list[tuple[str, str] | None]:
-    """Per utterance, (reason, detail) when no sample can be made of it: no words, no units, or
-    words and units that do not overlap in time. Firsts and lasts are given for non-empty ones only."""
+             last_unit_ends) -> dict[int, tuple[str, str]]:
+    """The utterances no sample can be made of, by index: (reason, detail) for no words, no units,
+    or words and units that do not overlap in time. Firsts and lasts are given for non-empty ones only."""
     word_sizes, unit_sizes = np.asarray(word_sizes), np.asarray(unit_sizes)
     both = (word_sizes > 0) & (unit_sizes > 0)
     first_word, last_word, first_unit, last_unit = (np.zeros(len(word_sizes), np.int64) for _ in range(4))
     first_word[word_sizes > 0], last_word[word_sizes > 0] = first_word_starts, last_word_ends
     first_unit[unit_sizes > 0], last_unit[unit_sizes > 0] = first_unit_starts, last_unit_ends
     disjoint = both & ((last_word <= first_unit) | (last_unit <= first_word))
-    problems: list[tuple[str, str] | None] = [None] * len(word_sizes)
+    problems = {}
     for index in np.flatnonzero(~both | disjoint).tolist():
         if not word_sizes[index]:
             problems[index] = (Reason.NO_WORDS, "no aligned words")
@@ -131,7 +131,7 @@ def read_batch(batch: pa.Table, tolerance_ms: int, stage: str) -> Batch:
                         unit_sizes, unit_starts[unit_bounds[:-1][unit_sizes > 0]], unit_ends[unit_bounds[1:][unit_sizes > 0] - 1])
     for index in np.flatnonzero(mismatched).tolist():
         problems[index] = (Reason.NO_UNITS, "units and their start/end times differ in length")
-    rejected = [index for index in np.flatnonzero(pending).tolist() if problems[index]]
+    rejected = sorted(index for index in problems if pending[index])
     envelope = {name: batch[name] for name in (stream.REJECT_STAGE, stream.REJECT_REASON, stream.REJECT_DETAIL)}
     if rejected:
         envelope = {name: column.to_pylist() for name, column in envelope.items()}
@@ -142,7 +142,7 @@ def read_batch(batch: pa.Table, tolerance_ms: int, stage: str) -> Batch:
     usable[rejected] = False
     rows = np.flatnonzero(usable)
     utterances = Utterances(
-        batch[utterance.ID].to_pylist(), batch[utterance.TEXT].combine_chunks(), batch[utterance.LANGUAGE].to_pylist(),
+        batch[utterance.ID].combine_chunks(), batch[utterance.TEXT].combine_chunks(), batch[utterance.LANGUAGE].combine_chunks(),
         pc.struct_field(pc.list_flatten(words), aligned.WORD_TEXT), word_bounds,
         pc.list_flatten(units).combine_chunks(), unit_bounds,
         spans.word_cuts(word_sizes, word_starts, word_ends, unit_sizes, unit_starts, unit_ends, tolerance_ms))
