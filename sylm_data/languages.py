@@ -5,10 +5,11 @@ import functools
 import re
 import unicodedata
 
-import numba
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+
+from sylm_data.compiled import compiled
 
 # ISO 639-2/3 and common spellings -> 639-1, for the languages the speech sources carry most.
 _ALIASES = {
@@ -104,7 +105,7 @@ def word_offset_table(texts: pa.Array, words: pa.Array, word_bounds: np.ndarray)
     return _word_offset_table(text_bounds, text_bytes, word_byte_bounds, word_bytes, np.asarray(word_bounds, np.int64))
 
 
-@numba.njit(cache=True)
+@compiled
 def _word_offset_table(text_bounds, text_bytes, word_byte_bounds, word_bytes, word_bounds):
     table = np.empty(len(word_byte_bounds) - 1 + len(word_bounds) - 1, np.int64)
     for text in range(len(word_bounds) - 1):
@@ -131,7 +132,7 @@ def _word_offset_table(text_bounds, text_bytes, word_byte_bounds, word_bytes, wo
     return table
 
 
-@numba.njit(cache=True)
+@compiled
 def _characters(data, start, end):
     """The UTF-8 characters that start in data[start:end] (continuation bytes do not count)."""
     count = 0

@@ -5,12 +5,11 @@ flat buffers, never Python objects per unit or segment."""
 import json
 from typing import NamedTuple
 
-import numba
-
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from sylm_data.compiled import compiled
 from sylm_data.documents import spans
 from sylm_data.documents.utterances import Plan, Utterances, read_batch, sample_rows
 from sylm_data.languages import string_buffers
@@ -106,7 +105,7 @@ _HEX = _template("0123456789abcdef")
 _SPACE = np.array([chr(code).isspace() for code in range(0x3001)])
 
 
-@numba.njit(cache=True)
+@compiled
 def _put(out, at, data, start, end):
     """`data[start:end]` at `at` (written only when `out` is the full buffer); where it ends."""
     if len(out):
@@ -115,12 +114,12 @@ def _put(out, at, data, start, end):
     return at + end - start
 
 
-@numba.njit(cache=True)
+@compiled
 def _put_all(out, at, data):
     return _put(out, at, data, 0, len(data))
 
 
-@numba.njit(cache=True)
+@compiled
 def _put_escaped(out, at, data, start, end):
     """UTF-8 `data[start:end]` escaped as `quoted` escapes a string's characters."""
     writing = len(out) > 0
@@ -142,7 +141,7 @@ def _put_escaped(out, at, data, start, end):
     return at
 
 
-@numba.njit(cache=True)
+@compiled
 def _put_quoted(out, at, data, start, end):
     """UTF-8 `data[start:end]` as a JSON string literal, as `quoted` writes it."""
     if len(out):
@@ -153,7 +152,7 @@ def _put_quoted(out, at, data, start, end):
     return at + 1
 
 
-@numba.njit(cache=True)
+@compiled
 def _char_byte(data, start, end, ascii, chars):
     """Where character `chars` of the UTF-8 text data[start:end] starts (its end if it has fewer)."""
     if ascii:
@@ -166,13 +165,13 @@ def _char_byte(data, start, end, ascii, chars):
     return end
 
 
-@numba.njit(cache=True)
+@compiled
 def _char_size(lead):
     """The bytes of the UTF-8 character that starts with byte `lead`."""
     return 1 if lead < 0xC0 else 2 if lead < 0xE0 else 3 if lead < 0xF0 else 4
 
 
-@numba.njit(cache=True)
+@compiled
 def _is_space(data, index, end):
     """Whether the UTF-8 character that starts at `index` (before `end`) is whitespace."""
     byte = data[index]
@@ -187,7 +186,7 @@ def _is_space(data, index, end):
     return code < len(_SPACE) and _SPACE[code]
 
 
-@numba.njit(cache=True)
+@compiled
 def _stripped(data, start, end):
     """The bytes of data[start:end] (a UTF-8 text) without whitespace at either end."""
     while start < end and _is_space(data, start, end):
@@ -202,7 +201,7 @@ def _stripped(data, start, end):
     return start, end
 
 
-@numba.njit(cache=True)
+@compiled
 def _put_number(out, at, value):
     if value < 0:
         if len(out):
@@ -218,7 +217,7 @@ def _put_number(out, at, value):
     return at + digits
 
 
-@numba.njit(cache=True)
+@compiled
 def _write_documents(out, bounds, speech, per_document, unit_ids, range_starts, range_lengths, ranges_per_segment,
                      transcript_bounds, transcript_bytes, ascii, piece_rows, piece_starts, piece_ends, pieces_per_segment,
                      joiner_of, joiner_bounds, joiner_bytes, kind_bounds, kind_bytes, language_bounds, language_bytes,

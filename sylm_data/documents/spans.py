@@ -5,7 +5,9 @@ owns the next `sizes[i]` items of a flat array. A chunk boundary may only fall w
 boundary meets a gap between words, within a tolerance, compared in integer milliseconds. Speech
 spans are Poisson-sized runs of chunks placed at random without overlap until speech holds
 `speech_ratio` of the words. Each utterance draws from its own random stream, keyed by the seed
-and its id, so what it gets never depends on the batch it came in.
+and its id, so what it gets never depends on the batch it came in. The rules that walk an
+utterance word by word or chunk by chunk (the cuts, the span choice) are plain loops compiled with
+numba (`sylm_data.compiled`).
 """
 
 import functools
@@ -13,9 +15,9 @@ import hashlib
 import math
 from typing import NamedTuple
 
-import numba
 import numpy as np
 
+from sylm_data.compiled import compiled
 from sylm_data.languages import punctuated_ends
 
 SENTENCE_MARKS = set(".!?…。！？")
@@ -101,7 +103,7 @@ def word_cuts(word_sizes, word_starts, word_ends, unit_sizes, unit_starts, unit_
     return Cuts(*_word_cuts(word_bounds, unit_bounds, *times, tolerance_ms))
 
 
-@numba.njit(cache=True)
+@compiled
 def _word_cuts(word_bounds, unit_bounds, word_starts, word_ends, unit_starts, unit_ends, tolerance_ms):
     found_cuts = np.empty((3, len(word_starts)), np.int64)  # a cut per gap at most: its row, word, unit
     boundaries = np.empty(len(unit_starts), np.int64)  # one utterance's units that start where the one before ends
@@ -214,7 +216,7 @@ def choose_speech(chunk_words: np.ndarray, chunk_rows: np.ndarray, keys: np.ndar
     return speech
 
 
-@numba.njit(cache=True)
+@compiled
 def _uniform(key, draw):
     """`uniforms` of one key, compiled."""
     z = key + np.uint64(draw + 1) * _GAMMA_U64
@@ -224,7 +226,7 @@ def _uniform(key, draw):
     return np.float64(z >> np.uint64(11)) * 2.0**-53
 
 
-@numba.njit(cache=True)
+@compiled
 def _choose_speech(words, bounds, keys, speech_ratio, span_cdf, span_in_words, first_draw, max_tries):
     speech = np.zeros(len(words), np.bool_)
     for row in range(len(keys)):
