@@ -311,7 +311,7 @@ def segment_texts(utterances: Utterances, pieces: spans.Pieces) -> TextPieces:
 
 def build_samples(batch: pa.Table, config, plan, stage: str) -> pa.Table:
     """One sample row per usable utterance: `plan(utterances, rows, config)` chooses the samples'
-    kinds and segments, rendered as JSON vectorised over the batch."""
+    kinds and segments, rendered as JSON over the whole batch."""
     read = read_batch(batch, config.tolerance_ms, stage)
     chosen = plan(read.utterances, read.rows, config)
     documents, speech_words, unit_counts = render(read.utterances, read.rows, chosen)

@@ -112,7 +112,7 @@ class Batch(NamedTuple):
 
 def read_batch(batch: pa.Table, tolerance_ms: int, stage: str) -> Batch:
     """Column-wise: lists are read flat from Arrow (the audio column is never copied); the checks
-    and the cuts run vectorised over the batch. Unusable utterances are rejected by `stage`."""
+    and the cuts run over the whole batch. Unusable utterances are rejected by `stage`."""
     pending = pc.is_null(batch[stream.REJECT_REASON]).to_numpy(zero_copy_only=False)
     unit_lengths = [_sizes(batch[name]) for name in (tokenized.UNITS, tokenized.UNIT_START_MS, tokenized.UNIT_END_MS)]
     mismatched = pending & ((unit_lengths[0] != unit_lengths[1]) | (unit_lengths[0] != unit_lengths[2]))
