@@ -252,8 +252,8 @@ def _write_documents(out, bounds, speech, per_document, unit_ids, range_starts, 
                     out[at] = 34
                 at += 1
                 joiner = joiner_of[text]
-                for place in range(pieces_per_segment[text]):
-                    if place:
+                for part in range(pieces_per_segment[text]):
+                    if part:
                         at = _put_escaped(out, at, joiner_bytes, joiner_bounds[joiner], joiner_bounds[joiner + 1])
                     row = piece_rows[piece]
                     first, end = transcript_bounds[row], transcript_bounds[row + 1]
