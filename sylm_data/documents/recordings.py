@@ -29,6 +29,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from sylm_data.compiled import compiled
 from sylm_data.documents import publish, spans
 from sylm_data.documents.render import SpeechUnits, TextPieces, documents_json, int_lists, range_positions
 from sylm_data.documents.utterances import read_batch, sample_rows, utterance_chunks
@@ -158,62 +159,75 @@ def render_documents(ids: pa.Array, languages: pa.Array, member_table: pa.Table,
     keys = spans.stream_keys(seed, ids.take(taken_firsts).to_pylist())
     owner = document_of[members.chunk_member]
     kinds, speech = choose(keys, members.chunk_words, owner)
-    speech = np.asarray(speech, bool)
-    # each chunk's words and units as ranges within its member
-    first_word, first_unit = (_within(sizes, members.chunk_bounds) for sizes in (members.chunk_words, members.chunk_units))
-    opens = np.ones(len(owner), bool)
-    opens[1:] = (owner[1:] != owner[:-1]) | (speech[1:] != speech[:-1])
-    segment_of = np.cumsum(opens) - 1
-    segment_speech, segment_owner = speech[opens], owner[opens]
-    # speech segments: their chunks' unit ranges, one after another
-    spoken = np.flatnonzero(speech)
-    lengths = members.chunk_units[spoken]
-    ranges = np.bincount(segment_of[spoken], minlength=len(segment_speech))[segment_speech]
-    units_of = SpeechUnits(members.units, members.unit_bounds[members.chunk_member[spoken]] + first_unit[spoken], lengths, ranges)
-    # text segments: one slice of a transcript per run of text chunks within a member, joined
-    texts = _text_segments(members, np.flatnonzero(~speech), segment_of, first_word, first_languages.to_pylist(), document_of)
-    per_document = np.bincount(segment_owner, minlength=count)
+    (segment_speech, per_document, range_starts, range_lengths, ranges_per_segment, piece_rows, piece_starts, piece_ends,
+     pieces_per_segment, text_owner, words, speech_words, units) = _segments(
+        members.chunk_bounds, members.chunk_words, members.chunk_units, owner, np.asarray(speech, np.bool_), members.offsets,
+        members.offset_bounds, members.unit_bounds, count)
+    joiners = {language: word_joiner(language) for language in set(first_languages.to_pylist())}
+    numbered = {joiner: number for number, joiner in enumerate(sorted(set(joiners.values())))}
+    joiner_of_document = np.array([numbered[joiners[language]] for language in first_languages.to_pylist()], np.int64)
+    texts = TextPieces(members.texts, piece_rows, piece_starts, piece_ends, pieces_per_segment, joiner_of_document[text_owner],
+                       list(numbered))
     kinds = np.asarray(kinds).astype(object)
     single = (kinds == "interleaved") & (per_document == 1)  # no span fitted, or one chunk: a plain sample
     first_segment = np.concatenate([[0], np.cumsum(per_document)[:-1]])
     kinds[single] = np.where(segment_speech[first_segment[single]], "speech", "text")
-    documents = documents_json(units_of, texts, segment_speech, per_document, kinds.tolist(), first_languages, ids,
-                               np.diff(np.append(firsts, len(ids))))
-    words = np.bincount(owner, weights=members.chunk_words, minlength=count)
-    speech_words = np.bincount(owner[spoken], weights=members.chunk_words[spoken], minlength=count)
-    units = np.bincount(owner[spoken], weights=lengths, minlength=count)
-    return {"first": firsts, "kind": kinds.tolist(), "json": documents, "words": words.astype(np.int64),
-            "speech_words": speech_words.astype(np.int64), "units": units.astype(np.int64)}
+    documents = documents_json(SpeechUnits(members.units, range_starts, range_lengths, ranges_per_segment), texts, segment_speech,
+                               per_document, kinds.tolist(), first_languages, ids, np.diff(np.append(firsts, len(ids))))
+    return {"first": firsts, "kind": kinds.tolist(), "json": documents, "words": words, "speech_words": speech_words, "units": units}
 
 
-def _within(sizes: np.ndarray, group_bounds: np.ndarray) -> np.ndarray:
-    """Where each item starts within its group, for items of `sizes` in consecutive groups (group
-    g: items group_bounds[g]:group_bounds[g + 1])."""
-    starts = np.concatenate([[0], np.cumsum(sizes)])
-    return starts[:-1] - np.repeat(starts[group_bounds[:-1]], np.diff(group_bounds))
-
-
-def _text_segments(members: Members, chunks: np.ndarray, segment_of: np.ndarray, first_word: np.ndarray,
-                   document_languages: list[str], document_of: np.ndarray) -> TextPieces:
-    """The text of each text segment, in order: per member, the transcript from the first word of
-    its run of text chunks to the end of the last; runs of one segment in several members joined by
-    the document's word joiner."""
-    member, segment = members.chunk_member[chunks], segment_of[chunks]
-    opens = np.ones(len(chunks), bool)
-    opens[1:] = (member[1:] != member[:-1]) | (segment[1:] != segment[:-1])
-    closes = np.ones(len(chunks), bool)
-    closes[:-1] = opens[1:]
-    first, last = chunks[opens], chunks[closes]
-    rows = members.chunk_member[first]
-    bases = members.offset_bounds[rows]
-    piece_segment = segment[opens]
-    segment_starts = np.flatnonzero(np.diff(piece_segment, prepend=-1))
-    joiners = {language: word_joiner(language) for language in set(document_languages)}
-    numbered = {joiner: number for number, joiner in enumerate(sorted(set(joiners.values())))}
-    joiner_of_document = np.array([numbered[joiners[language]] for language in document_languages], np.int64)
-    return TextPieces(members.texts, rows, members.offsets[bases + first_word[first]],
-                      members.offsets[bases + first_word[last] + members.chunk_words[last]],
-                      np.diff(np.append(segment_starts, len(rows))), joiner_of_document[document_of[rows[segment_starts]]], list(numbered))
+@compiled
+def _segments(chunk_bounds, chunk_words, chunk_units, owner, speech, offsets, offset_bounds, unit_bounds, documents):
+    """One pass over the members' chunks in order (member m's: chunk_bounds[m]:chunk_bounds[m + 1];
+    chunk c in document owner[c], speech where speech[c]): chunks of one modality in a row of one
+    document make a segment. Returns each segment's modality and each document's segment count;
+    the speech segments' unit ranges (into the flat units) and ranges per segment; the text
+    segments' pieces (member, start and end character: a run of a segment's text chunks within
+    one member), pieces per segment and document; and each document's words, speech words and
+    units."""
+    chunks = len(chunk_words)
+    segment_speech, per_document = np.empty(chunks, np.bool_), np.zeros(documents, np.int64)
+    range_starts, range_lengths, ranges_per_segment = np.empty(chunks, np.int64), np.empty(chunks, np.int64), np.empty(chunks, np.int64)
+    piece_rows, piece_starts, piece_ends = np.empty(chunks, np.int64), np.empty(chunks, np.int64), np.empty(chunks, np.int64)
+    pieces_per_segment, text_owner = np.empty(chunks, np.int64), np.empty(chunks, np.int64)
+    words, speech_words, units = np.zeros(documents, np.int64), np.zeros(documents, np.int64), np.zeros(documents, np.int64)
+    segments = spoken = written = pieces = ranges = 0
+    for member in range(len(chunk_bounds) - 1):
+        word, unit, base = 0, 0, offset_bounds[member]  # the chunk's first word and unit within its member
+        for chunk in range(chunk_bounds[member], chunk_bounds[member + 1]):
+            document = owner[chunk]
+            opens = chunk == 0 or document != owner[chunk - 1] or speech[chunk] != speech[chunk - 1]
+            if opens:
+                segment_speech[segments] = speech[chunk]
+                segments += 1
+                per_document[document] += 1
+            if speech[chunk]:
+                if opens:
+                    ranges_per_segment[spoken] = 0
+                    spoken += 1
+                range_starts[ranges], range_lengths[ranges] = unit_bounds[member] + unit, chunk_units[chunk]
+                ranges += 1
+                ranges_per_segment[spoken - 1] += 1
+                speech_words[document] += chunk_words[chunk]
+                units[document] += chunk_units[chunk]
+            else:
+                if opens:
+                    pieces_per_segment[written], text_owner[written] = 0, document
+                    written += 1
+                end = offsets[base + word + chunk_words[chunk]]
+                if opens or chunk == chunk_bounds[member]:  # a new piece: a new segment, or the segment goes on in this member
+                    piece_rows[pieces], piece_starts[pieces], piece_ends[pieces] = member, offsets[base + word], end
+                    pieces += 1
+                    pieces_per_segment[written - 1] += 1
+                else:
+                    piece_ends[pieces - 1] = end
+            words[document] += chunk_words[chunk]
+            word += chunk_words[chunk]
+            unit += chunk_units[chunk]
+    return (segment_speech[:segments], per_document, range_starts[:ranges], range_lengths[:ranges], ranges_per_segment[:spoken],
+            piece_rows[:pieces], piece_starts[:pieces], piece_ends[:pieces], pieces_per_segment[:written], text_owner[:written],
+            words, speech_words, units)
 
 
 def bucket_count(members: int, members_per_bucket: int) -> int:
