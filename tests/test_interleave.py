@@ -166,6 +166,23 @@ def test_draws_are_uniform_and_poisson_counts_have_their_mean():
         assert abs(counts.mean() - mean) < 4 * (mean / len(draws)) ** 0.5 and abs(counts.var() - mean) < 0.1 * mean
 
 
+def splitmix64_draw(key: int, number: int) -> float:
+    """SplitMix64 written plainly with Python ints: draw `number` of stream `key`."""
+    mask = 2**64 - 1
+    z = (key + (number + 1) * 0x9E3779B97F4A7C15) & mask
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & mask
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & mask
+    return ((z ^ (z >> 31)) >> 11) * 2.0**-53
+
+
+def test_draws_are_splitmix64_with_wrapping_arithmetic():
+    """The streams every stage's sample depends on: a change here would change every shard."""
+    keys = np.concatenate([spans.stream_keys(3, ["a", "b", "c"]), np.array([0, 2**64 - 1], np.uint64)])
+    for number in (0, 1, 7, 200):
+        assert spans.uniforms(keys, number).tolist() == [splitmix64_draw(int(key), number) for key in keys.tolist()]
+    assert spans.poisson(spans.uniforms(keys, 0), 0.0).tolist() == [0] * len(keys)
+
+
 def test_the_speech_ratio_over_a_corpus_is_within_two_points_of_the_target():
     rng = np.random.default_rng(0)
     utterances = [rng.integers(1, 4, size=rng.integers(3, 40)) for _ in range(3000)]

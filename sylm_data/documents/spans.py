@@ -22,8 +22,7 @@ from sylm_data.languages import punctuated_ends
 
 SENTENCE_MARKS = set(".!?…。！？")
 
-_GAMMA = 0x9E3779B97F4A7C15
-_GAMMA_U64 = np.uint64(_GAMMA)
+_GAMMA = np.uint64(0x9E3779B97F4A7C15)
 _MIX = (np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB))
 
 
@@ -34,23 +33,35 @@ def stream_keys(seed: int, ids: list[str]) -> np.ndarray:
 
 
 def uniforms(keys: np.ndarray, draw) -> np.ndarray:
-    """Draw number `draw` (an int, or one per key) of each stream, uniform in [0, 1). SplitMix64 is
-    counter-based: draw k mixes key + (k + 1)·γ, so any draw is had without the ones before it."""
-    counters = np.broadcast_to(np.asarray(draw, np.uint64), keys.shape)  # arrays wrap silently where scalars warn
-    z = keys + (counters + np.uint64(1)) * np.uint64(_GAMMA)
+    """Draw number `draw` (an int, or one per key) of each stream, uniform in [0, 1) (`_uniform`)."""
+    draws = np.ascontiguousarray(np.broadcast_to(np.asarray(draw, np.int64), np.shape(keys)))
+    return _uniforms(np.asarray(keys, np.uint64), draws)
+
+
+@compiled
+def _uniform(key, draw):
+    """Draw number `draw` of stream `key`. SplitMix64 is counter-based: draw k mixes key + (k + 1)·γ
+    (wrapping, as uint64 does), so any draw is had without the ones before it."""
+    z = key + np.uint64(draw + 1) * _GAMMA
     z = (z ^ (z >> np.uint64(30))) * _MIX[0]
     z = (z ^ (z >> np.uint64(27))) * _MIX[1]
     z = z ^ (z >> np.uint64(31))
-    return (z >> np.uint64(11)).astype(np.float64) * 2.0**-53
+    return np.float64(z >> np.uint64(11)) * 2.0**-53
 
 
-def below(uniform: np.ndarray, high: np.ndarray) -> np.ndarray:
-    """Uniform integers in 0..high-1 (high > 0) from uniform floats."""
-    return np.minimum((uniform * high).astype(np.int64), np.asarray(high) - 1)
+@compiled
+def _uniforms(keys, draws):
+    drawn = np.empty(len(keys), np.float64)
+    for index in range(len(keys)):
+        drawn[index] = _uniform(keys[index], draws[index])
+    return drawn
 
 
 @functools.lru_cache(maxsize=16)
 def _poisson_cdf(mean: float) -> np.ndarray:
+    """Poisson(mean)'s cumulative distribution, far enough into the tail; all at 0 for no mean."""
+    if mean <= 0:
+        return np.ones(1)
     counts = np.arange(int(mean + 12 * math.sqrt(mean)) + 20)
     log_pmf = counts * math.log(mean) - mean - np.array([math.lgamma(count + 1) for count in counts])
     return np.cumsum(np.exp(log_pmf))
@@ -58,8 +69,6 @@ def _poisson_cdf(mean: float) -> np.ndarray:
 
 def poisson(uniform: np.ndarray, mean: float) -> np.ndarray:
     """Poisson(mean) counts from uniform floats, by inversion."""
-    if mean <= 0:
-        return np.zeros(len(uniform), np.int64)
     return np.searchsorted(_poisson_cdf(mean), uniform, side="right")
 
 
@@ -208,22 +217,11 @@ def choose_speech(chunk_words: np.ndarray, chunk_rows: np.ndarray, keys: np.ndar
     chunk_rows = np.asarray(chunk_rows, np.int64)
     order = np.argsort(chunk_rows, kind="stable")
     bounds = np.searchsorted(chunk_rows[order], np.arange(len(keys) + 1))
-    span_cdf = _poisson_cdf(span_mean) if span_mean > 0 else np.ones(1)  # no mean: every span draws 0 (then 1)
     chosen = _choose_speech(np.asarray(chunk_words, np.int64)[order], bounds, np.asarray(keys, np.uint64), float(speech_ratio),
-                            span_cdf, bool(span_in_words), int(first_draw), int(max_tries))
+                            _poisson_cdf(span_mean), bool(span_in_words), int(first_draw), int(max_tries))
     speech = np.empty(len(order), bool)
     speech[order] = chosen
     return speech
-
-
-@compiled
-def _uniform(key, draw):
-    """`uniforms` of one key, compiled."""
-    z = key + np.uint64(draw + 1) * _GAMMA_U64
-    z = (z ^ (z >> np.uint64(30))) * _MIX[0]
-    z = (z ^ (z >> np.uint64(27))) * _MIX[1]
-    z = z ^ (z >> np.uint64(31))
-    return np.float64(z >> np.uint64(11)) * 2.0**-53
 
 
 @compiled
