@@ -149,7 +149,7 @@ def render_documents(ids: pa.Array, languages: pa.Array, member_table: pa.Table,
     member rows; `starts`: `document_starts`):
     each one's first member (its key), kind, JSON, words, speech words and units. Chunks of one
     modality in a row make one segment, across utterances too: units joined, texts joined by the
-    language's word joiner. Vectorised over the members, as utterance context renders a batch."""
+    language's word joiner. Over all the members at once, as utterance context renders a batch."""
     members = read_members(member_table)
     document_of = np.cumsum(starts) - 1
     firsts = np.flatnonzero(starts)
@@ -163,9 +163,10 @@ def render_documents(ids: pa.Array, languages: pa.Array, member_table: pa.Table,
      pieces_per_segment, text_owner, words, speech_words, units) = _segments(
         members.chunk_bounds, members.chunk_words, members.chunk_units, owner, np.asarray(speech, np.bool_), members.offsets,
         members.offset_bounds, members.unit_bounds, count)
-    joiners = {language: word_joiner(language) for language in set(first_languages.to_pylist())}
+    document_languages = first_languages.to_pylist()
+    joiners = {language: word_joiner(language) for language in set(document_languages)}
     numbered = {joiner: number for number, joiner in enumerate(sorted(set(joiners.values())))}
-    joiner_of_document = np.array([numbered[joiners[language]] for language in first_languages.to_pylist()], np.int64)
+    joiner_of_document = np.array([numbered[joiners[language]] for language in document_languages], np.int64)
     texts = TextPieces(members.texts, piece_rows, piece_starts, piece_ends, pieces_per_segment, joiner_of_document[text_owner],
                        list(numbered))
     kinds = np.asarray(kinds).astype(object)
