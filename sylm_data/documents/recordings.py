@@ -47,7 +47,7 @@ def member_rows(batch: pa.Table, config, stage: str) -> pa.Table:
     read = read_batch(batch, config.tolerance_ms, stage)
     utterances, rows = read.utterances, read.rows
     chunked = utterance_chunks(utterances, rows, config.granularity)
-    per_row = np.bincount(np.searchsorted(rows, chunked.rows), minlength=len(rows))
+    per_row = np.diff(np.append(np.searchsorted(chunked.rows, rows), len(chunked.rows)))  # both ascending
     word_sizes, unit_sizes = utterances.word_sizes[rows], utterances.unit_sizes[rows]
     offsets, units = utterances.offset_table, utterances.unit_ids
     if len(rows) < len(utterances.ids):  # else the rows' ranges are the whole flat arrays

@@ -156,19 +156,29 @@ def _positions(sizes) -> tuple[np.ndarray, np.ndarray]:
 def chunks(cuts: Cuts, word_sizes: np.ndarray, unit_sizes: np.ndarray, rows: np.ndarray) -> Pieces:
     """Utterances `rows` (ascending) cut at every one of their `cuts`. Every word and every unit
     lands in exactly one chunk, in order; edge silence units stay with the edge chunks."""
-    wanted = np.zeros(len(word_sizes), bool)
-    wanted[rows] = True
-    inner = wanted[cuts.rows]
-    cut_words, cut_units = cuts.words[inner], cuts.units[inner]
-    counts = np.bincount(cuts.rows[inner], minlength=len(word_sizes))[rows] + 1
-    firsts = np.cumsum(counts) - counts
-    first_of_row, last_of_row = np.zeros(counts.sum(), bool), np.zeros(counts.sum(), bool)
-    first_of_row[firsts], last_of_row[firsts + counts - 1] = True, True
-    pieces = Pieces(np.repeat(rows, counts), *(np.zeros(counts.sum(), np.int64) for _ in range(4)))
-    pieces.first_word[~first_of_row], pieces.first_unit[~first_of_row] = cut_words, cut_units
-    pieces.end_word[~last_of_row], pieces.end_unit[~last_of_row] = cut_words, cut_units
-    pieces.end_word[last_of_row], pieces.end_unit[last_of_row] = word_sizes[rows], unit_sizes[rows]
-    return pieces
+    return Pieces(*_chunks(*(np.asarray(column, np.int64) for column in (*cuts, word_sizes, unit_sizes, rows))))
+
+
+@compiled
+def _chunks(cut_rows, cut_words, cut_units, word_sizes, unit_sizes, rows):
+    most = len(rows) + len(cut_rows)
+    pieces = np.empty((5, most), np.int64)  # row, first word, end word, first unit, end unit
+    count = cut = 0
+    for row in rows:
+        while cut < len(cut_rows) and cut_rows[cut] < row:
+            cut += 1
+        first_word = first_unit = 0
+        while True:
+            last = cut == len(cut_rows) or cut_rows[cut] != row
+            end_word, end_unit = (word_sizes[row], unit_sizes[row]) if last else (cut_words[cut], cut_units[cut])
+            pieces[0, count], pieces[1, count], pieces[2, count] = row, first_word, end_word
+            pieces[3, count], pieces[4, count] = first_unit, end_unit
+            count += 1
+            if last:
+                break
+            first_word, first_unit = end_word, end_unit
+            cut += 1
+    return pieces[0, :count], pieces[1, :count], pieces[2, :count], pieces[3, :count], pieces[4, :count]
 
 
 def sentence_ends(text: str, words: list[str], offsets: list[int] | None = None) -> set[int]:
