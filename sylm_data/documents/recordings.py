@@ -68,11 +68,9 @@ def member_rows(batch: pa.Table, config, stage: str) -> pa.Table:
 
 
 class Members(NamedTuple):
-    """Member rows read flat: chunk c of the members belongs to member chunk_member[c] (member
-    m's chunks: chunk_bounds[m]:chunk_bounds[m + 1]); each member's word offsets and units are a
-    range of the flat arrays."""
+    """Member rows read flat: member m's chunks are chunk_bounds[m]:chunk_bounds[m + 1] of the
+    chunk arrays; its word offsets and units are ranges of the flat arrays likewise."""
     texts: pa.Array  # the transcripts
-    chunk_member: np.ndarray
     chunk_bounds: np.ndarray
     chunk_words: np.ndarray
     chunk_units: np.ndarray
@@ -83,16 +81,15 @@ class Members(NamedTuple):
 
 
 def read_members(members: pa.Table) -> Members:
-    def flat(name: str) -> tuple[np.ndarray, np.ndarray]:
+    def flat(name: str) -> tuple[pa.Array, np.ndarray]:  # the values as stored (int32), not copied
         lists = members[name].combine_chunks()
-        sizes = pc.list_value_length(lists).to_numpy(zero_copy_only=False).astype(np.int64)
-        return pc.list_flatten(lists), np.concatenate([[0], np.cumsum(sizes)])
+        offsets = lists.offsets.to_numpy().astype(np.int64)
+        return pc.list_flatten(lists), offsets - offsets[0]
 
     (chunk_words, chunk_bounds), (chunk_units, _), (offsets, offset_bounds), (units, unit_bounds) = (
         flat(name) for name in sample.ROW_MEMBER_COLUMNS)
-    as_int = lambda values: values.to_numpy(zero_copy_only=False).astype(np.int64)  # noqa: E731
-    return Members(members[sample.ROW_JSON].combine_chunks(), np.repeat(np.arange(len(chunk_bounds) - 1), np.diff(chunk_bounds)),
-                   chunk_bounds, as_int(chunk_words), as_int(chunk_units), as_int(offsets), offset_bounds, units, unit_bounds)
+    return Members(members[sample.ROW_JSON].combine_chunks(), chunk_bounds, chunk_words.to_numpy(), chunk_units.to_numpy(),
+                   offsets.to_numpy(), offset_bounds, units, unit_bounds)
 
 
 def document_starts(places: pa.Table, max_document_ms: int, max_gap_ms: int, same_speaker: bool) -> np.ndarray:
@@ -157,7 +154,7 @@ def render_documents(ids: pa.Array, languages: pa.Array, member_table: pa.Table,
     taken_firsts = pa.array(firsts)
     first_languages = languages.take(taken_firsts)
     keys = spans.stream_keys(seed, ids.take(taken_firsts).to_pylist())
-    owner = document_of[members.chunk_member]
+    owner = np.repeat(document_of, np.diff(members.chunk_bounds))
     kinds, speech = choose(keys, members.chunk_words, owner)
     (segment_speech, per_document, range_starts, range_lengths, ranges_per_segment, piece_rows, piece_starts, piece_ends,
      pieces_per_segment, text_owner, words, speech_words, units) = _segments(

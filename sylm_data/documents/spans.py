@@ -213,8 +213,8 @@ def _padded(values: np.ndarray, rows: np.ndarray, count: int, fill) -> tuple[np.
 
 def choose_speech(chunk_words: np.ndarray, chunk_rows: np.ndarray, keys: np.ndarray, speech_ratio: float,
                   span_mean: float, span_in_words: bool = True, first_draw: int = 0, max_tries: int = 100) -> np.ndarray:
-    """Which chunks become speech (one flag per chunk). The chunks of utterance i (chunk_rows == i,
-    consecutive) draw from stream keys[i], from draw `first_draw` on.
+    """Which chunks become speech (one flag per chunk). The chunks of utterance i (chunk_rows == i;
+    `chunk_rows` ascending) draw from stream keys[i], from draw `first_draw` on.
 
     Spans of Poisson(span_mean) words (or chunks, e.g. sentences, when not `span_in_words`) go at
     random free places, each taking chunks while the speech stays within the target, `speech_ratio`
@@ -225,13 +225,11 @@ def choose_speech(chunk_words: np.ndarray, chunk_rows: np.ndarray, keys: np.ndar
     whose chunks fits under its target (every chunk above 30% of a short one, say) still gets its
     smallest chunk, so that it stays interleaved: the one place the policy overshoots."""
     chunk_rows = np.asarray(chunk_rows, np.int64)
-    order = np.argsort(chunk_rows, kind="stable")
-    bounds = np.searchsorted(chunk_rows[order], np.arange(len(keys) + 1))
-    chosen = _choose_speech(np.asarray(chunk_words, np.int64)[order], bounds, np.asarray(keys, np.uint64), float(speech_ratio),
-                            _poisson_cdf(span_mean), bool(span_in_words), int(first_draw), int(max_tries))
-    speech = np.empty(len(order), bool)
-    speech[order] = chosen
-    return speech
+    if (chunk_rows[1:] < chunk_rows[:-1]).any():
+        raise ValueError("chunk_rows must be ascending: each utterance's chunks together, in order")
+    bounds = np.searchsorted(chunk_rows, np.arange(len(keys) + 1))
+    return _choose_speech(np.asarray(chunk_words, np.int64), bounds, np.asarray(keys, np.uint64), float(speech_ratio),
+                          _poisson_cdf(span_mean), bool(span_in_words), int(first_draw), int(max_tries))
 
 
 @compiled
