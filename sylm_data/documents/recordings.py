@@ -236,6 +236,11 @@ def bucket_name(bucket: int, buckets: int) -> str:
     return f"documents-{bucket:05d}-of-{buckets:05d}"
 
 
+# what assembling reads of a member row: not its kind or counts, which its document's replace
+_ASSEMBLED = [name for name in sample.ROW_SCHEMA.names
+              if name not in (sample.ROW_KIND, sample.ROW_WORDS, sample.ROW_SPEECH_WORDS, sample.ROW_UNITS)]
+
+
 def shuffle_partition(item: tuple[str, str], folder: str, shuffle_dir: str, buckets: int) -> None:
     """On a worker: one partition's member rows into `shuffle_dir/<partition>.arrow`, one record
     batch per bucket of their recording (`write_buckets`)."""
@@ -243,7 +248,7 @@ def shuffle_partition(item: tuple[str, str], folder: str, shuffle_dir: str, buck
     target = Path(shuffle_dir) / f"{partition}.arrow"
     if target.exists():
         return
-    table = read_rows(Path(folder) / partition)
+    table = read_rows(Path(folder) / partition, _ASSEMBLED)
     if not table.num_rows:
         return
     keys = pc.coalesce(table[sample.ROW_RECORDING], table[sample.ROW_KEY]).combine_chunks().dictionary_encode()

@@ -71,7 +71,7 @@ def documents_json(units: SpeechUnits, texts: TextPieces, speech: np.ndarray, pe
     unit_ids = units.unit_ids.to_numpy(zero_copy_only=False) if isinstance(units.unit_ids, pa.Array) else units.unit_ids
     transcripts = pc.fill_null(texts.transcripts, "")
     as_int = lambda values: np.asarray(values, np.int64)  # noqa: E731
-    arguments = (np.asarray(speech, np.bool_), as_int(per_document), unit_ids.astype(np.int64, copy=False),
+    arguments = (np.asarray(speech, np.bool_), as_int(per_document), unit_ids,
                  *map(as_int, (units.starts, units.lengths, units.ranges_per_segment)),
                  *string_buffers(transcripts.cast(pa.large_string())),
                  pc.string_is_ascii(transcripts).to_numpy(zero_copy_only=False),
