@@ -10,9 +10,15 @@ sample (chunking, spans, JSON) with the transform the runner builds, write the r
 shards as the shard writer does (in one process, no Ray; in recording context the shuffle by
 recording and the documents too). Floor: read the same Parquet and write the stage's finished
 sample bytes to tar with the same shard writer; in recording context also write the member rows
-to Parquet and read them back once, the I/O a shuffle cannot do without. One untimed pass of each
-warms the allocators and the page cache (the floor, timed second, would otherwise find them warm
-and the stage cold); then `--repeat` passes alternate, and the medians are compared.
+to Parquet and read them back once, the I/O a shuffle cannot do without. `--warmup` untimed passes
+of each warm the allocators and the page cache (the floor, timed second, would otherwise find them
+warm and the stage cold); then `--repeat` passes alternate, and the medians are compared.
+
+A process's first passes grow its memory, and the kernel zeroes every fresh page (2 MiB at a time
+where transparent huge pages are on). On a VM that hands freed memory back to its host, the
+allocators' returns make later passes pay that again: here a pass of recording context spent
+0.1-1.6 s in the kernel. For steadier figures, keep freed memory in the process:
+    MIMALLOC_PURGE_DELAY=-1 MALLOC_TRIM_THRESHOLD_=17179869184 MALLOC_MMAP_THRESHOLD_=1073741824 python bench/interleave.py
 """
 
 import argparse
@@ -116,7 +122,8 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=100_000)
     parser.add_argument("--granularity", choices=["word", "sentence"], default="word")
     parser.add_argument("--context", choices=["utterance", "recording"], default="utterance")
-    parser.add_argument("--repeat", type=int, default=3, help="timed passes of each, after one untimed warm-up pass")
+    parser.add_argument("--repeat", type=int, default=3, help="timed passes of each")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed passes of each first")
     args = parser.parse_args()
     config = interleave.InterleaveConfig(granularity=args.granularity, context=args.context, shard_bytes=64 * 2**20)
     with tempfile.TemporaryDirectory() as scratch:
@@ -128,13 +135,15 @@ def main() -> None:
         members = read_rows(scratch / "interleave") if args.context == "recording" else None
         ratio = json.loads((scratch / "shards" / "index.json").read_text())["stats"]["speech_text_ratio"]
         shard_bytes = sum(p.stat().st_size for p in (scratch / "shards").glob("*.tar"))
-        run_floor(scratch, samples, members, config.shard_bytes)
+        for _ in range(args.warmup):
+            run_floor(scratch, samples, members, config.shard_bytes)
+            run_stage(scratch, config)
         passes = [(run_stage(scratch, config), run_floor(scratch, samples, members, config.shard_bytes))
                   for _ in range(args.repeat)]
 
     stage_s, floor_s = (float(np.median(times)) for times in zip(*passes))
     print(f"{args.rows:,} rows -> {samples.num_rows:,} samples ({args.context} context), {shard_bytes / 1e6:.0f} MB of shards, "
-          f"speech ratio {ratio}; medians of {args.repeat} alternating passes after a warm-up")
+          f"speech ratio {ratio}; medians of {args.repeat} alternating passes after {args.warmup} untimed ones")
     print(f"{'':<40} {'wall s':>8} {'samples/s':>10} {'MB/s':>7} {'x floor':>8}")
     for name, seconds in (("interleave stage (transform + shards)", stage_s), (f"floor: read Parquet, {'members, ' if members is not None else ''}write tar", floor_s)):
         print(f"{name:<40} {seconds:>8.2f} {samples.num_rows / seconds:>10,.0f} {shard_bytes / 1e6 / seconds:>7.1f} {seconds / floor_s:>8.2f}")
