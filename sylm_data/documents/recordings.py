@@ -290,7 +290,8 @@ def assemble_bucket(bucket: int, shuffle_dir: str, target: str, buckets: int, st
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
     if rows.num_rows:
-        pq.write_table(rows, folder / "documents.parquet")
+        # zstd at level 1: half snappy's bytes for the JSON, written as fast and read back faster
+        pq.write_table(rows, folder / "documents.parquet", compression="zstd", compression_level=1)
     layout.write_marker(Path(target).name, name, {"run_id": stamp, "config_hash": config_hash, "rows_out": rows.num_rows,
                                                   "members": table.num_rows})
     return rows.num_rows
