@@ -5,6 +5,7 @@ import json
 import threading
 from pathlib import Path
 
+import pyarrow as pa
 import pytest
 import torch
 import webdataset as wds
@@ -174,3 +175,32 @@ def test_min_shards_counts_the_samples_each_pairs_folder_keeps(tmp_path):
     for name in ("pairs-shards", "pairs-heldout"):
         index = json.loads((tmp_path / name / shards.INDEX).read_text())
         assert len(index["shards"]) >= 5 and index["total_samples"] == summary[name], name
+
+
+def one_by_one_stats(kind: str, words: int, speech_words: int, units: int) -> dict:
+    """A sample's stats written plainly; a shard's are their sum (`shards.add_stat`)."""
+    stats = {f"{kind}_samples": 1, "words": words, "units": units}
+    if kind == "interleaved":
+        tenth = min(int(10 * speech_words / words), 9) if words else 0
+        stats |= {"interleaved_words": words, "interleaved_speech_words": speech_words,
+                  "speech_share_histogram": {f"{tenth / 10:.1f}-{(tenth + 1) / 10:.1f}": 1}}
+    return stats
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["interleaved", "speech", "text"]), st.integers(0, 60), st.integers(0, 60),
+                          st.integers(0, 400)), min_size=1, max_size=40), st.data())
+def test_a_shards_stats_are_the_sum_of_its_samples_stats(samples, data):
+    from sylm_data.documents import publish
+
+    samples = [(kind, words, min(speech, words), units) for kind, words, speech, units in samples]
+    table = pa.table({sample.ROW_KIND: [s[0] for s in samples], sample.ROW_WORDS: [s[1] for s in samples],
+                      sample.ROW_SPEECH_WORDS: [s[2] for s in samples], sample.ROW_UNITS: [s[3] for s in samples]})
+    first = data.draw(st.integers(0, len(samples) - 1))
+    end = data.draw(st.integers(first + 1, len(samples)))
+    expected = {}
+    for stats in (one_by_one_stats(*s) for s in samples[first:end]):
+        for name, value in stats.items():
+            expected[name] = shards.add_stat(expected.get(name), value)
+    got = publish.sample_stats(table)(first, end)
+    assert got == expected and json.dumps(got, sort_keys=True) == json.dumps(expected, sort_keys=True)

@@ -6,6 +6,7 @@ import functools
 import hashlib
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -49,16 +50,33 @@ def sample_vocabulary(table: pa.Table) -> dict:
 
 
 def shard_members(table: pa.Table):
-    """(key, members, stats) per sample row, in the table's order."""
-    columns = [table[name].to_pylist() for name in (sample.ROW_KEY, sample.ROW_JSON, sample.ROW_KIND,
-                                                     sample.ROW_WORDS, sample.ROW_SPEECH_WORDS, sample.ROW_UNITS)]
-    for key, document, kind, words, speech_words, units in zip(*columns):
-        stats = {f"{kind}_samples": 1, "words": words, "units": units}
-        if kind == "interleaved":
-            tenth = min(int(10 * speech_words / words), 9) if words else 0
-            stats |= {"interleaved_words": words, "interleaved_speech_words": speech_words,
-                      "speech_share_histogram": {f"{tenth / 10:.1f}-{(tenth + 1) / 10:.1f}": 1}}
-        yield key, {"json": document.encode()}, stats
+    """(key, members) per sample row, in the table's order."""
+    for key, document in zip(table[sample.ROW_KEY].to_pylist(), table[sample.ROW_JSON].to_pylist()):
+        yield key, {"json": document.encode()}
+
+
+def sample_stats(table: pa.Table):
+    """`ShardWriter`'s `shard_stats` for the table's rows, in its order: each kind's samples, the
+    words and units, and for interleaved samples their words, speech words and a histogram of
+    their speech shares in tenths."""
+    kinds = table[sample.ROW_KIND].to_numpy(zero_copy_only=False).astype(str)
+    words, speech_words, units = (table[name].to_numpy(zero_copy_only=False).astype(np.int64)
+                                  for name in (sample.ROW_WORDS, sample.ROW_SPEECH_WORDS, sample.ROW_UNITS))
+    tenths = np.where(words > 0, np.minimum(10 * speech_words // np.maximum(words, 1), 9), 0)
+
+    def stats(first: int, end: int) -> dict:
+        held = kinds[first:end]
+        summed = {f"{kind}_samples": int(count) for kind, count in zip(*np.unique(held, return_counts=True))}
+        summed |= {"words": int(words[first:end].sum()), "units": int(units[first:end].sum())}
+        mixed = first + np.flatnonzero(held == "interleaved")
+        if len(mixed):
+            shares = np.bincount(tenths[mixed], minlength=10)
+            summed |= {"interleaved_words": int(words[mixed].sum()), "interleaved_speech_words": int(speech_words[mixed].sum()),
+                       "speech_share_histogram": {f"{tenth / 10:.1f}-{(tenth + 1) / 10:.1f}": int(shares[tenth])
+                                                  for tenth in np.flatnonzero(shares).tolist()}}
+        return summed
+
+    return stats
 
 
 def kept_samples(folder: Path, partition: str, keep=None) -> pa.Table:
@@ -73,7 +91,7 @@ def write_partition_shards(folder: Path, target: Path, shard_bytes: int, item: t
     partition, stamp = item
     table = kept_samples(folder, partition, keep)
     return shards.write_partition(target, partition, shard_members(table), shard_bytes, stamp, describe(table), _ratio,
-                                  max_samples=stamp.get(SAMPLES_PER_SHARD))
+                                  max_samples=stamp.get(SAMPLES_PER_SHARD), shard_stats=sample_stats(table))
 
 
 SAMPLES_PER_SHARD = "samples_per_shard"  # in a partition's stamp, when min_shards caps the shards

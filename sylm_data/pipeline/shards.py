@@ -33,11 +33,14 @@ class ShardWriter:
     """Write samples in order; `close()` finishes the last shard and writes the index."""
 
     def __init__(self, folder: str | Path, target_bytes: int = 256 * 2**20, extra_index: dict | None = None,
-                 derive=None, prefix: str = "shard", write_index: bool = True, max_samples: int | None = None) -> None:
+                 derive=None, prefix: str = "shard", write_index: bool = True, max_samples: int | None = None,
+                 shard_stats=None) -> None:
         """`derive(stats) -> dict` adds figures computed from summed stats (a ratio, say) to each
         shard's entry and to the totals in index.json; without `write_index`, `close` only
         finishes the shards (a partition's part of a published folder). A shard ends at
-        `target_bytes` or at `max_samples` samples, whichever comes first."""
+        `target_bytes` or at `max_samples` samples, whichever comes first. `shard_stats(first,
+        end) -> dict`: the stats of the samples written first..end-1 (counting from 0), summed at
+        once for each shard, where per-sample `stats` would cost a dict per sample."""
         self.folder = Path(folder)
         self.max_samples = max_samples
         self.prefix, self.write_index = prefix, write_index
@@ -50,6 +53,8 @@ class ShardWriter:
         self._current: dict | None = None
         self._keys: set[str] = set()
         self._summed: set[str] = set()  # the stat names written (derived ones are recomputed, not summed)
+        self.shard_stats = shard_stats
+        self._written = self._shard_start = 0  # samples written; the first of the open shard
 
     def write(self, key: str, members: dict[str, bytes], stats: dict[str, float] | None = None) -> None:
         """One sample: `members` maps an extension ("json", "mp3") to its bytes; `stats` are summed per
@@ -72,6 +77,7 @@ class ShardWriter:
             self._archive.addfile(info, io.BytesIO(members[extension]))
         self._current["samples"] += 1
         self._current["bytes"] += size
+        self._written += 1
         totals = self._current["stats"]
         for name, value in (stats or {}).items():
             totals[name] = add_stat(totals.get(name), value)
@@ -79,6 +85,7 @@ class ShardWriter:
     def _open_shard(self) -> None:
         name = f"{self.prefix}-{len(self.shards):06d}.tar"
         self._current = {"name": name, "samples": 0, "bytes": 0, "stats": {}}
+        self._shard_start = self._written
         self._archive = tarfile.open(self.folder / f".{name}.partial", "w", format=tarfile.USTAR_FORMAT)
 
     def _finish_shard(self) -> None:
@@ -87,6 +94,8 @@ class ShardWriter:
         final = self.folder / name
         os.replace(self.folder / f".{name}.partial", final)
         stats = dict(self._current["stats"])
+        if self.shard_stats is not None:
+            stats |= self.shard_stats(self._shard_start, self._written)
         self._summed.update(stats)
         self.shards.append({**self._current, "bytes": final.stat().st_size, "stats": stats | self.derive(stats)})
         self._archive = self._current = None
@@ -153,15 +162,16 @@ def read_manifest(folder: Path, partition: str) -> dict | None:
 
 
 def write_partition(folder: Path, partition: str, samples, target_bytes: int, stamp: dict, described: dict,
-                    derive=None, max_samples: int | None = None) -> dict:
-    """One partition's shards from `samples` ((key, members, stats) in order), then its manifest
-    (last, atomically: a manifest names only finished shards). `described`: figures the index
-    merges across partitions (e.g. the unit tokenizer); they must agree."""
+                    derive=None, max_samples: int | None = None, shard_stats=None) -> dict:
+    """One partition's shards from `samples` ((key, members) in order; their stats by
+    `ShardWriter`'s `shard_stats`), then its manifest (last, atomically: a manifest names only
+    finished shards). `described`: figures the index merges across partitions (e.g. the unit
+    tokenizer); they must agree."""
     folder.mkdir(parents=True, exist_ok=True)
     with ShardWriter(folder, target_bytes, derive=derive, prefix=partition, write_index=False,
-                     max_samples=max_samples) as writer:
-        for key, members, stats in samples:
-            writer.write(key, members, stats)
+                     max_samples=max_samples, shard_stats=shard_stats) as writer:
+        for key, members in samples:
+            writer.write(key, members)
     written = writer.close()
     manifest = {"partition": partition, "stamp": stamp, "described": described} | written
     path = manifest_path(folder, partition)
