@@ -190,6 +190,6 @@ def _sizes(lists: pa.ChunkedArray) -> np.ndarray:
 
 
 def _flat(values) -> np.ndarray:
-    return values.to_numpy(zero_copy_only=False).astype(np.int64)
+    return values.to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
 
 
