@@ -55,7 +55,7 @@ def member_rows(batch: pa.Table, config, stage: str) -> pa.Table:
         units = units.take(range_positions(utterances.unit_bounds[rows], unit_sizes))
     table, taken = read.table, pa.array(rows)
     return sample_rows(read, {
-        sample.ROW_KIND: [sample.MEMBER] * len(rows), sample.ROW_JSON: utterances.text_array.take(taken),
+        sample.ROW_KIND: pa.repeat(pa.scalar(sample.MEMBER), len(rows)), sample.ROW_JSON: utterances.text_array.take(taken),
         sample.ROW_SPEECH_WORDS: np.zeros(len(rows), np.int64), sample.ROW_UNITS: unit_sizes,
         sample.ROW_RECORDING: table[utterance.RECORDING].take(taken),
         sample.ROW_RECORDING_START_MS: table[utterance.RECORDING_START_MS].take(taken),
