@@ -166,34 +166,44 @@ def punctuated_ends(text: str, words: list[str], marks: set[str], offsets: list[
 def punctuated_ends_batch(texts: pa.Array, words: pa.Array, word_bounds: np.ndarray, offsets: np.ndarray, marks: set[str],
                           rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """`punctuated_ends` of texts `rows` at once, as (text, word count) pairs: text i's words are
-    words[word_bounds[i]:word_bounds[i + 1]], `offsets` their flat `word_offsets`. The marks
-    are found in the UTF-8 bytes (a valid text never holds a mark's bytes but as that mark) and
-    counted in characters, as `word_offset_table` counts them."""
+    words[word_bounds[i]:word_bounds[i + 1]], `offsets` their flat `word_offsets`. One compiled
+    pass over each text's UTF-8 bytes finds the marks (a valid text never holds a mark's bytes but
+    as that mark) and counts characters as it goes, as `word_offset_table` counts them."""
     if not len(offsets):  # no words: no word ends a sentence
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
     text_bounds, text_bytes = string_buffers(pc.fill_null(texts, "").cast(pa.large_string()))
-    found = np.zeros(len(text_bytes), bool)
-    for mark in marks:
-        encoded = np.frombuffer(mark.encode(), np.uint8)
-        reach = len(text_bytes) - len(encoded) + 1
-        if reach > 0:
-            found[:reach] |= np.logical_and.reduce([text_bytes[at : at + reach] == byte for at, byte in enumerate(encoded)])
-    positions = np.flatnonzero(found)
-    mark_rows = np.searchsorted(text_bounds, positions, side="right") - 1
-    wanted = np.zeros(len(text_bounds), bool)
-    wanted[rows] = True
-    positions, mark_rows = positions[wanted[mark_rows]], mark_rows[wanted[mark_rows]]
-    characters = positions - text_bounds[mark_rows]
-    if text_bytes.max(initial=0) >= 0x80:  # UTF-8 continuation bytes do not count
-        continuations = np.concatenate([[0], np.cumsum((text_bytes & 0xC0) == 0x80)])
-        characters -= continuations[positions] - continuations[text_bounds[mark_rows]]
-    span = int(np.diff(text_bounds).max(initial=0)) + 2  # above any offset: one key order for (text, offset)
-    owners = np.repeat(np.arange(len(word_bounds) - 1), np.diff(word_bounds))
-    counts = np.searchsorted(owners * span + offsets, mark_rows * span + characters, side="right") - word_bounds[mark_rows]
-    last = np.maximum(word_bounds[mark_rows] + counts - 1, 0)  # the last word that starts before the mark
-    word_lengths = pc.fill_null(pc.utf8_length(words), 0).to_numpy(zero_copy_only=False)
-    after = (counts > 0) & (characters >= offsets[last] + word_lengths[last])  # not inside that word
-    return mark_rows[after].astype(np.int64), counts[after].astype(np.int64)
+    mark_bounds, mark_bytes = string_buffers(pa.array(sorted(marks), pa.large_string()))
+    word_lengths = pc.fill_null(pc.utf8_length(words), 0).to_numpy(zero_copy_only=False).astype(np.int64)
+    return _punctuated_ends(text_bounds, text_bytes, mark_bounds, mark_bytes, np.asarray(word_bounds, np.int64),
+                            np.asarray(offsets, np.int64), word_lengths, np.asarray(rows, np.int64))
+
+
+@compiled
+def _punctuated_ends(text_bounds, text_bytes, mark_bounds, mark_bytes, word_bounds, offsets, word_lengths, rows):
+    leads = np.zeros(256, np.bool_)  # the bytes a mark starts with: the only places worth comparing
+    for mark in range(len(mark_bounds) - 1):
+        if mark_bounds[mark + 1] > mark_bounds[mark]:
+            leads[mark_bytes[mark_bounds[mark]]] = True
+    found_rows, found_counts, found = np.empty(len(text_bytes), np.int64), np.empty(len(text_bytes), np.int64), 0  # a mark per byte at most
+    for row in rows:
+        end, first_word, end_word = text_bounds[row + 1], word_bounds[row], word_bounds[row + 1]
+        word, characters = first_word, 0  # the words that start at or before the current character; characters before it
+        for index in range(text_bounds[row], end):
+            if leads[text_bytes[index]]:
+                for mark in range(len(mark_bounds) - 1):
+                    size = mark_bounds[mark + 1] - mark_bounds[mark]
+                    matched = 0
+                    while matched < size and index + matched < end and text_bytes[index + matched] == mark_bytes[mark_bounds[mark] + matched]:
+                        matched += 1
+                    if size and matched == size:
+                        while word < end_word and offsets[word] <= characters:
+                            word += 1
+                        if word > first_word and characters >= offsets[word - 1] + word_lengths[word - 1]:  # not inside it
+                            found_rows[found], found_counts[found] = row, word - first_word
+                            found += 1
+                        break
+            characters += (text_bytes[index] & 0xC0) != 0x80
+    return found_rows[:found], found_counts[:found]
 
 
 @functools.lru_cache(maxsize=8)
