@@ -91,6 +91,9 @@ def test_sentence_granularity_cuts_only_at_sentence_ends():
     everywhere = spans.Cuts(np.zeros(7, np.int64), np.arange(1, 8), np.arange(1, 8))  # a unit boundary in every gap
     pieces = spans.chunks(everywhere.restricted_to([0, 0], [3, 8]), np.array([8]), np.array([8]), np.array([0]))
     assert list(zip(pieces.first_word.tolist(), pieces.end_word.tolist())) == [(0, 3), (3, 8)]
+    assert everywhere.restricted_to([0, 0, 0], [3, 3, 8]).words.tolist() == [3]  # word 8 ends the utterance: no cut there
+    with pytest.raises(ValueError, match="sorted"):
+        everywhere.restricted_to([0, 0], [8, 3])
 
 
 def one_by_one_speech(chunk_words, key, speech_ratio, span_mean, span_in_words, first_draw, max_tries=100):

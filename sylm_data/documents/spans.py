@@ -80,10 +80,25 @@ class Cuts(NamedTuple):
     units: np.ndarray
 
     def restricted_to(self, rows: np.ndarray, words: np.ndarray) -> "Cuts":
-        """The cuts that fall before one of the given (utterance, word) places."""
-        span = int(max(self.words.max(initial=0), np.max(words, initial=0))) + 1
-        keep = np.isin(self.rows * span + self.words, np.asarray(rows, np.int64) * span + words)
+        """The cuts that fall before one of the given (utterance, word) places, which come sorted
+        by utterance then word as the cuts do (a place may repeat)."""
+        rows, words = np.asarray(rows, np.int64), np.asarray(words, np.int64)
+        if ((rows[1:] < rows[:-1]) | ((rows[1:] == rows[:-1]) & (words[1:] < words[:-1]))).any():
+            raise ValueError("the places must be sorted by utterance, then word")
+        keep = _matching(self.rows, self.words, rows, words)
         return Cuts(*(column[keep] for column in self))
+
+
+@compiled
+def _matching(cut_rows, cut_words, rows, words):
+    """Which cuts are at one of the places: a merge of the two sorted lists."""
+    keep = np.zeros(len(cut_rows), np.bool_)
+    place = 0
+    for cut in range(len(cut_rows)):
+        while place < len(rows) and (rows[place] < cut_rows[cut] or (rows[place] == cut_rows[cut] and words[place] < cut_words[cut])):
+            place += 1
+        keep[cut] = place < len(rows) and rows[place] == cut_rows[cut] and words[place] == cut_words[cut]
+    return keep
 
 
 class Pieces(NamedTuple):
