@@ -25,14 +25,13 @@ def utterance_rows(tmp_path_factory):
 
 
 def write_shards(folder, rows, target_bytes):
-    with ShardWriter(folder, target_bytes=target_bytes, extra_index={"config_hash": "abc"}) as writer:
+    def audio_ms(first, end):
+        return {"audio_ms": sum(row[utterance.DURATION_MS] for row in rows[first:end])}
+
+    with ShardWriter(folder, target_bytes=target_bytes, extra_index={"config_hash": "abc"}, shard_stats=audio_ms) as writer:
         for row in rows:
             fields = {k: row[k] for k in (utterance.ID, utterance.TEXT, utterance.LANGUAGE, utterance.DURATION_MS)}
-            writer.write(
-                row[utterance.ID],
-                {"json": json.dumps(fields).encode(), row[utterance.AUDIO_FORMAT]: row[utterance.AUDIO]},
-                stats={"audio_ms": row[utterance.DURATION_MS]},
-            )
+            writer.write(row[utterance.ID], {"json": json.dumps(fields).encode(), row[utterance.AUDIO_FORMAT]: row[utterance.AUDIO]})
     return json.loads((folder / "index.json").read_text())
 
 
@@ -96,8 +95,10 @@ def test_the_sample_contract_validates_and_renders():
 
 
 def test_a_stat_some_shards_lack_is_summed_over_those_that_have_it(tmp_path):
-    with ShardWriter(tmp_path, target_bytes=10) as writer:
-        writer.write("a", {"json": b"{}"}, stats={"text_samples": 1})
-        writer.write("b", {"json": b"{}"}, stats={"speech_samples": 1})
+    kinds = ["text", "speech"]
+    with ShardWriter(tmp_path, target_bytes=10, shard_stats=lambda first, end: {f"{kinds[first]}_samples": end - first}) as writer:
+        writer.write("a", {"json": b"{}"})
+        writer.write("b", {"json": b"{}"})  # over the target: a shard of its own
     index = json.loads((tmp_path / "index.json").read_text())
+    assert [shard["stats"] for shard in index["shards"]] == [{"text_samples": 1}, {"speech_samples": 1}]
     assert index["stats"] == {"text_samples": 1, "speech_samples": 1}

@@ -39,8 +39,9 @@ class ShardWriter:
         shard's entry and to the totals in index.json; without `write_index`, `close` only
         finishes the shards (a partition's part of a published folder). A shard ends at
         `target_bytes` or at `max_samples` samples, whichever comes first. `shard_stats(first,
-        end) -> dict`: the stats of the samples written first..end-1 (counting from 0), summed at
-        once for each shard, where per-sample `stats` would cost a dict per sample."""
+        end) -> dict`: a finished shard's stats, summed over the samples written first..end-1
+        (counting from 0) at once, not a dict per sample; numbers, or counts by name such as a
+        histogram's bins (`add_stat` sums them over shards)."""
         self.folder = Path(folder)
         self.max_samples = max_samples
         self.prefix, self.write_index = prefix, write_index
@@ -54,11 +55,10 @@ class ShardWriter:
         self._keys: set[str] = set()
         self._summed: set[str] = set()  # the stat names written (derived ones are recomputed, not summed)
         self.shard_stats = shard_stats
-        self._written = self._shard_start = 0  # samples written; the first of the open shard
+        self._written = 0  # samples written, over all shards
 
-    def write(self, key: str, members: dict[str, bytes], stats: dict[str, float] | None = None) -> None:
-        """One sample: `members` maps an extension ("json", "mp3") to its bytes; `stats` are summed per
-        shard (`add_stat`: numbers, or counts by name such as a histogram's bins)."""
+    def write(self, key: str, members: dict[str, bytes]) -> None:
+        """One sample: `members` maps an extension ("json", "mp3") to its bytes."""
         if not key or "." in key:
             raise ValueError(f"sample key {key!r} must be non-empty and contain no dot")
         if key in self._keys:
@@ -78,14 +78,10 @@ class ShardWriter:
         self._current["samples"] += 1
         self._current["bytes"] += size
         self._written += 1
-        totals = self._current["stats"]
-        for name, value in (stats or {}).items():
-            totals[name] = add_stat(totals.get(name), value)
 
     def _open_shard(self) -> None:
         name = f"{self.prefix}-{len(self.shards):06d}.tar"
-        self._current = {"name": name, "samples": 0, "bytes": 0, "stats": {}}
-        self._shard_start = self._written
+        self._current = {"name": name, "samples": 0, "bytes": 0}
         self._archive = tarfile.open(self.folder / f".{name}.partial", "w", format=tarfile.USTAR_FORMAT)
 
     def _finish_shard(self) -> None:
@@ -93,9 +89,8 @@ class ShardWriter:
         name = self._current["name"]
         final = self.folder / name
         os.replace(self.folder / f".{name}.partial", final)
-        stats = dict(self._current["stats"])
-        if self.shard_stats is not None:
-            stats |= self.shard_stats(self._shard_start, self._written)
+        first = self._written - self._current["samples"]
+        stats = self.shard_stats(first, self._written) if self.shard_stats is not None else {}
         self._summed.update(stats)
         self.shards.append({**self._current, "bytes": final.stat().st_size, "stats": stats | self.derive(stats)})
         self._archive = self._current = None
@@ -119,7 +114,7 @@ class ShardWriter:
 
 
 def add_stat(total: float | dict | None, value: float | dict) -> float | dict:
-    """A stat summed over samples or shards: numbers add, and so do dicts of counts, name by name."""
+    """A stat summed over shards (or samples): numbers add, and so do dicts of counts, name by name."""
     if isinstance(value, dict):
         merged = dict(total or {})
         for name, count in value.items():
