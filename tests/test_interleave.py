@@ -465,3 +465,8 @@ def test_shards_refuse_samples_of_two_tokenizers(tmp_path):
     commit_rows(tmp_path / "interleave", "p", stream.accepted(out, sample.ROW_SCHEMA))
     with pytest.raises(ValueError, match="2 tokenizers"):
         interleave.write_shards(interleave.InterleaveConfig(), tmp_path / "interleave", serial)
+
+
+def test_speech_is_chosen_only_for_chunks_in_utterance_order():
+    with pytest.raises(ValueError, match="ascending"):
+        spans.choose_speech(np.array([2, 3, 1]), np.array([1, 0, 1]), spans.stream_keys(0, ["a", "b"]), 0.3, 3.0)
