@@ -351,6 +351,22 @@ def test_the_document_writer_writes_what_the_json_encoder_writes(transcripts, do
     """Any string (control characters, quotes, backslashes, whitespace, any Unicode) in transcripts,
     ids and languages; texts cut from transcripts by character (as Python slices and strips them)
     and joined; units of any sign and size, split over several ranges; documents of several ids."""
+    assert_written_as_encoded(transcripts, documents)
+
+
+def test_the_document_writer_grows_its_buffer_where_its_guess_falls_short():
+    """Its buffer is sized for texts without escapes and units of up to 5 digits: documents of
+    control characters (6 bytes each in JSON) and of 19-digit units, after ones that fit, make it
+    grow several times and go on from the document that did not fit."""
+    controls = "\x01\x02" * 600
+    documents = [([("text", [(0, 0, 5)])], ["a"], "text", "en", ""),
+                 ([("text", [(1, 0, 1200), (1, 0, 1200)]), ("speech", [2**62] * 40)], ["b", "c"], "interleaved", "en", "\n"),
+                 ([("speech", [-(2**62)] * 300)], ["d"], "speech", "\x00" * 50, ""),
+                 ([("text", [(2, 0, 3)])], ["\x1f" * 100], "text", "en", "")]
+    assert_written_as_encoded(["short", controls, "end", ""], documents)
+
+
+def assert_written_as_encoded(transcripts, documents):
     segments = [(modality, content, joiner) for held, *_, joiner in documents for modality, content in held]
     spoken = [content for modality, content, _ in segments if modality == "speech"]
     flat_units = np.array([unit for units in spoken for unit in units], np.int64)

@@ -66,23 +66,28 @@ def documents_json(units: SpeechUnits, texts: TextPieces, speech: np.ndarray, pe
     """Samples' JSON, as COMPACT_JSON writes them, from their segments in order: segment i is
     speech where `speech[i]` (its units the next of `units`), else text (the next of `texts`);
     document d holds the next `per_document[d]` segments and the next `ids_per_document[d]` source
-    ids (`ids`), the first of which is its `source_id`. Written by one compiled pass that sizes
-    every document and one that writes them."""
+    ids (`ids`), the first of which is its `source_id`. Written by one compiled pass into a
+    buffer of a guessed size, grown where a document does not fit."""
     unit_ids = units.unit_ids.to_numpy(zero_copy_only=False) if isinstance(units.unit_ids, pa.Array) else units.unit_ids
     transcripts = pc.fill_null(texts.transcripts, "")
+    transcript_buffers = string_buffers(transcripts.cast(pa.large_string()))
+    language_buffers, id_buffers = string_buffers(languages.cast(pa.large_string())), string_buffers(ids.cast(pa.large_string()))
     as_int = lambda values: np.asarray(values, np.int64)  # noqa: E731
+    # a guess, right where texts need no escapes and units have at most 5 digits; the writer grows it
+    data = np.empty(len(transcript_buffers[1]) + 6 * int(np.sum(units.lengths)) + _FIXED * (len(speech) + len(per_document))
+                    + len(language_buffers[1]) + 2 * len(id_buffers[1]), np.uint8)
+    bounds, state = np.zeros(len(per_document) + 1, np.int64), np.zeros(7, np.int64)
     arguments = (np.asarray(speech, np.bool_), as_int(per_document), unit_ids,
-                 *map(as_int, (units.starts, units.lengths, units.ranges_per_segment)),
-                 *string_buffers(transcripts.cast(pa.large_string())),
+                 *map(as_int, (units.starts, units.lengths, units.ranges_per_segment)), *transcript_buffers,
                  pc.string_is_ascii(transcripts).to_numpy(zero_copy_only=False),
                  *map(as_int, (texts.rows, texts.starts, texts.ends, texts.pieces_per_segment, texts.joiner_of)),
                  *string_buffers(pa.array(texts.joiners, pa.large_string())), *string_buffers(pa.array(kinds, pa.large_string())),
-                 *string_buffers(languages.cast(pa.large_string())), *string_buffers(ids.cast(pa.large_string())),
-                 as_int(ids_per_document))
-    bounds = np.zeros(len(per_document) + 1, np.int64)
-    _write_documents(np.zeros(0, np.uint8), bounds, *arguments)
-    data = np.empty(bounds[-1], np.uint8)
-    _write_documents(data, bounds, *arguments)
+                 *language_buffers, *id_buffers, as_int(ids_per_document))
+    while not _write_documents(data, bounds, state, *arguments):
+        written = bounds[state[0]]  # the documents before the one that did not fit
+        grown = np.empty(2 * len(data) + _FIXED, np.uint8)
+        grown[:written] = data[:written]
+        data = grown
     return pa.LargeStringArray.from_buffers(len(per_document), pa.py_buffer(bounds), pa.py_buffer(data)).cast(pa.string())
 
 
@@ -107,10 +112,9 @@ _SPACE = np.array([chr(code).isspace() for code in range(0x3001)])
 
 @compiled
 def _put(out, at, data, start, end):
-    """`data[start:end]` at `at` (written only when `out` is the full buffer); where it ends."""
-    if len(out):
-        for index in range(end - start):  # a loop: slicing costs more than the few bytes copied
-            out[at + index] = data[start + index]
+    """`data[start:end]` at `at`; where it ends."""
+    for index in range(end - start):  # a loop: slicing costs more than the few bytes copied
+        out[at + index] = data[start + index]
     return at + end - start
 
 
@@ -121,22 +125,18 @@ def _put_all(out, at, data):
 
 @compiled
 def _put_escaped(out, at, data, start, end):
-    """UTF-8 `data[start:end]` escaped as `quoted` escapes a string's characters."""
-    writing = len(out) > 0
+    """UTF-8 `data[start:end]` escaped as `quoted` escapes a string's characters (at most 6 bytes each)."""
     for index in range(start, end):
         byte = data[index]
         letter = _ESCAPE[byte]
         if letter == 0:
-            if writing:
-                out[at] = byte
+            out[at] = byte
             at += 1
         elif letter != 117 or byte >= 0x20:  # a short escape: backslash and one letter
-            if writing:
-                out[at], out[at + 1] = 92, letter
+            out[at], out[at + 1] = 92, letter
             at += 2
         else:
-            if writing:
-                out[at : at + 6] = np.array([92, 117, 48, 48, _HEX[byte >> 4], _HEX[byte & 15]], np.uint8)
+            out[at : at + 6] = np.array([92, 117, 48, 48, _HEX[byte >> 4], _HEX[byte & 15]], np.uint8)
             at += 6
     return at
 
@@ -144,11 +144,9 @@ def _put_escaped(out, at, data, start, end):
 @compiled
 def _put_quoted(out, at, data, start, end):
     """UTF-8 `data[start:end]` as a JSON string literal, as `quoted` writes it."""
-    if len(out):
-        out[at] = 34
+    out[at] = 34
     at = _put_escaped(out, at + 1, data, start, end)
-    if len(out):
-        out[at] = 34
+    out[at] = 34
     return at + 1
 
 
@@ -203,33 +201,77 @@ def _stripped(data, start, end):
 
 @compiled
 def _put_number(out, at, value):
+    """An int64 in decimal: 20 bytes at most."""
     if value < 0:
-        if len(out):
-            out[at] = 45
+        out[at] = 45
         at, value = at + 1, -value
     digits, rest = 1, value
     while rest >= 10:
         digits, rest = digits + 1, rest // 10
-    if len(out):
-        for place in range(digits):
-            out[at + digits - 1 - place] = 48 + value % 10
-            value //= 10
+    for place in range(digits):
+        out[at + digits - 1 - place] = 48 + value % 10
+        value //= 10
     return at + digits
 
 
+# the most bytes of fixed parts a document writes per segment, and per document besides its segments
+# (a comma and a speech segment's opening and end: 45; the opening, the tail and the quotes of
+# language and source_id: 87)
+_FIXED = 96
+
+
 @compiled
-def _write_documents(out, bounds, speech, per_document, unit_ids, range_starts, range_lengths, ranges_per_segment,
+def _document_bound(document, segment, spoken, text, unit_range, piece, first_id, speech, per_document, range_lengths,
+                    ranges_per_segment, transcript_bounds, transcript_bytes, ascii, piece_rows, piece_starts, piece_ends,
+                    pieces_per_segment, joiner_of, joiner_bounds, kind_bounds, language_bounds, id_bounds, ids_per_document):
+    """The most bytes document `document` can take: every string it quotes, piece of text and
+    joiner 6 times over (escaped), a unit's 20 digits and a comma."""
+    bound = _FIXED + kind_bounds[document + 1] - kind_bounds[document] + 6 * (language_bounds[document + 1] - language_bounds[document])
+    last_id = first_id + ids_per_document[document]
+    bound += 6 * (id_bounds[first_id + 1] - id_bounds[first_id] + id_bounds[last_id] - id_bounds[first_id]) + 3 * ids_per_document[document]
+    for _ in range(per_document[document]):
+        bound += _FIXED
+        if speech[segment]:
+            for _ in range(ranges_per_segment[spoken]):
+                bound += 21 * range_lengths[unit_range]
+                unit_range += 1
+            spoken += 1
+        else:
+            joiner = joiner_of[text]
+            for _ in range(pieces_per_segment[text]):
+                row = piece_rows[piece]
+                first, end = transcript_bounds[row], transcript_bounds[row + 1]
+                start = _char_byte(transcript_bytes, first, end, ascii[row], piece_starts[piece])
+                stop = _char_byte(transcript_bytes, first, end, ascii[row], piece_ends[piece])
+                bound += 6 * (max(stop - start, 0) + joiner_bounds[joiner + 1] - joiner_bounds[joiner])
+                piece += 1
+            text += 1
+        segment += 1
+    return bound
+
+
+@compiled
+def _write_documents(out, bounds, state, speech, per_document, unit_ids, range_starts, range_lengths, ranges_per_segment,
                      transcript_bounds, transcript_bytes, ascii, piece_rows, piece_starts, piece_ends, pieces_per_segment,
                      joiner_of, joiner_bounds, joiner_bytes, kind_bounds, kind_bytes, language_bounds, language_bytes,
                      id_bounds, id_bytes, ids_per_document):
-    """Sizes every document into `bounds` when `out` is empty, else writes them at those bounds."""
-    segment = spoken = text = unit_range = piece = first_id = 0
-    at = 0
-    for document in range(len(per_document)):
-        if len(out):
-            at = bounds[document]
-        else:
+    """Writes the documents into `out` from the one `state` names (its document, segment, speech
+    and text segment, unit range, text piece and id; all 0 at first), each one's start into
+    `bounds`. Whether all fit: where one may not (`_document_bound`), nothing of it is written
+    and `state` names it, for a call with a larger `out` to go on from."""
+    document, segment, spoken, text, unit_range, piece, first_id = state
+    at = bounds[document]
+    while document < len(per_document):
+        limit = at + _document_bound(document, segment, spoken, text, unit_range, piece, first_id, speech, per_document,
+                                     range_lengths, ranges_per_segment, transcript_bounds, transcript_bytes, ascii, piece_rows,
+                                     piece_starts, piece_ends, pieces_per_segment, joiner_of, joiner_bounds, kind_bounds,
+                                     language_bounds, id_bounds, ids_per_document)
+        if limit > len(out):
+            state[0], state[1], state[2], state[3], state[4], state[5], state[6] = (
+                document, segment, spoken, text, unit_range, piece, first_id)
             bounds[document] = at
+            return False
+        bounds[document] = at
         at = _put_all(out, at, _OPEN)
         for place in range(per_document[document]):
             if place:
@@ -248,8 +290,7 @@ def _write_documents(out, bounds, speech, per_document, unit_ids, range_starts, 
                 at = _put_all(out, at, _SPEECH_END)
             else:
                 at = _put_all(out, at, _TEXT)
-                if len(out):
-                    out[at] = 34
+                out[at] = 34
                 at += 1
                 joiner = joiner_of[text]
                 for part in range(pieces_per_segment[text]):
@@ -261,8 +302,7 @@ def _write_documents(out, bounds, speech, per_document, unit_ids, range_starts, 
                     start, stop = _stripped(transcript_bytes, start, _char_byte(transcript_bytes, first, end, ascii[row], piece_ends[piece]))
                     at = _put_escaped(out, at, transcript_bytes, start, stop)
                     piece += 1
-                if len(out):
-                    out[at] = 34
+                out[at] = 34
                 at = _put_all(out, at + 1, _TEXT_END)
                 text += 1
             segment += 1
@@ -279,8 +319,11 @@ def _write_documents(out, bounds, speech, per_document, unit_ids, range_starts, 
             at = _put_quoted(out, at, id_bytes, id_bounds[held], id_bounds[held + 1])
         first_id += ids_per_document[document]
         at = _put_all(out, at, _CLOSE)
-    if not len(out):
-        bounds[len(per_document)] = at
+        if at > limit:
+            raise AssertionError("a document took more bytes than its bound")
+        document += 1
+    bounds[document] = at
+    return True
 
 
 quoted = json.encoder.encode_basestring  # a JSON string literal, non-ASCII kept (as COMPACT_JSON writes it)
