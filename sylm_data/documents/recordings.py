@@ -136,7 +136,7 @@ def document_starts(places: pa.Table, max_document_ms: int, max_gap_ms: int, sam
     return opens
 
 
-# (keys, chunk words, each chunk's document) -> (each document's kind, each chunk's speech flag)
+# (keys, chunk words, each chunk's document, ascending) -> (each document's kind, each chunk's speech flag)
 ChooseSpeech = Callable[[np.ndarray, np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
 
 

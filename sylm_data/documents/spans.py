@@ -243,15 +243,24 @@ def choose_speech(chunk_words: np.ndarray, chunk_rows: np.ndarray, keys: np.ndar
     if (chunk_rows[1:] < chunk_rows[:-1]).any():
         raise ValueError("chunk_rows must be ascending: each utterance's chunks together, in order")
     bounds = np.searchsorted(chunk_rows, np.arange(len(keys) + 1))
-    return _choose_speech(np.asarray(chunk_words, np.int64), bounds, np.asarray(keys, np.uint64), float(speech_ratio),
-                          _poisson_cdf(span_mean), bool(span_in_words), int(first_draw), int(max_tries))
+    return choose_speech_in(chunk_words, bounds[:-1], bounds[1:], keys, speech_ratio, span_mean, span_in_words, first_draw,
+                            max_tries)
+
+
+def choose_speech_in(chunk_words: np.ndarray, firsts: np.ndarray, ends: np.ndarray, keys: np.ndarray, speech_ratio: float,
+                     span_mean: float, span_in_words: bool = True, first_draw: int = 0, max_tries: int = 100) -> np.ndarray:
+    """`choose_speech` for the samples whose chunks are firsts[i]:ends[i] of `chunk_words` (the
+    ranges apart, ascending), sample i drawing from stream keys[i]; the chunks of no range are text."""
+    return _choose_speech(np.asarray(chunk_words, np.int64), np.asarray(firsts, np.int64), np.asarray(ends, np.int64),
+                          np.asarray(keys, np.uint64), float(speech_ratio), _poisson_cdf(span_mean), bool(span_in_words),
+                          int(first_draw), int(max_tries))
 
 
 @compiled
-def _choose_speech(words, bounds, keys, speech_ratio, span_cdf, span_in_words, first_draw, max_tries):
+def _choose_speech(words, firsts, ends, keys, speech_ratio, span_cdf, span_in_words, first_draw, max_tries):
     speech = np.zeros(len(words), np.bool_)
     for row in range(len(keys)):
-        first, count, key = bounds[row], bounds[row + 1] - bounds[row], keys[row]
+        first, count, key = firsts[row], ends[row] - firsts[row], keys[row]
         target = speech_ratio * np.float64(words[first : first + count].sum())
         spoken, free, over = 0, count, -1  # over: the first chunk refused for going over, -1 until one is
         for attempt in range(max_tries):

@@ -97,12 +97,11 @@ def choose_document_speech(keys: np.ndarray, chunk_words: np.ndarray, chunk_owne
     are speech: all of a speech document's, none of a text one's, and Poisson spans of an
     interleaved one's up to `speech_ratio` of its words (`spans.choose_speech`)."""
     kinds = draw_kinds(config.kinds, spans.uniforms(keys, 0))
-    mixed = kinds == "interleaved"
-    speech = (kinds == "speech")[chunk_owner]
-    in_mixed = mixed[chunk_owner]
-    speech[in_mixed] = spans.choose_speech(chunk_words[in_mixed], (np.cumsum(mixed) - 1)[chunk_owner[in_mixed]], keys[mixed],
-                                           config.speech_ratio, config.span_mean,
-                                           span_in_words=config.granularity == "word", first_draw=1)
+    bounds = np.searchsorted(chunk_owner, np.arange(len(keys) + 1))  # each document's chunks (the owners ascend)
+    mixed = np.flatnonzero(kinds == "interleaved")
+    speech = spans.choose_speech_in(chunk_words, bounds[mixed], bounds[mixed + 1], keys[mixed], config.speech_ratio,
+                                    config.span_mean, span_in_words=config.granularity == "word", first_draw=1)
+    speech |= np.repeat(kinds == "speech", np.diff(bounds))
     return kinds, speech
 
 
