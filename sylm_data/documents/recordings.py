@@ -256,6 +256,8 @@ def shuffle_partition(item: tuple[str, str], folder: str, shuffle_dir: str, buck
     write_buckets(table, hashes[keys.indices.to_numpy()], buckets, target)
 
 
+# the document columns whose values repeat from row to row
+_REPEATING = [sample.ROW_SOURCE, sample.ROW_KIND, sample.ROW_LANGUAGE, sample.ROW_TOKENIZER, sample.ROW_SPEAKER]
 _ORDER = [(name, "ascending", "at_end") for name in (sample.ROW_RECORDING, sample.ROW_SEGMENT_INDEX,
                                                      sample.ROW_RECORDING_START_MS, sample.ROW_KEY)]
 
@@ -290,8 +292,10 @@ def assemble_bucket(bucket: int, shuffle_dir: str, target: str, buckets: int, st
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
     if rows.num_rows:
-        # zstd at level 1: half snappy's bytes for the JSON, written as fast and read back faster
-        pq.write_table(rows, folder / "documents.parquet", compression="zstd", compression_level=1)
+        # zstd at level 1: half snappy's bytes for the JSON, written as fast and read back faster;
+        # dictionaries only where values repeat (a dictionary of unique JSON is built, then dropped)
+        pq.write_table(rows, folder / "documents.parquet", compression="zstd", compression_level=1,
+                       use_dictionary=_REPEATING)
     layout.write_marker(Path(target).name, name, {"run_id": stamp, "config_hash": config_hash, "rows_out": rows.num_rows,
                                                   "members": table.num_rows})
     return rows.num_rows
