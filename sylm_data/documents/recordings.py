@@ -50,18 +50,18 @@ def member_rows(batch: pa.Table, config, stage: str) -> pa.Table:
     per_row = np.diff(np.append(np.searchsorted(chunked.rows, rows), len(chunked.rows)))  # both ascending
     word_sizes, unit_sizes = utterances.word_sizes[rows], utterances.unit_sizes[rows]
     offsets, units = utterances.offset_table, utterances.unit_ids
-    if len(rows) < len(utterances.ids):  # else the rows' ranges are the whole flat arrays
+    table = read.table.select([utterance.TEXT, utterance.RECORDING, utterance.RECORDING_START_MS, utterance.DURATION_MS,
+                               utterance.SEGMENT_INDEX, utterance.SPEAKER])
+    if len(rows) < len(utterances.ids):  # else the rows' ranges are the whole flat arrays, and the rows the whole batch
         offsets = offsets[range_positions(utterances.offset_bounds[rows], word_sizes + 1)]
         units = units.take(range_positions(utterances.unit_bounds[rows], unit_sizes))
-    table, taken = read.table, pa.array(rows)
+        table = table.take(pa.array(rows))
     return sample_rows(read, {
-        sample.ROW_KIND: pa.repeat(pa.scalar(sample.MEMBER), len(rows)), sample.ROW_JSON: utterances.text_array.take(taken),
+        sample.ROW_KIND: pa.repeat(pa.scalar(sample.MEMBER), len(rows)), sample.ROW_JSON: table[utterance.TEXT],
         sample.ROW_SPEECH_WORDS: np.zeros(len(rows), np.int64), sample.ROW_UNITS: unit_sizes,
-        sample.ROW_RECORDING: table[utterance.RECORDING].take(taken),
-        sample.ROW_RECORDING_START_MS: table[utterance.RECORDING_START_MS].take(taken),
-        sample.ROW_DURATION_MS: table[utterance.DURATION_MS].take(taken),
-        sample.ROW_SEGMENT_INDEX: table[utterance.SEGMENT_INDEX].take(taken),
-        sample.ROW_SPEAKER: table[utterance.SPEAKER].take(taken),
+        sample.ROW_RECORDING: table[utterance.RECORDING], sample.ROW_RECORDING_START_MS: table[utterance.RECORDING_START_MS],
+        sample.ROW_DURATION_MS: table[utterance.DURATION_MS], sample.ROW_SEGMENT_INDEX: table[utterance.SEGMENT_INDEX],
+        sample.ROW_SPEAKER: table[utterance.SPEAKER],
         sample.ROW_CHUNK_WORDS: int_lists(chunked.words, per_row),
         sample.ROW_CHUNK_UNITS: int_lists(chunked.end_unit - chunked.first_unit, per_row),
         sample.ROW_WORD_OFFSETS: int_lists(offsets, word_sizes + 1), sample.ROW_UNIT_IDS: int_lists(units, unit_sizes)})
@@ -256,6 +256,9 @@ def shuffle_partition(item: tuple[str, str], folder: str, shuffle_dir: str, buck
     write_buckets(table, hashes[keys.indices.to_numpy()], buckets, target)
 
 
+# what a document takes of its first member's row
+_HEAD_COLUMNS = [sample.ROW_KEY, sample.ROW_SOURCE, sample.ROW_LANGUAGE, sample.ROW_TOKENIZER, sample.ROW_RECORDING,
+                 sample.ROW_RECORDING_START_MS, sample.ROW_SEGMENT_INDEX, sample.ROW_SPEAKER]
 # the document columns whose values repeat from row to row
 _REPEATING = [sample.ROW_SOURCE, sample.ROW_KIND, sample.ROW_LANGUAGE, sample.ROW_TOKENIZER, sample.ROW_SPEAKER]
 _ORDER = [(name, "ascending", "at_end") for name in (sample.ROW_RECORDING, sample.ROW_SEGMENT_INDEX,
@@ -277,7 +280,7 @@ def assemble_bucket(bucket: int, shuffle_dir: str, target: str, buckets: int, st
                                      table, starts, seed, choose)
         firsts = documents["first"]
         durations = np.add.reduceat(pc.fill_null(table[sample.ROW_DURATION_MS], 0).to_numpy(zero_copy_only=False), firsts)
-        heads = table.take(pa.array(firsts))
+        heads = table.select(_HEAD_COLUMNS).take(pa.array(firsts))
         rows = pa.table({
             sample.ROW_KEY: heads[sample.ROW_KEY], sample.ROW_SOURCE: heads[sample.ROW_SOURCE],
             sample.ROW_KIND: documents["kind"], sample.ROW_LANGUAGE: heads[sample.ROW_LANGUAGE],
