@@ -169,13 +169,17 @@ def punctuated_ends_batch(texts: pa.Array, words: pa.Array, word_bounds: np.ndar
     words[word_bounds[i]:word_bounds[i + 1]], `offsets` their flat `word_offsets`. One compiled
     pass over each text's UTF-8 bytes finds the marks (a valid text never holds a mark's bytes but
     as that mark) and counts characters as it goes, as `word_offset_table` counts them."""
+    rows = np.asarray(rows, np.int64)
+    if len(rows) and (rows[0] < 0 or rows[-1] >= len(texts) or (rows[1:] <= rows[:-1]).any()):
+        # the compiled pass finds at most a mark per byte of the texts, each text once
+        raise ValueError(f"rows must be ascending, each once, among the {len(texts)} texts")
     if not len(offsets):  # no words: no word ends a sentence
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
     text_bounds, text_bytes = string_buffers(pc.fill_null(texts, "").cast(pa.large_string()))
     mark_bounds, mark_bytes = string_buffers(pa.array(sorted(marks), pa.large_string()))
     word_lengths = pc.fill_null(pc.utf8_length(words), 0).to_numpy(zero_copy_only=False).astype(np.int64)
     return _punctuated_ends(text_bounds, text_bytes, mark_bounds, mark_bytes, np.asarray(word_bounds, np.int64),
-                            np.asarray(offsets, np.int64), word_lengths, np.asarray(rows, np.int64))
+                            np.asarray(offsets, np.int64), word_lengths, rows)
 
 
 @compiled

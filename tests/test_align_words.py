@@ -72,6 +72,16 @@ def test_punctuated_ends_of_a_batch_are_those_of_each_transcript(cases, sliced, 
         (row, count) for row in rows.tolist() for count in punctuated_ends(texts[row] or "", words[row], marks)}
 
 
+def test_punctuated_ends_take_each_text_once_and_in_order():
+    """The compiled pass's output holds a mark per byte of the texts at most: a text twice is refused."""
+    texts, words = pa.array(["Go. Now.", "Stop."]), pa.array(["Go", "Now", "Stop"])
+    bounds, offsets = np.array([0, 2, 3]), np.array([0, 4, 0])
+    assert punctuated_ends_batch(texts, words, bounds, offsets, {"."}, np.array([0, 1]))[1].tolist() == [1, 2, 1]
+    for rows in ([0, 0], [1, 0], [2], [-1]):
+        with pytest.raises(ValueError, match="each once"):
+            punctuated_ends_batch(texts, words, bounds, offsets, {"."}, np.array(rows))
+
+
 def test_cut_points_fall_in_the_pauses_and_keep_pieces_within_the_limit():
     rng = np.random.default_rng(0)
     second = SAMPLE_RATE

@@ -484,5 +484,15 @@ def test_shards_refuse_samples_of_two_tokenizers(tmp_path):
 
 
 def test_speech_is_chosen_only_for_chunks_in_utterance_order():
+    """Out of order, overlapping or out of range, chunks are refused before the compiled pass writes unchecked."""
+    words, keys = np.array([2, 3, 1]), spans.stream_keys(0, ["a", "b"])
     with pytest.raises(ValueError, match="ascending"):
-        spans.choose_speech(np.array([2, 3, 1]), np.array([1, 0, 1]), spans.stream_keys(0, ["a", "b"]), 0.3, 3.0)
+        spans.choose_speech(words, np.array([1, 0, 1]), keys, 0.3, 3.0)
+    for firsts, ends in (([0, 1], [2, 3]), ([0, 2], [1, 4]), ([1, 0], [2, 1]), ([-1, 2], [1, 3])):
+        with pytest.raises(ValueError, match="ranges"):
+            spans.choose_speech_in(words, np.array(firsts), np.array(ends), keys, 0.3, 3.0)
+    config = interleave.InterleaveConfig(context="recording")
+    for owners in ([1, 0, 1], [0, 1, 2]):
+        with pytest.raises(ValueError, match="ascending"):
+            interleave.choose_document_speech(keys, words, np.array(owners), config)
+    assert len(interleave.choose_document_speech(keys, words, np.array([0, 1, 1]), config)[1]) == 3

@@ -251,9 +251,14 @@ def choose_speech_in(chunk_words: np.ndarray, firsts: np.ndarray, ends: np.ndarr
                      span_mean: float, span_in_words: bool = True, first_draw: int = 0, max_tries: int = 100) -> np.ndarray:
     """`choose_speech` for the samples whose chunks are firsts[i]:ends[i] of `chunk_words` (the
     ranges apart, ascending), sample i drawing from stream keys[i]; the chunks of no range are text."""
-    return _choose_speech(np.asarray(chunk_words, np.int64), np.asarray(firsts, np.int64), np.asarray(ends, np.int64),
-                          np.asarray(keys, np.uint64), float(speech_ratio), _poisson_cdf(span_mean), bool(span_in_words),
-                          int(first_draw), int(max_tries))
+    words, firsts, ends = (np.asarray(values, np.int64) for values in (chunk_words, firsts, ends))
+    # the compiled pass writes within these ranges unchecked
+    if not len(firsts) == len(ends) == len(keys):
+        raise ValueError(f"{len(keys)} keys for {len(firsts)} range starts and {len(ends)} ends")
+    if len(firsts) and (firsts[0] < 0 or ends[-1] > len(words) or (ends < firsts).any() or (firsts[1:] < ends[:-1]).any()):
+        raise ValueError(f"the chunk ranges must lie apart and ascending within the {len(words)} chunks")
+    return _choose_speech(words, firsts, ends, np.asarray(keys, np.uint64), float(speech_ratio), _poisson_cdf(span_mean),
+                          bool(span_in_words), int(first_draw), int(max_tries))
 
 
 @compiled

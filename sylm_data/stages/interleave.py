@@ -96,8 +96,10 @@ def choose_document_speech(keys: np.ndarray, chunk_words: np.ndarray, chunk_owne
     """Recording context: each document's kind, drawn as an utterance's is, and which of its chunks
     are speech: all of a speech document's, none of a text one's, and Poisson spans of an
     interleaved one's up to `speech_ratio` of its words (`spans.choose_speech`)."""
+    if (chunk_owner[1:] < chunk_owner[:-1]).any() or (len(chunk_owner) and not 0 <= chunk_owner[0] <= chunk_owner[-1] < len(keys)):
+        raise ValueError(f"each chunk's document must be one of the {len(keys)}, ascending")
     kinds = draw_kinds(config.kinds, spans.uniforms(keys, 0))
-    bounds = np.searchsorted(chunk_owner, np.arange(len(keys) + 1))  # each document's chunks (the owners ascend)
+    bounds = np.searchsorted(chunk_owner, np.arange(len(keys) + 1))  # each document's chunks
     mixed = np.flatnonzero(kinds == "interleaved")
     speech = spans.choose_speech_in(chunk_words, bounds[mixed], bounds[mixed + 1], keys[mixed], config.speech_ratio,
                                     config.span_mean, span_in_words=config.granularity == "word", first_draw=1)
