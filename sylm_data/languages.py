@@ -100,9 +100,7 @@ def word_offset_table(texts: pa.Array, words: pa.Array, word_bounds: np.ndarray)
     [word_bounds[i] + i, word_bounds[i + 1] + i + 1), in characters. The search runs on UTF-8
     bytes: a word's bytes can only match where a character starts, so the first byte match is
     `str.find`'s."""
-    text_bounds, text_bytes = string_buffers(pc.fill_null(texts, "").cast(pa.large_string()))
-    word_byte_bounds, word_bytes = string_buffers(words.cast(pa.large_string()))
-    return _word_offset_table(text_bounds, text_bytes, word_byte_bounds, word_bytes, np.asarray(word_bounds, np.int64))
+    return _word_offset_table(*string_buffers(texts), *string_buffers(words), np.asarray(word_bounds, np.int64))
 
 
 @compiled
@@ -141,10 +139,14 @@ def _characters(data, start, end):
     return count
 
 
-def string_buffers(strings: pa.Array) -> tuple[np.ndarray, np.ndarray]:
-    """A large_string array's value bounds (len + 1, into the bytes) and its bytes, with one zero
-    byte of padding after them (so that a bound is always a valid index)."""
+def string_buffers(strings: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
+    """A string array's value bounds (len + 1, into the bytes) and its UTF-8 bytes, a null as an
+    empty string, with one zero byte of padding after them (so that a bound is always a valid index)."""
     strings = strings.combine_chunks() if isinstance(strings, pa.ChunkedArray) else strings
+    if strings.null_count:
+        strings = pc.fill_null(strings, "")
+    if strings.type != pa.large_string():
+        strings = strings.cast(pa.large_string())
     _, bounds, data = strings.buffers()
     bounds = np.frombuffer(bounds, np.int64)[strings.offset : strings.offset + len(strings) + 1]
     data = np.frombuffer(data, np.uint8) if data is not None else np.zeros(0, np.uint8)
@@ -168,22 +170,20 @@ def punctuated_ends_batch(texts: pa.Array, words: pa.Array, word_bounds: np.ndar
     """`punctuated_ends` of texts `rows` at once, as (text, word count) pairs: text i's words are
     words[word_bounds[i]:word_bounds[i + 1]], `offsets` their flat `word_offsets`. One compiled
     pass over each text's UTF-8 bytes finds the marks (a valid text never holds a mark's bytes but
-    as that mark) and counts characters as it goes, as `word_offset_table` counts them."""
+    as that mark) and counts characters as it goes, as `word_offset_table` counts them; a word's
+    characters are counted only where a mark follows its start."""
     rows = np.asarray(rows, np.int64)
     if len(rows) and (rows[0] < 0 or rows[-1] >= len(texts) or (rows[1:] <= rows[:-1]).any()):
         # the compiled pass finds at most a mark per byte of the texts, each text once
         raise ValueError(f"rows must be ascending, each once, among the {len(texts)} texts")
     if not len(offsets):  # no words: no word ends a sentence
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
-    text_bounds, text_bytes = string_buffers(pc.fill_null(texts, "").cast(pa.large_string()))
-    mark_bounds, mark_bytes = string_buffers(pa.array(sorted(marks), pa.large_string()))
-    word_lengths = pc.fill_null(pc.utf8_length(words), 0).to_numpy(zero_copy_only=False).astype(np.int64)
-    return _punctuated_ends(text_bounds, text_bytes, mark_bounds, mark_bytes, np.asarray(word_bounds, np.int64),
-                            np.asarray(offsets, np.int64), word_lengths, rows)
+    return _punctuated_ends(*string_buffers(texts), *string_buffers(pa.array(sorted(marks))), *string_buffers(words),
+                            np.asarray(word_bounds, np.int64), np.asarray(offsets, np.int64), rows)
 
 
 @compiled
-def _punctuated_ends(text_bounds, text_bytes, mark_bounds, mark_bytes, word_bounds, offsets, word_lengths, rows):
+def _punctuated_ends(text_bounds, text_bytes, mark_bounds, mark_bytes, word_byte_bounds, word_bytes, word_bounds, offsets, rows):
     leads = np.zeros(256, np.bool_)  # the bytes a mark starts with: the only places worth comparing
     for mark in range(len(mark_bounds) - 1):
         if mark_bounds[mark + 1] > mark_bounds[mark]:
@@ -202,7 +202,8 @@ def _punctuated_ends(text_bounds, text_bytes, mark_bounds, mark_bytes, word_boun
                     if size and matched == size:
                         while word < end_word and offsets[word] <= characters:
                             word += 1
-                        if word > first_word and characters >= offsets[word - 1] + word_lengths[word - 1]:  # not inside it
+                        if word > first_word and characters >= offsets[word - 1] + _characters(
+                                word_bytes, word_byte_bounds[word - 1], word_byte_bounds[word]):  # not inside it
                             found_rows[found], found_counts[found] = row, word - first_word
                             found += 1
                         break

@@ -70,8 +70,8 @@ def documents_json(units: SpeechUnits, texts: TextPieces, speech: np.ndarray, pe
     buffer of a guessed size, grown where a document does not fit."""
     unit_ids = units.unit_ids.to_numpy(zero_copy_only=False) if isinstance(units.unit_ids, pa.Array) else units.unit_ids
     transcripts = pc.fill_null(texts.transcripts, "")
-    transcript_buffers = string_buffers(transcripts.cast(pa.large_string()))
-    language_buffers, id_buffers = string_buffers(languages.cast(pa.large_string())), string_buffers(ids.cast(pa.large_string()))
+    transcript_buffers = string_buffers(transcripts)
+    language_buffers, id_buffers = string_buffers(languages), string_buffers(ids)
     as_int = lambda values: np.asarray(values, np.int64)  # noqa: E731
     # a guess, right where texts need no escapes and units have at most 5 digits; the writer grows it
     data = np.empty(len(transcript_buffers[1]) + 6 * int(np.sum(units.lengths)) + _FIXED * (len(speech) + len(per_document))
@@ -81,7 +81,7 @@ def documents_json(units: SpeechUnits, texts: TextPieces, speech: np.ndarray, pe
                  *map(as_int, (units.starts, units.lengths, units.ranges_per_segment)), *transcript_buffers,
                  pc.string_is_ascii(transcripts).to_numpy(zero_copy_only=False),
                  *map(as_int, (texts.rows, texts.starts, texts.ends, texts.pieces_per_segment, texts.joiner_of)),
-                 *string_buffers(pa.array(texts.joiners, pa.large_string())), *string_buffers(pa.array(kinds, pa.large_string())),
+                 *string_buffers(pa.array(texts.joiners, pa.string())), *string_buffers(pa.array(kinds, pa.string())),
                  *language_buffers, *id_buffers, as_int(ids_per_document))
     while not _write_documents(data, bounds, state, *arguments):
         written = bounds[state[0]]  # the documents before the one that did not fit
