@@ -1,12 +1,16 @@
 """The shard writer on ingest output: webdataset reads every sample back exactly once."""
 
+import io
 import json
+import tarfile
 
 import pytest
 import webdataset as wds
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from sylm_data.pipeline.partitions import read_source_partition
-from sylm_data.pipeline.shards import ShardWriter
+from sylm_data.pipeline.shards import ShardWriter, member_header
 from sylm_data.sample import layouts
 from sylm_data.schemas import sample, stream, utterance
 from sylm_data.sources import READERS
@@ -57,6 +61,47 @@ def test_shards_are_byte_identical_for_the_same_samples(tmp_path, utterance_rows
     write_shards(tmp_path / "b", utterance_rows, 100_000)
     for shard in sorted((tmp_path / "a").iterdir()):
         assert shard.read_bytes() == (tmp_path / "b" / shard.name).read_bytes(), shard.name
+
+
+def _tarfile_member(name: str, size: int) -> tarfile.TarInfo:  # as ShardWriter's docstring promises
+    info = tarfile.TarInfo(name)
+    info.size, info.mtime, info.mode, info.uid, info.gid, info.uname, info.gname = size, 0, 0o644, 0, 0, "", ""
+    return info
+
+
+@settings(deadline=None, max_examples=300)
+@given(st.text(st.characters(blacklist_categories=["Cs"]) | st.sampled_from("/\udc80"), max_size=120),
+       st.sampled_from([0, 1, 511, 512, 513, 8**11 - 1, 8**11]) | st.integers(0, 2**40))
+def test_a_member_header_is_the_one_tarfile_writes(name, size):
+    """Names of up to 100 bytes are filled into a template; longer ones (split at a slash, or
+    refused) and sizes past USTAR's 11 octal digits go through tarfile."""
+    try:
+        expected = _tarfile_member(name, size).tobuf(tarfile.USTAR_FORMAT, "utf-8", "surrogateescape")
+    except ValueError as error:
+        with pytest.raises(ValueError, match=str(error)):
+            member_header(name, size)
+    else:
+        assert member_header(name, size) == expected
+
+
+@settings(deadline=None, max_examples=50)
+@given(st.lists(st.tuples(st.binary(max_size=1500), st.binary(max_size=600)), min_size=1, max_size=30),
+       st.integers(600, 20_000))
+def test_shards_are_the_tar_files_tarfile_writes(tmp_path_factory, samples, target_bytes):
+    folder = tmp_path_factory.mktemp("shards")
+    with ShardWriter(folder, target_bytes) as writer:
+        for number, (document, audio) in enumerate(samples):
+            writer.write(f"k{number}", {"json": document, "mp3": audio})
+    index, first = json.loads((folder / "index.json").read_text()), 0
+    for shard in index["shards"]:
+        expected = io.BytesIO()
+        with tarfile.open(fileobj=expected, mode="w", format=tarfile.USTAR_FORMAT) as archive:
+            for number in range(first, first + shard["samples"]):
+                for extension, data in (("json", samples[number][0]), ("mp3", samples[number][1])):
+                    archive.addfile(_tarfile_member(f"k{number}.{extension}", len(data)), io.BytesIO(data))
+        first += shard["samples"]
+        assert (folder / shard["name"]).read_bytes() == expected.getvalue(), shard["name"]
+    assert first == len(samples)
 
 
 def test_bad_keys_are_refused(tmp_path):

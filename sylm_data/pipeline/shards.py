@@ -19,14 +19,43 @@ and a worker dealt none raises (or, with `empty_check=False`, idles).
 """
 
 import functools
-import io
 import json
 import os
 import tarfile
 from pathlib import Path
+from typing import BinaryIO
 
 INDEX = "index.json"
 CARD = "README.md"  # the dataset card beside the index
+
+
+def _tarfile_header(name: str, size: int) -> bytes:
+    """The USTAR header tarfile writes for a regular file: mode 644, time 0, no owner."""
+    info = tarfile.TarInfo(name)
+    info.size, info.mtime, info.mode, info.uid, info.gid, info.uname, info.gname = size, 0, 0o644, 0, 0, "", ""
+    return info.tobuf(tarfile.USTAR_FORMAT, "utf-8", "surrogateescape")
+
+
+_SIZE, _CHECKSUM = slice(124, 136), slice(148, 156)  # a USTAR header's fields
+_TEMPLATE = bytearray(_tarfile_header("", 0))  # no name, no bytes, the checksum blank (8 spaces)
+_TEMPLATE[_CHECKSUM] = b" " * 8
+_FIXED_SUM = sum(_TEMPLATE) - sum(_TEMPLATE[_SIZE])  # the bytes' sum, name and size aside
+
+
+def member_header(name: str, size: int) -> bytes:
+    """A shard member's tar header, byte for byte what tarfile writes for it (`_tarfile_header`):
+    the template with the name, size and checksum put in. tarfile's header building took most of
+    the time of writing a shard of small samples. A name over 100 bytes (split at a slash, or
+    refused) and a size past 11 octal digits go through tarfile itself."""
+    encoded = name.encode("utf-8", "surrogateescape")
+    if len(encoded) > 100 or size >= 8**11:
+        return _tarfile_header(name, size)
+    header = bytearray(_TEMPLATE)
+    header[: len(encoded)] = encoded
+    header[_SIZE] = size_field = b"%011o\0" % size
+    checksum = _FIXED_SUM + sum(encoded) + sum(size_field)  # of the header with the field blank
+    header[148:155] = b"%06o\0" % checksum  # tarfile leaves the field's last byte a space
+    return bytes(header)
 
 
 class ShardWriter:
@@ -50,7 +79,8 @@ class ShardWriter:
         self.extra_index = extra_index or {}
         self.derive = derive or (lambda stats: {})
         self.shards: list[dict] = []
-        self._archive: tarfile.TarFile | None = None
+        self._archive: BinaryIO | None = None  # the shard being written
+        self._offset = 0  # its bytes so far
         self._current: dict | None = None
         self._keys: set[str] = set()
         self._summed: set[str] = set()  # the stat names written (derived ones are recomputed, not summed)
@@ -71,10 +101,11 @@ class ShardWriter:
         if self._current is None:
             self._open_shard()
         for extension in sorted(members):
-            info = tarfile.TarInfo(f"{key}.{extension}")
-            info.size = len(members[extension])
-            info.mtime, info.mode, info.uid, info.gid, info.uname, info.gname = 0, 0o644, 0, 0, "", ""
-            self._archive.addfile(info, io.BytesIO(members[extension]))
+            data = members[extension]
+            self._archive.write(member_header(f"{key}.{extension}", len(data)))
+            self._archive.write(data)
+            self._archive.write(bytes(-len(data) % tarfile.BLOCKSIZE))
+            self._offset += tarfile.BLOCKSIZE + len(data) + -len(data) % tarfile.BLOCKSIZE
         self._current["samples"] += 1
         self._current["bytes"] += size
         self._written += 1
@@ -82,9 +113,12 @@ class ShardWriter:
     def _open_shard(self) -> None:
         name = f"{self.prefix}-{len(self.shards):06d}.tar"
         self._current = {"name": name, "samples": 0, "bytes": 0}
-        self._archive = tarfile.open(self.folder / f".{name}.partial", "w", format=tarfile.USTAR_FORMAT)
+        self._archive, self._offset = open(self.folder / f".{name}.partial", "wb"), 0
 
     def _finish_shard(self) -> None:
+        # the end of a tar: two zero blocks, then zeros up to a whole record (as tarfile closes one)
+        self._offset += 2 * tarfile.BLOCKSIZE
+        self._archive.write(bytes(2 * tarfile.BLOCKSIZE + -self._offset % tarfile.RECORDSIZE))
         self._archive.close()
         name = self._current["name"]
         final = self.folder / name
