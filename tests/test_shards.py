@@ -4,9 +4,10 @@ import io
 import json
 import tarfile
 
+import pyarrow as pa
 import pytest
 import webdataset as wds
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from sylm_data.pipeline.partitions import read_source_partition
@@ -102,6 +103,47 @@ def test_shards_are_the_tar_files_tarfile_writes(tmp_path_factory, samples, targ
         first += shard["samples"]
         assert (folder / shard["name"]).read_bytes() == expected.getvalue(), shard["name"]
     assert first == len(samples)
+
+
+def _shard_bytes(folder):
+    return {path.name: path.read_bytes() for path in sorted(folder.glob("*.tar"))} | {"index": (folder / "index.json").read_text()}
+
+
+@settings(deadline=None, max_examples=60)
+@given(st.lists(st.tuples(st.text("ab_:é", min_size=1, max_size=4), st.binary(max_size=1500), st.text(max_size=300)),
+                min_size=1, max_size=25, unique_by=lambda sample: sample[0]),
+       st.integers(0, 5), st.integers(600, 20_000), st.sampled_from([None, 1, 3]), st.booleans())
+@example([("a", b"", ""), ("b", b"", ""), ("c", b"", "")], 0, 4096, None, False)  # two samples fill a shard exactly
+def test_samples_written_many_at_once_make_the_shards_written_one_at_a_time(tmp_path_factory, samples, before, target_bytes,
+                                                                            max_samples, long_names):
+    """From an open shard or none, over shard ends by bytes and by samples, two extensions;
+    names past 100 bytes go through tarfile's headers."""
+    if long_names:
+        samples = [("x" * 90 + "/" + key, *payloads) for key, *payloads in samples]  # split at the slash
+    stats = lambda first, end: {"samples": end - first}  # noqa: E731
+    one, many = tmp_path_factory.mktemp("one"), tmp_path_factory.mktemp("many")
+    with ShardWriter(one, target_bytes, max_samples=max_samples, shard_stats=stats) as writer:
+        for key, document, text in samples:
+            writer.write(key, {"json": document, "txt": text.encode()})
+    with ShardWriter(many, target_bytes, max_samples=max_samples, shard_stats=stats) as writer:
+        for key, document, text in samples[:before]:
+            writer.write(key, {"json": document, "txt": text.encode()})
+        rest = samples[before:]
+        writer.write_many(pa.array([key for key, *_ in rest], pa.string()),
+                          {"txt": pa.array([text for *_, text in rest], pa.string()),
+                           "json": pa.chunked_array([pa.array([document for _, document, _ in rest], pa.binary())])})
+    assert _shard_bytes(many) == _shard_bytes(one)
+
+
+def test_samples_written_many_at_once_are_checked_as_one_at_a_time(tmp_path):
+    with ShardWriter(tmp_path) as writer:
+        writer.write("a", {"json": b"{}"})
+        for keys, match in ((["b", "a"], "twice"), (["b", "b"], "twice"), (["b", "c.d"], "no dot"), (["", "b"], "no dot")):
+            with pytest.raises(ValueError, match=match):
+                writer.write_many(pa.array(keys), {"json": pa.array([b"{}"] * len(keys))})
+        with pytest.raises(ValueError, match="not null"):
+            writer.write_many(pa.array(["b"]), {"json": pa.array([None], pa.binary())})
+        writer.write_many(pa.array(["b"]), {"json": pa.array([b"{}"])})
 
 
 def test_bad_keys_are_refused(tmp_path):

@@ -49,12 +49,6 @@ def sample_vocabulary(table: pa.Table) -> dict:
     return {sample.INDEX_TOKENIZER: tokenizers[0], sample.INDEX_UNIT_VOCAB: tokenized.unit_vocabulary(tokenizers[0])}
 
 
-def shard_members(table: pa.Table):
-    """(key, members) per sample row, in the table's order."""
-    for key, document in zip(table[sample.ROW_KEY].to_pylist(), table[sample.ROW_JSON].to_pylist()):
-        yield key, {"json": document.encode()}
-
-
 def sample_stats(table: pa.Table):
     """`ShardWriter`'s `shard_stats` for the table's rows, in its order: each kind's samples, the
     words and units, and for interleaved samples their words, speech words and a histogram of
@@ -90,8 +84,8 @@ def write_partition_shards(folder: Path, target: Path, shard_bytes: int, item: t
     """On a worker: one partition's sample rows (those `keep(table)` selects) into `target`."""
     partition, stamp = item
     table = kept_samples(folder, partition, keep)
-    return shards.write_partition(target, partition, shard_members(table), shard_bytes, stamp, describe(table), _ratio,
-                                  max_samples=stamp.get(SAMPLES_PER_SHARD), shard_stats=sample_stats(table))
+    return shards.write_partition(target, partition, table[sample.ROW_KEY], {"json": table[sample.ROW_JSON]}, shard_bytes, stamp,
+                                  describe(table), _ratio, max_samples=stamp.get(SAMPLES_PER_SHARD), shard_stats=sample_stats(table))
 
 
 SAMPLES_PER_SHARD = "samples_per_shard"  # in a partition's stamp, when min_shards caps the shards
