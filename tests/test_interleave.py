@@ -1,6 +1,7 @@
 """interleave: chunking properties, the speech ratio, sample kinds, determinism, shards end to end."""
 
 import functools
+import hashlib
 import json
 
 import numpy as np
@@ -124,6 +125,22 @@ def one_by_one_speech(chunk_words, key, speech_ratio, span_mean, span_in_words, 
         start = min(int(last_draw * count), count - 1)
         speech[next(i for i in ((start + k) % count for k in range(count)) if chunk_words[i] == min(chunk_words))] = True
     return speech
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(-2**70, 2**70), st.lists(st.text(max_size=140) | st.sampled_from(["", "x" * 126, "é" * 64, "x" * 256]),
+                                             max_size=8), st.booleans())
+@example(0, ["x" * 126, "x" * 254, ""], False)  # "0:" and these fill their last block exactly
+def test_stream_keys_are_hashlibs_blake2b_of_seed_and_id(seed, ids, as_arrow):
+    """One block and several, a message that fills its last block exactly, none at all; a list or Arrow strings."""
+    expected = [int.from_bytes(hashlib.blake2b(f"{seed}:{item}".encode(), digest_size=8).digest(), "little") for item in ids]
+    given_ids = pa.chunked_array([pa.array(ids, pa.string())]) if as_arrow else ids
+    assert spans.stream_keys(seed, given_ids).tolist() == expected
+
+
+def test_a_null_id_keys_no_stream():
+    with pytest.raises(ValueError, match="null"):
+        spans.stream_keys(0, pa.array(["a", None]))
 
 
 @settings(max_examples=60, deadline=None)

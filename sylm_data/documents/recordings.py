@@ -153,7 +153,7 @@ def render_documents(ids: pa.Array, languages: pa.Array, member_table: pa.Table,
     count = len(firsts)
     taken_firsts = pa.array(firsts)
     first_languages = languages.take(taken_firsts)
-    keys = spans.stream_keys(seed, ids.take(taken_firsts).to_pylist())
+    keys = spans.stream_keys(seed, ids.take(taken_firsts))
     owner = np.repeat(document_of, np.diff(members.chunk_bounds))
     kinds, speech = choose(keys, members.chunk_words, owner)
     (segment_speech, per_document, range_starts, range_lengths, ranges_per_segment, piece_rows, piece_starts, piece_ends,

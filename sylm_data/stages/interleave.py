@@ -72,7 +72,7 @@ def draw_kinds(kinds: dict[str, float], draws: np.ndarray) -> np.ndarray:
 def plan_interleaved(utterances: Utterances, rows: np.ndarray, config: InterleaveConfig) -> Plan:
     """Draw each sample's kind; in interleaved ones, Poisson spans of chunks become speech (runs of
     one modality make one segment); speech and text samples are one whole segment."""
-    keys = spans.stream_keys(config.seed, utterances.ids.take(rows).to_pylist())
+    keys = spans.stream_keys(config.seed, utterances.ids.take(rows))
     kinds = draw_kinds(config.kinds, spans.uniforms(keys, 0))
     mixed = kinds == "interleaved"
     chunked = utterance_chunks(utterances, rows[mixed], config.granularity)

@@ -48,7 +48,7 @@ def preflight(config: PairsConfig) -> None:
 def plan_pairs(utterances: Utterances, rows: np.ndarray, config: PairsConfig) -> Plan:
     """Each utterance's chunks grouped into consecutive Poisson spans, each span a text segment
     followed by the speech segment that says it."""
-    keys = spans.stream_keys(config.seed, utterances.ids.take(rows).to_pylist())
+    keys = spans.stream_keys(config.seed, utterances.ids.take(rows))
     chunked = utterance_chunks(utterances, rows, config.granularity)
     span_of = spans.consecutive_spans(chunked.words, np.searchsorted(rows, chunked.rows), keys, config.span_mean,
                                       span_in_words=config.granularity == "word")
