@@ -3,6 +3,7 @@
 import io
 import json
 import tarfile
+from unittest import mock
 
 import pyarrow as pa
 import pytest
@@ -11,6 +12,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from sylm_data.pipeline.partitions import read_source_partition
+from sylm_data.pipeline import shards
 from sylm_data.pipeline.shards import ShardWriter, member_header
 from sylm_data.sample import layouts
 from sylm_data.schemas import sample, stream, utterance
@@ -112,12 +114,12 @@ def _shard_bytes(folder):
 @settings(deadline=None, max_examples=60)
 @given(st.lists(st.tuples(st.text("ab_:é", min_size=1, max_size=4), st.binary(max_size=1500), st.text(max_size=300)),
                 min_size=1, max_size=25, unique_by=lambda sample: sample[0]),
-       st.integers(0, 5), st.integers(600, 20_000), st.sampled_from([None, 1, 3]), st.booleans())
-@example([("a", b"", ""), ("b", b"", ""), ("c", b"", "")], 0, 4096, None, False)  # two samples fill a shard exactly
+       st.integers(0, 5), st.integers(600, 20_000), st.sampled_from([None, 1, 3]), st.booleans(), st.sampled_from([None, 2000]))
+@example([("a", b"", ""), ("b", b"", ""), ("c", b"", "")], 0, 4096, None, False, None)  # two samples fill a shard exactly
 def test_samples_written_many_at_once_make_the_shards_written_one_at_a_time(tmp_path_factory, samples, before, target_bytes,
-                                                                            max_samples, long_names):
-    """From an open shard or none, over shard ends by bytes and by samples, two extensions;
-    names past 100 bytes go through tarfile's headers."""
+                                                                            max_samples, long_names, packed_bytes):
+    """From an open shard or none, over shard ends by bytes and by samples, two extensions, a
+    shard packed in several parts; names past 100 bytes go through tarfile's headers."""
     if long_names:
         samples = [("x" * 90 + "/" + key, *payloads) for key, *payloads in samples]  # split at the slash
     stats = lambda first, end: {"samples": end - first}  # noqa: E731
@@ -125,7 +127,8 @@ def test_samples_written_many_at_once_make_the_shards_written_one_at_a_time(tmp_
     with ShardWriter(one, target_bytes, max_samples=max_samples, shard_stats=stats) as writer:
         for key, document, text in samples:
             writer.write(key, {"json": document, "txt": text.encode()})
-    with ShardWriter(many, target_bytes, max_samples=max_samples, shard_stats=stats) as writer:
+    with (ShardWriter(many, target_bytes, max_samples=max_samples, shard_stats=stats) as writer,
+          mock.patch.object(shards, "_PACKED_BYTES", packed_bytes or shards._PACKED_BYTES)):
         for key, document, text in samples[:before]:
             writer.write(key, {"json": document, "txt": text.encode()})
         rest = samples[before:]

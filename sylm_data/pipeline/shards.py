@@ -139,7 +139,7 @@ class ShardWriter:
             return
         self._keys.update(names)
         sizes = (lengths + 1024).sum(axis=0)  # as `write` counts them
-        tar_bytes = (tarfile.BLOCKSIZE + lengths + -lengths % tarfile.BLOCKSIZE).sum(axis=0)
+        tar_ends = np.cumsum((tarfile.BLOCKSIZE + lengths + -lengths % tarfile.BLOCKSIZE).sum(axis=0))
         start = 0
         while start < len(names):
             if self._current is None:
@@ -149,7 +149,9 @@ class ShardWriter:
             if end == start:
                 self._finish_shard()
                 continue
-            packed = np.empty(int(tar_bytes[start:end].sum()), np.uint8)
+            before = tar_ends[start - 1] if start else 0
+            end = max(start + 1, min(end, int(np.searchsorted(tar_ends, before + _PACKED_BYTES, side="right"))))
+            packed = np.empty(int(tar_ends[end - 1] - before), np.uint8)
             _pack_members(packed, np.frombuffer(_TEMPLATE, np.uint8), _FIXED_SUM, key_bounds, key_bytes, extension_bounds,
                           extension_bytes, payload_bounds, payload_bytes, start, end)
             self._archive.write(packed)
@@ -194,6 +196,9 @@ class ShardWriter:
         elif self._archive is not None:
             self._archive.close()
             (self.folder / f".{self._current['name']}.partial").unlink(missing_ok=True)
+
+
+_PACKED_BYTES = 16 * 2**20  # packed and written at a time: a shard's worth would cost its whole size in memory
 
 
 def _payloads(arrays: list[pa.Array | pa.ChunkedArray], count: int) -> tuple[np.ndarray, np.ndarray]:
