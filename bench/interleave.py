@@ -19,6 +19,8 @@ where transparent huge pages are on). On a VM that hands freed memory back to it
 allocators' returns make later passes pay that again: here a pass of recording context spent
 0.1-1.6 s in the kernel. For steadier figures, keep freed memory in the process:
     MIMALLOC_PURGE_DELAY=-1 MALLOC_TRIM_THRESHOLD_=17179869184 MALLOC_MMAP_THRESHOLD_=1073741824 python bench/interleave.py
+Where the scratch folder's disk is slow to hand out blocks (here ext4 mounted with `discard`, which
+made a pass's shard writing take 0.1-0.45 s), `TMPDIR=/dev/shm` keeps the files in memory.
 """
 
 import argparse

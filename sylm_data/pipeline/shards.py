@@ -122,8 +122,9 @@ class ShardWriter:
         by one compiled pass. A sample at a time, the headers and the calls cost 4 us a sample, most
         of a shard's time where samples are small."""
         names = keys.to_pylist()
-        if not all(name and "." not in name for name in names):
-            raise ValueError(f"sample keys must be non-empty and contain no dot: {next(n for n in names if not n or '.' in n)!r}")
+        for name in names:
+            if not name or "." in name:
+                raise ValueError(f"sample key {name!r} must be non-empty and contain no dot")
         if len(set(names)) < len(names) or not self._keys.isdisjoint(names):
             raise ValueError("a sample key is written twice")
         extensions = sorted(members)
