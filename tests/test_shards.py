@@ -132,9 +132,13 @@ def test_samples_written_many_at_once_make_the_shards_written_one_at_a_time(tmp_
         for key, document, text in samples[:before]:
             writer.write(key, {"json": document, "txt": text.encode()})
         rest = samples[before:]
-        writer.write_many(pa.array([key for key, *_ in rest], pa.string()),
+
+        def pieces(values, kind, cut):  # the arrays in chunks cut at different places
+            return pa.chunked_array([pa.array(values[:cut], kind), pa.array(values[cut:], kind)])
+
+        writer.write_many(pieces([key for key, *_ in rest], pa.string(), len(rest) // 2),
                           {"txt": pa.array([text for *_, text in rest], pa.string()),
-                           "json": pa.chunked_array([pa.array([document for _, document, _ in rest], pa.binary())])})
+                           "json": pieces([document for _, document, _ in rest], pa.binary(), len(rest) // 3)})
     assert _shard_bytes(many) == _shard_bytes(one)
 
 

@@ -119,8 +119,9 @@ class ShardWriter:
     def write_many(self, keys: pa.Array | pa.ChunkedArray, members: dict[str, pa.Array | pa.ChunkedArray]) -> None:
         """Samples in order, sample i being keys[i] with members[extension][i] (bytes or a string)
         for each extension: the shards `write` makes of them one at a time, each shard's part packed
-        by one compiled pass. A sample at a time, the headers and the calls cost 4 us a sample, most
-        of a shard's time where samples are small."""
+        by one compiled pass, chunk by chunk of the arrays (joining them would copy every byte).
+        A sample at a time, the headers and the calls cost 4 us a sample, most of a shard's time
+        where samples are small."""
         names = keys.to_pylist()
         for name in names:
             if not name or "." in name:
@@ -128,7 +129,18 @@ class ShardWriter:
         if len(set(names)) < len(names) or not self._keys.isdisjoint(names):
             raise ValueError("a sample key is written twice")
         extensions = sorted(members)
-        payload_bounds, payload_bytes = _payloads([members[extension] for extension in extensions], len(names))
+        for extension in extensions:
+            if len(members[extension]) != len(names) or members[extension].null_count:
+                raise ValueError(f"each of the {len(names)} samples needs a {extension!r} member, not null")
+        aligned = pa.table([keys, *(members[extension] for extension in extensions)],
+                           names=[str(place) for place in range(len(extensions) + 1)])
+        first = 0
+        for batch in aligned.to_batches():  # slices where every column is one piece of memory
+            self._write_batch(names[first : first + batch.num_rows], batch.column(0), batch.columns[1:], extensions)
+            first += batch.num_rows
+
+    def _write_batch(self, names: list[str], keys: pa.Array, members: list[pa.Array], extensions: list[str]) -> None:
+        payload_bounds, payload_bytes = _payloads(members)
         lengths = np.diff(payload_bounds, axis=1)
         key_bounds, key_bytes = string_buffers(keys)
         extension_bounds, extension_bytes = string_buffers(pa.array(extensions, pa.string()))
@@ -202,15 +214,14 @@ class ShardWriter:
 _PACKED_BYTES = 16 * 2**20  # packed and written at a time: a shard's worth would cost its whole size in memory
 
 
-def _payloads(arrays: list[pa.Array | pa.ChunkedArray], count: int) -> tuple[np.ndarray, np.ndarray]:
-    """The members' bytes, one extension's after another's, and their bounds: row e holds
-    extension e's, sample i's bytes being bytes[bounds[e, i]:bounds[e, i + 1]]."""
+def _payloads(arrays: list[pa.Array]) -> tuple[np.ndarray, np.ndarray]:
+    """The members' bytes (binary or string arrays of equal length, no nulls), one extension's
+    after another's, and their bounds: row e holds extension e's, sample i's bytes being
+    bytes[bounds[e, i]:bounds[e, i + 1]]."""
+    count = len(arrays[0]) if arrays else 0
     bounds, data, taken = np.zeros((len(arrays), count + 1), np.int64), [], 0
     for place, array in enumerate(arrays):
-        if len(array) != count or array.null_count:
-            raise ValueError(f"each of the {count} samples needs each member, not null")
-        array = array.combine_chunks() if isinstance(array, pa.ChunkedArray) else array
-        array = array.cast(pa.large_binary())
+        array = array.cast(pa.large_binary())  # the bytes as they are, the offsets widened
         _, offsets, values = array.buffers()
         offsets = np.frombuffer(offsets, np.int64)[array.offset : array.offset + count + 1]
         data.append(np.frombuffer(values, np.uint8)[offsets[0] : offsets[-1]] if values is not None else np.zeros(0, np.uint8))
