@@ -12,6 +12,7 @@ numba (`sylm_data.compiled`).
 
 import functools
 import math
+import sys
 from typing import NamedTuple
 
 import numpy as np
@@ -29,6 +30,8 @@ _MIX = (np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB))
 def stream_keys(seed: int, ids: pa.Array | pa.ChunkedArray | list[str]) -> np.ndarray:
     """Each id's random stream (uint64 keys), from the run seed and the id alone: the 8-byte
     BLAKE2b digest of "<seed>:<id>" (UTF-8), read little-endian, as hashlib computes it."""
+    if sys.byteorder != "little":  # _blake2b_8 reads the message's words in the machine's byte order
+        raise RuntimeError("stream keys are computed on little-endian machines only")
     ids = pa.array(ids, pa.string()) if isinstance(ids, list) else ids
     if ids.null_count:
         raise ValueError("an id is null: it keys no random stream")

@@ -42,26 +42,50 @@ def _tarfile_header(name: str, size: int) -> bytes:
     return info.tobuf(tarfile.USTAR_FORMAT, "utf-8", "surrogateescape")
 
 
-_SIZE, _CHECKSUM = slice(124, 136), slice(148, 156)  # a USTAR header's fields
-_TEMPLATE = bytearray(_tarfile_header("", 0))  # no name, no bytes, the checksum blank (8 spaces)
-_TEMPLATE[_CHECKSUM] = b" " * 8
-_FIXED_SUM = sum(_TEMPLATE) - sum(_TEMPLATE[_SIZE])  # the bytes' sum, name and size aside (the name is empty)
+_TEMPLATE = np.frombuffer(_tarfile_header("", 0), np.uint8).copy()  # no name, no bytes
+_TEMPLATE[148:156] = ord(" ")  # the checksum field blank, as the checksum is summed
+_FIXED_SUM = int(_TEMPLATE.sum()) - 11 * ord("0")  # the bytes' sum but the size field's digits (the name is empty)
 
 
-def member_header(name: str, size: int) -> bytes:
-    """A shard member's tar header, byte for byte what tarfile writes for it (`_tarfile_header`):
-    the template with the name, size and checksum put in. tarfile's header building took most of
-    the time of writing a shard of small samples. A name over 100 bytes (split at a slash, or
-    refused) and a size past 11 octal digits go through tarfile itself."""
-    encoded = name.encode("utf-8", "surrogateescape")
-    if len(encoded) > 100 or size >= 8**11:
-        return _tarfile_header(name, size)
-    header = bytearray(_TEMPLATE)
-    header[: len(encoded)] = encoded
-    header[_SIZE] = size_field = b"%011o\0" % size
-    checksum = _FIXED_SUM + sum(encoded) + sum(size_field)  # of the header with the field blank
-    header[148:155] = b"%06o\0" % checksum  # tarfile leaves the field's last byte a space
-    return bytes(header)
+def member_header(key: str, extension: str, size: int) -> bytes:
+    """The tar header of shard member "<key>.<extension>", byte for byte what tarfile writes for
+    it (`_tarfile_header`). tarfile's header building took most of the time of writing a shard of
+    small samples. A name over 100 bytes (split at a slash, or refused) and a size past 11 octal
+    digits go through tarfile itself."""
+    encoded_key, encoded_extension = key.encode("utf-8", "surrogateescape"), extension.encode("utf-8", "surrogateescape")
+    if len(encoded_key) + 1 + len(encoded_extension) > 100 or size >= 8**11:
+        return _tarfile_header(f"{key}.{extension}", size)
+    header = np.empty(512, np.uint8)
+    _put_header(header, 0, np.frombuffer(encoded_key, np.uint8), 0, len(encoded_key),
+                np.frombuffer(encoded_extension, np.uint8), 0, len(encoded_extension), size)
+    return header.tobytes()
+
+
+@compiled
+def _put_header(out, at, key_bytes, key_start, key_end, extension_bytes, extension_start, extension_end, size):
+    """At out[at:at + 512], the template with the name (key, ".", extension: 100 bytes at most),
+    the size (below 8**11) and the checksum put in, as tarfile writes them."""
+    out[at : at + 512] = _TEMPLATE
+    checksum, place = _FIXED_SUM, at
+    for index in range(key_start, key_end):
+        out[place] = key_bytes[index]
+        checksum += key_bytes[index]
+        place += 1
+    out[place] = 46  # "."
+    checksum += 46
+    place += 1
+    for index in range(extension_start, extension_end):
+        out[place] = extension_bytes[index]
+        checksum += extension_bytes[index]
+        place += 1
+    for digit in range(10, -1, -1):  # 11 octal digits, then the NUL the template holds
+        out[at + 124 + digit] = 48 + size % 8
+        checksum += 48 + size % 8
+        size //= 8
+    for digit in range(5, -1, -1):  # 6 octal digits, a NUL, and the template's space
+        out[at + 148 + digit] = 48 + checksum % 8
+        checksum //= 8
+    out[at + 154] = 0
 
 
 class ShardWriter:
@@ -108,7 +132,7 @@ class ShardWriter:
             self._open_shard()
         for extension in sorted(members):
             data = members[extension]
-            self._archive.write(member_header(f"{key}.{extension}", len(data)))
+            self._archive.write(member_header(key, extension, len(data)))
             self._archive.write(data)
             self._archive.write(bytes(-len(data) % tarfile.BLOCKSIZE))
             self._offset += tarfile.BLOCKSIZE + len(data) + -len(data) % tarfile.BLOCKSIZE
@@ -165,8 +189,7 @@ class ShardWriter:
             before = tar_ends[start - 1] if start else 0
             end = max(start + 1, min(end, int(np.searchsorted(tar_ends, before + _PACKED_BYTES, side="right"))))
             packed = np.empty(int(tar_ends[end - 1] - before), np.uint8)
-            _pack_members(packed, np.frombuffer(_TEMPLATE, np.uint8), _FIXED_SUM, key_bounds, key_bytes, extension_bounds,
-                          extension_bytes, payload_bounds, payload_bytes, start, end)
+            _pack_members(packed, key_bounds, key_bytes, extension_bounds, extension_bytes, payload_bounds, payload_bytes, start, end)
             self._archive.write(packed)
             self._offset += len(packed)
             self._current["samples"] += end - start
@@ -244,38 +267,17 @@ def _shard_end(sizes, start, held_bytes, held_samples, target_bytes, max_samples
 
 
 @compiled
-def _pack_members(out, template, fixed_sum, key_bounds, key_bytes, extension_bounds, extension_bytes, payload_bounds,
-                  payload_bytes, first, end):
+def _pack_members(out, key_bounds, key_bytes, extension_bounds, extension_bytes, payload_bounds, payload_bytes, first, end):
     """Samples first..end-1 as tar members into `out`: for each, for each extension in order, the
     header `member_header` writes for "<key>.<extension>", the bytes, zeros to a whole block."""
     at = 0
     for sample in range(first, end):
         for extension in range(len(extension_bounds) - 1):
-            out[at : at + 512] = template
-            checksum, place = fixed_sum, at
-            for index in range(key_bounds[sample], key_bounds[sample + 1]):
-                out[place] = key_bytes[index]
-                checksum += key_bytes[index]
-                place += 1
-            out[place] = 46  # "."
-            checksum += 46
-            place += 1
-            for index in range(extension_bounds[extension], extension_bounds[extension + 1]):
-                out[place] = extension_bytes[index]
-                checksum += extension_bytes[index]
-                place += 1
-            first_byte, size = payload_bounds[extension, sample], payload_bounds[extension, sample + 1] - payload_bounds[extension, sample]
-            value = size
-            for digit in range(10, -1, -1):  # 11 octal digits, then the NUL the template holds
-                out[at + 124 + digit] = 48 + value % 8
-                checksum += 48 + value % 8
-                value //= 8
-            for digit in range(5, -1, -1):  # 6 octal digits, a NUL, and the template's space
-                out[at + 148 + digit] = 48 + checksum % 8
-                checksum //= 8
-            out[at + 154] = 0
+            start, size = payload_bounds[extension, sample], payload_bounds[extension, sample + 1] - payload_bounds[extension, sample]
+            _put_header(out, at, key_bytes, key_bounds[sample], key_bounds[sample + 1], extension_bytes,
+                        extension_bounds[extension], extension_bounds[extension + 1], size)
             at += 512
-            out[at : at + size] = payload_bytes[first_byte : first_byte + size]
+            out[at : at + size] = payload_bytes[start : start + size]
             at += size
             padding = -size % 512
             out[at : at + padding] = 0
