@@ -108,25 +108,32 @@ def _word_offset_table(text_bounds, text_bytes, word_byte_bounds, word_bytes, wo
     table = np.empty(len(word_byte_bounds) - 1 + len(word_bounds) - 1, np.int64)
     for text in range(len(word_bounds) - 1):
         end = text_bounds[text + 1]
-        position = counted = text_bounds[text]  # bytes searched from; bytes whose characters are counted
-        characters = 0
+        position, characters = text_bounds[text], 0  # where the search starts, and the characters before it
         for word in range(word_bounds[text], word_bounds[text + 1]):
             first, size = word_byte_bounds[word], word_byte_bounds[word + 1] - word_byte_bounds[word]
-            found = -1
-            for start in range(position, end - size + 1):
-                matched = 0
-                while matched < size and text_bytes[start + matched] == word_bytes[first + matched]:
-                    matched += 1
-                if matched == size:
-                    found = start
-                    break
-            at = found if found >= 0 else position  # not found: where the previous word ended
-            characters += _characters(text_bytes, counted, at)
-            counted = at
-            table[word + text] = characters
+            found, passed = -1, 0  # the bytes the search passes over are counted as it goes
+            if size == 0:
+                found = position
+            else:
+                lead = word_bytes[first]
+                for start in range(position, end - size + 1):
+                    if text_bytes[start] == lead:
+                        matched = 1
+                        while matched < size and text_bytes[start + matched] == word_bytes[first + matched]:
+                            matched += 1
+                        if matched == size:
+                            found = start
+                            break
+                    passed += (text_bytes[start] & 0xC0) != 0x80
             if found >= 0:
+                table[word + text] = characters + passed
+                for index in range(first, first + size):  # the word's own characters (a loop here: a call was slower)
+                    passed += (word_bytes[index] & 0xC0) != 0x80
+                characters += passed
                 position = found + size
-        table[word_bounds[text + 1] + text] = characters + _characters(text_bytes, counted, end)
+            else:  # not found: the word starts where the previous one ended
+                table[word + text] = characters
+        table[word_bounds[text + 1] + text] = characters + _characters(text_bytes, position, end)
     return table
 
 
