@@ -3,7 +3,11 @@ that it holds every word of its utterances once and in order, that the shards do
 the partitioning, and the whole flow on espeak recordings with a missing segment, a long gap, two
 speakers and a recording split over two inputs."""
 
+import dataclasses
+import io
 import json
+import shutil
+import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -200,9 +204,50 @@ def test_document_shards_are_the_same_bytes_however_the_members_were_partitioned
     assert again == summaries[0]
 
 
+def tar_names(data: bytes) -> list[str]:
+    with tarfile.open(fileobj=io.BytesIO(data)) as archive:
+        return archive.getnames()
+
+
+def test_bucket_tasks_write_the_shards_publishing_their_documents_would(tmp_path):
+    """Each bucket task writes its documents' shards, so publishing writes none; with the shards
+    gone (documents kept), publishing DIR/documents writes the same bytes. With `min_shards`, whose
+    cap needs every bucket's count, publishing writes them, capped, of the same samples."""
+    rows = recording_rows(42)
+    small = interleave.InterleaveConfig(context="recording", shard_bytes=6000, members_per_bucket=16)
+    folder, shards = tmp_path / "interleave", tmp_path / "shards"
+    for part in range(3):
+        commit_rows(folder, f"p{part}", member_table(rows[part::3]))
+    calls = []
+
+    def counted(function, items):
+        calls.append(len(items))
+        return serial(function, items)
+
+    def written() -> dict[str, bytes]:
+        return {path.relative_to(shards).as_posix(): path.read_bytes() for path in sorted(shards.rglob("*")) if path.is_file()}
+
+    interleave.write_shards(small, folder, counted)
+    assert calls == [3, 3, 0]  # partitions shuffled, buckets assembled, nothing left to publish
+    by_buckets = written()
+    shutil.rmtree(shards)
+    calls.clear()
+    interleave.write_shards(small, folder, counted)
+    assert calls == [3]  # the documents kept (nothing shuffled or assembled); publishing wrote every bucket's shards
+    assert written() == by_buckets
+
+    capped = dataclasses.replace(small, min_shards=4)  # 10 documents: at most 2 a shard
+    interleave.write_shards(capped, folder, counted)
+    assert calls[-1] == 3
+    capped_samples = [tar_names(path.read_bytes()) for path in sorted(shards.glob("*.tar"))]
+    assert len(capped_samples) >= 4 and max(map(len, capped_samples)) <= 2
+    assert sorted(sum(capped_samples, [])) == sorted(sum((tar_names(data) for name, data in by_buckets.items() if name.endswith(".tar")), []))
+
+
 def test_a_finalize_killed_half_way_resumes_to_the_same_shards(tmp_path):
-    """Killed after the shuffle and one bucket's documents: the rerun keeps what was finished,
-    redoes the rest (a bucket folder left without its marker included) and ends as a clean run."""
+    """Killed after the shuffle and one bucket's documents (and its shards): the rerun keeps what
+    was finished, redoes the rest (a bucket folder left without its marker included) and ends as a
+    clean run."""
     rows = recording_rows(42)
     small = interleave.InterleaveConfig(context="recording", shard_bytes=6000, members_per_bucket=16)
     clean, killed = tmp_path / "clean" / "interleave", tmp_path / "killed" / "interleave"
@@ -223,10 +268,14 @@ def test_a_finalize_killed_half_way_resumes_to_the_same_shards(tmp_path):
 
     with pytest.raises(KeyboardInterrupt):
         interleave.write_shards(small, killed, dies_after_one_bucket)
-    assert not (killed.parent / "shards").exists()
+    assert not (killed.parent / "shards" / "index.json").exists()  # nothing published yet
+    first_bucket = sorted((killed.parent / "shards").glob(f"{recordings.bucket_name(0, calls[1])}-*.tar"))
+    assert first_bucket  # the assembled bucket wrote its own shards
+    written = [path.stat().st_mtime_ns for path in first_bucket]
     again = []
     interleave.write_shards(small, killed, lambda function, items: again.append(len(items)) or serial(function, items))
     assert again[1] == calls[1] - 1  # the assembled bucket is kept
+    assert again[2] == 0 and [path.stat().st_mtime_ns for path in first_bucket] == written  # and its shards: publishing writes none
     tars = sorted((clean.parent / "shards").glob("*.tar"))
     assert [path.read_bytes() for path in tars] == [(killed.parent / "shards" / path.name).read_bytes() for path in tars]
     assert not (killed.parent / recordings.DOCUMENTS / recordings.SHUFFLE).exists()

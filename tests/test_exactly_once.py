@@ -21,6 +21,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from sylm_data.pipeline.shards import manifest_path
 from sylm_data.sample import layouts
 from tests.conftest import emilia_members, read_parquet, write_tar
 
@@ -488,12 +489,14 @@ def test_a_finalize_task_and_then_the_driver_killed_while_assembling_documents_l
     kept = {name: (marker, (out / "documents" / "_done" / f"{name}.json").stat().st_mtime_ns)
             for name, marker in markers(out, "documents").items()}
     assert 0 < len(kept) < buckets, "the driver kill must land mid-assembly"
-    assert not (out / "shards").exists()
+    assert not (out / "shards" / "index.json").exists()  # nothing published
+    manifests = {name: manifest_path(out / "shards", name).stat().st_mtime_ns for name in kept}  # a bucket writes its shards first
 
     finish(interleave_command(out))
     again = markers(out, "documents")
     assert {name: (again[name], (out / "documents" / "_done" / f"{name}.json").stat().st_mtime_ns)
             for name in kept} == kept  # not assembled again
+    assert {name: manifest_path(out / "shards", name).stat().st_mtime_ns for name in kept} == manifests  # nor its shards written
     tars = sorted(path.name for path in (clean / "shards").glob("*.tar"))
     assert tars and tars == sorted(path.name for path in (out / "shards").glob("*.tar"))
     assert all((clean / "shards" / name).read_bytes() == (out / "shards" / name).read_bytes() for name in tars)

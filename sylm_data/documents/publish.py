@@ -79,16 +79,27 @@ def kept_samples(folder: Path, partition: str, keep=None) -> pa.Table:
     return table.filter(keep(table)) if keep is not None and table.num_rows else table
 
 
-def write_partition_shards(folder: Path, target: Path, shard_bytes: int, item: tuple[str, dict], keep=None,
-                           describe=sample_vocabulary) -> dict:
-    """On a worker: one partition's sample rows (those `keep(table)` selects) into `target`."""
-    partition, stamp = item
-    table = kept_samples(folder, partition, keep)
+def write_sample_shards(table: pa.Table, target: Path, partition: str, shard_bytes: int, stamp: dict,
+                        describe=sample_vocabulary) -> dict:
+    """Sample rows, in key order, into `target` as partition `partition`'s shards and manifest."""
     return shards.write_partition(target, partition, table[sample.ROW_KEY], {"json": table[sample.ROW_JSON]}, shard_bytes, stamp,
                                   describe(table), _ratio, max_samples=stamp.get(SAMPLES_PER_SHARD), shard_stats=sample_stats(table))
 
 
+def write_partition_shards(folder: Path, target: Path, shard_bytes: int, item: tuple[str, dict], keep=None,
+                           describe=sample_vocabulary) -> dict:
+    """On a worker: one partition's sample rows (those `keep(table)` selects) into `target`."""
+    partition, stamp = item
+    return write_sample_shards(kept_samples(folder, partition, keep), target, partition, shard_bytes, stamp, describe)
+
+
 SAMPLES_PER_SHARD = "samples_per_shard"  # in a partition's stamp, when min_shards caps the shards
+
+
+def partition_stamp(run_id: str, config_hash: str) -> dict:
+    """What a partition's manifest records of the rows its shards were written from; without a
+    `min_shards` cap (which `publish_samples` adds)."""
+    return {"run": run_id, "config": config_hash}
 
 
 def _kept_count(folder: Path, keep, partition: str) -> int:
@@ -102,7 +113,7 @@ def publish_samples(folder: Path, target: Path, shard_bytes: int, extra_index: d
     dataset card (see `pipeline.shards.publish`): only partitions committed since the last
     publish are written, unless the cap `min_shards` sets on samples per shard has moved."""
     markers = OutputLayout(folder.parent).markers(folder.name)
-    stamps = {partition: {"run": marker["run_id"], "config": extra_index["config_hash"]} for partition, marker in markers.items()}
+    stamps = {partition: partition_stamp(marker["run_id"], extra_index["config_hash"]) for partition, marker in markers.items()}
     if not any(marker["rows_out"] for marker in markers.values()):
         raise ValueError(f"{folder} holds no samples: nothing to shard")
     if min_shards > 1:  # the folder's own sample count: a `keep` filter is counted on the workers

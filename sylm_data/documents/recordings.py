@@ -6,8 +6,8 @@ holds its chunks, cut as utterance context cuts them, each with its text, word c
 Then, once every partition is committed, a shuffle keyed by recording: each partition's members
 go into hash buckets of their recording (one record batch per bucket of an Arrow IPC file), and
 one task per bucket reads that bucket of every partition, sorts it by recording and place, cuts it into
-documents (`document_starts`) and renders them. A document's utterance boundaries are chunk
-boundaries, so speech spans run across them at either granularity. Buckets are named and filled
+documents (`document_starts`), renders them and writes their shards. A document's utterance
+boundaries are chunk boundaries, so speech spans run across them at either granularity. Buckets are named and filled
 by the recordings alone, and a document's random stream comes from the seed and its first
 utterance id, so DIR/documents/ (one committed partition per bucket) and the shards made from it
 are the same bytes however the input was partitioned. The driver holds partition and bucket
@@ -266,9 +266,11 @@ _ORDER = [(name, "ascending", "at_end") for name in (sample.ROW_RECORDING, sampl
 
 
 def assemble_bucket(bucket: int, shuffle_dir: str, target: str, buckets: int, stamp: str, config_hash: str, seed: int,
-                    limits: tuple[int, int, bool], choose: ChooseSpeech) -> int:
+                    limits: tuple[int, int, bool], choose: ChooseSpeech, shards: tuple[str, int] | None = None) -> int:
     """On a worker: the documents of one bucket, from that bucket of every partition, committed as
-    DIR/documents/<bucket name>/ with its marker; how many documents."""
+    DIR/documents/<bucket name>/ with its marker, in key order; how many documents. With `shards`
+    (a shard folder and its shard bytes), their shards are written there first, as publishing
+    DIR/documents would write them, so that it finds them written: not read back and sorted again."""
     parts = [read_bucket(path, bucket) for path in sorted(Path(shuffle_dir).glob("*.arrow"))]
     table = pa.concat_tables(parts) if parts else pa.table({})
     name, layout = bucket_name(bucket, buckets), OutputLayout(Path(target).parent)
@@ -291,6 +293,10 @@ def assemble_bucket(bucket: int, shuffle_dir: str, target: str, buckets: int, st
             sample.ROW_SEGMENT_INDEX: heads[sample.ROW_SEGMENT_INDEX], sample.ROW_SPEAKER: heads[sample.ROW_SPEAKER],
         } | {name: pa.nulls(len(firsts), sample.ROW_SCHEMA.field(name).type) for name in sample.ROW_MEMBER_COLUMNS},
             schema=sample.ROW_SCHEMA)
+        rows = sorted_rows(rows, [(sample.ROW_KEY, "ascending")])
+    if shards is not None:
+        shard_folder, shard_bytes = shards
+        publish.write_sample_shards(rows, Path(shard_folder), name, shard_bytes, publish.partition_stamp(stamp, config_hash))
     folder = Path(target) / name
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
@@ -304,10 +310,12 @@ def assemble_bucket(bucket: int, shuffle_dir: str, target: str, buckets: int, st
     return rows.num_rows
 
 
-def assemble(folder: Path, target: Path, config, parallel, choose: ChooseSpeech) -> Path:
+def assemble(folder: Path, target: Path, config, parallel, choose: ChooseSpeech, shards: Path | None = None) -> Path:
     """The documents of the member rows committed in `folder` (DIR/interleave/) into `target`
     (DIR/documents/), through the shuffle by recording; buckets already assembled from the same
-    partitions are kept. Returns `target`, a folder of committed sample rows."""
+    partitions are kept. With `shards` (a shard folder), and no `min_shards` cap on samples per
+    shard (which needs every bucket's count first), each bucket task also writes its documents'
+    shards there. Returns `target`, a folder of committed sample rows."""
     markers = OutputLayout(folder.parent).markers(folder.name)
     buckets = bucket_count(sum(marker["rows_out"] for marker in markers.values()), config.members_per_bucket)
     config_hash = publish.config_digest(config)
@@ -325,7 +333,9 @@ def assemble(folder: Path, target: Path, config, parallel, choose: ChooseSpeech)
     pending = [bucket for bucket, name in enumerate(names) if done.get(name, {}).get("run_id") != stamp]
     limits = (config.max_document_ms, config.max_gap_ms, config.same_speaker)
     parallel(functools.partial(assemble_bucket, shuffle_dir=str(shuffle_dir), target=str(target), buckets=buckets, stamp=stamp,
-                               config_hash=config_hash, seed=config.seed, limits=limits, choose=choose), pending)
+                               config_hash=config_hash, seed=config.seed, limits=limits, choose=choose,
+                               shards=(str(shards), config.shard_bytes) if shards is not None and config.min_shards == 1 else None),
+             pending)
     for stale in set(layout.markers(target.name)) - set(names):
         layout.uncommit(stale, target.name)
         shutil.rmtree(target / stale, ignore_errors=True)

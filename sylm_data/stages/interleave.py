@@ -117,11 +117,13 @@ def transform(batch: pa.Table, config: InterleaveConfig) -> pa.Table:
 
 def write_shards(config: InterleaveConfig, folder: Path, parallel) -> dict:
     """The committed sample rows into DIR/shards, partition by partition (see `publish_samples`);
-    in recording context, the documents assembled from the member rows first (DIR/documents/)."""
+    in recording context, the documents assembled from the member rows first (DIR/documents/),
+    whose tasks write their shards where they can."""
+    shards = folder.parent / "shards"
     if config.context == "recording":
         folder = recordings.assemble(folder, folder.parent / recordings.DOCUMENTS, config, parallel,
-                                     functools.partial(choose_document_speech, config=config))
-    index = publish.publish_samples(folder, folder.parent / "shards", config.shard_bytes,
+                                     functools.partial(choose_document_speech, config=config), shards=shards)
+    index = publish.publish_samples(folder, shards, config.shard_bytes,
                                     {"config_hash": publish.config_digest(config)}, parallel, min_shards=config.min_shards,
                                     title="sylm-data interleaved speech–text samples")
     return {"shards": len(index["shards"]), "samples": index["total_samples"],
