@@ -26,6 +26,7 @@ made a pass's shard writing take 0.1-0.45 s), `TMPDIR=/dev/shm` keeps the files 
 import argparse
 import json
 import shutil
+import tarfile
 import tempfile
 import time
 from pathlib import Path
@@ -88,6 +89,17 @@ def ray_blocks(path: Path):
         yield pa.Table.from_batches(gathered)
 
 
+def shard_samples(folder: Path) -> pa.Table:
+    """The samples the stage wrote (their keys and JSON), read back from its shards."""
+    keys, documents = [], []
+    for shard in sorted(folder.glob("*.tar")):
+        with tarfile.open(shard) as archive:
+            for member in archive:
+                keys.append(member.name.split(".", 1)[0])
+                documents.append(archive.extractfile(member).read().decode())
+    return pa.table({sample.ROW_KEY: keys, sample.ROW_JSON: documents})
+
+
 def run_stage(scratch: Path, config: interleave.InterleaveConfig) -> float:
     """The stage over scratch/tokenized.parquet, from nothing: its seconds."""
     for name in ("interleave", recordings.DOCUMENTS, "shards"):
@@ -131,8 +143,7 @@ def main() -> None:
         scratch = Path(scratch)
         pq.write_table(synthetic_rows(args.rows), scratch / "tokenized.parquet", row_group_size=4096)
         run_stage(scratch, config)
-        made = scratch / (recordings.DOCUMENTS if args.context == "recording" else "interleave")
-        samples = read_rows(made).sort_by(sample.ROW_KEY)
+        samples = shard_samples(scratch / "shards").sort_by(sample.ROW_KEY)
         members = read_rows(scratch / "interleave") if args.context == "recording" else None
         ratio = json.loads((scratch / "shards" / "index.json").read_text())["stats"]["speech_text_ratio"]
         shard_bytes = sum(p.stat().st_size for p in (scratch / "shards").glob("*.tar"))

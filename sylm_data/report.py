@@ -405,25 +405,39 @@ def _rejects(layout: OutputLayout, stages: list[str]) -> dict[tuple[str, str], R
 
 def _partition_documents(layout: OutputLayout, partition: str):
     """(sample key, document) of a partition: from its interleave rows, else from its shards. In
-    recording context its rows are members, and its documents are those of DIR/documents that start
-    with one of them (keyed by that first utterance; they may go on in other partitions)."""
+    recording context its rows are members, and its documents are those that start with one of
+    them (keyed by that first utterance; they may go on in other partitions): their rows in
+    DIR/documents name them, their bucket's shards hold them."""
     folder = layout.stage_dir(interleave.NAME) / partition
-    if folder.is_dir():
-        for table in _stream(folder, [sample.ROW_KEY, sample.ROW_KIND, sample.ROW_JSON]):
-            is_member = pc.equal(table[sample.ROW_KIND], sample.MEMBER)
-            for row in table.filter(pc.invert(is_member)).to_pylist():
-                yield row[sample.ROW_KEY], json.loads(row[sample.ROW_JSON])
-            members = table.filter(is_member)[sample.ROW_KEY]
-            for documents in _stream(layout.root / recordings.DOCUMENTS, [sample.ROW_KEY, sample.ROW_JSON],
-                                     pc.field(sample.ROW_KEY).isin(members.combine_chunks())) if len(members) else ():
-                for row in documents.to_pylist():
-                    yield row[sample.ROW_KEY], json.loads(row[sample.ROW_JSON])
+    if not folder.is_dir():
+        yield from _shard_documents(layout.shards_dir, partition)
         return
-    for shard in sorted(layout.shards_dir.glob(f"{partition}-*.tar")):
+    for table in _stream(folder, [sample.ROW_KEY, sample.ROW_KIND, sample.ROW_JSON]):
+        is_member = pc.equal(table[sample.ROW_KIND], sample.MEMBER)
+        for row in table.filter(pc.invert(is_member)).to_pylist():
+            yield row[sample.ROW_KEY], json.loads(row[sample.ROW_JSON])
+        members = table.filter(is_member)[sample.ROW_KEY].combine_chunks()
+        for bucket in sorted(layout.markers(recordings.DOCUMENTS)) if len(members) else ():
+            firsts = {key for rows in _stream(layout.root / recordings.DOCUMENTS / bucket, [sample.ROW_KEY],
+                                              pc.field(sample.ROW_KEY).isin(members)) for key in rows[sample.ROW_KEY].to_pylist()}
+            if firsts:
+                yield from _shard_documents(layout.shards_dir, bucket, firsts)
+
+
+def _shard_documents(shards: Path, prefix: str, keys: set[str] | None = None):
+    """(sample key, document) of the shards of one partition (or documents bucket), in order; only
+    those of `keys` where given (the shards read until all are found)."""
+    wanted = None if keys is None else set(keys)
+    for shard in sorted(shards.glob(f"{prefix}-*.tar")):
         with tarfile.open(shard) as archive:
             for member in archive:
-                if member.name.endswith(".json"):
-                    yield member.name.split(".", 1)[0], json.loads(archive.extractfile(member).read())
+                key = member.name.split(".", 1)[0]
+                if member.name.endswith(".json") and (wanted is None or key in wanted):
+                    yield key, json.loads(archive.extractfile(member).read())
+                    if wanted is not None:
+                        wanted.discard(key)
+                        if not wanted:
+                            return
 
 
 def _documents(layout: OutputLayout, partition: str, count: int) -> dict[str, dict]:

@@ -38,6 +38,15 @@ def emilia_members(utterance: layouts.SampleUtterance, key: str, **fields) -> li
     return [(f"{key}.mp3", utterance.audio), (f"{key}.json", json.dumps(document).encode())]
 
 
+def shard_samples(folder: Path) -> dict[str, dict]:
+    """Every sample of a shard folder's tars, by key, its JSON read."""
+    samples = {}
+    for shard in sorted(folder.glob("*.tar")):
+        with tarfile.open(shard) as archive:
+            samples |= {member.name.split(".", 1)[0]: json.loads(archive.extractfile(member).read()) for member in archive}
+    return samples
+
+
 def read_parquet(folder: Path) -> pa.Table:
     return read_rows(folder) if folder.exists() else pa.table({})
 

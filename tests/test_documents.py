@@ -20,11 +20,12 @@ from hypothesis import strategies as st
 from sylm_data.documents import recordings
 from sylm_data.pipeline import config as config_module
 from sylm_data.pipeline import runner
+from sylm_data.pipeline.shards import manifest_path
 from sylm_data.pipeline.output import read_rows
 from sylm_data.sample import MANIFEST
 from sylm_data.schemas import sample, stream
 from sylm_data.stages import interleave
-from tests.conftest import commit_rows, serial
+from tests.conftest import commit_rows, serial, shard_samples
 from tests.test_interleave import UNITS, WORDS, row, tokenized_rows
 
 RECORDING = interleave.InterleaveConfig(context="recording", shard_bytes=6000)
@@ -193,11 +194,16 @@ def test_document_shards_are_the_same_bytes_however_the_members_were_partitioned
     assert [path.name for path in tars] == [path.name for path in sorted((tmp_path / "three" / "shards").glob("*.tar"))]
     for path in tars:
         assert path.read_bytes() == (tmp_path / "three" / "shards" / path.name).read_bytes()
-    documents = read_rows(tmp_path / "one" / recordings.DOCUMENTS)
-    held = [source for text in documents[sample.ROW_JSON].to_pylist() for source in json.loads(text)["source_ids"]]
+    documents = shard_samples(tmp_path / "one" / "shards")
+    held = [source for document in documents.values() for source in document["source_ids"]]
     assert sorted(held) == sorted(r["id"] for r in rows)  # every member in exactly one document
     # talk-0 .. talk-3 hold segments 0-4 then 6-10: two documents each, plus the two without a recording
-    assert documents.num_rows == 4 * 2 + 2
+    assert len(documents) == 4 * 2 + 2
+    rows_of_documents = read_rows(tmp_path / "one" / recordings.DOCUMENTS)  # their rows, without the JSON the shards hold
+    assert rows_of_documents.schema.names == sample.DOCUMENT_SCHEMA.names and sorted(rows_of_documents[sample.ROW_KEY].to_pylist()) \
+        == sorted(documents)
+    assert {row[sample.ROW_KEY]: row[sample.ROW_KIND] for row in rows_of_documents.to_pylist()} \
+        == {key: document["kind"] for key, document in documents.items()}
     assert not (tmp_path / "one" / recordings.DOCUMENTS / recordings.SHUFFLE).exists()
 
     again = interleave.write_shards(small, one, serial)  # nothing changed: the documents are kept
@@ -209,10 +215,11 @@ def tar_names(data: bytes) -> list[str]:
         return archive.getnames()
 
 
-def test_bucket_tasks_write_the_shards_publishing_their_documents_would(tmp_path):
-    """Each bucket task writes its documents' shards, so publishing writes none; with the shards
-    gone (documents kept), publishing DIR/documents writes the same bytes. With `min_shards`, whose
-    cap needs every bucket's count, publishing writes them, capped, of the same samples."""
+def test_bucket_tasks_write_the_shards_and_a_bucket_without_them_is_assembled_again(tmp_path):
+    """Each bucket task writes its documents' shards (publishing then writes none) and commits
+    their rows without the JSON. A bucket whose shards are gone is assembled again, to the same
+    bytes. With `min_shards`, whose cap needs every bucket's document count, the buckets are
+    counted first: the shards hold the same samples, capped."""
     rows = recording_rows(42)
     small = interleave.InterleaveConfig(context="recording", shard_bytes=6000, members_per_bucket=16)
     folder, shards = tmp_path / "interleave", tmp_path / "shards"
@@ -230,18 +237,29 @@ def test_bucket_tasks_write_the_shards_publishing_their_documents_would(tmp_path
     interleave.write_shards(small, folder, counted)
     assert calls == [3, 3, 0]  # partitions shuffled, buckets assembled, nothing left to publish
     by_buckets = written()
+    assert not any(name.endswith(".partial") for name in by_buckets)
+    manifest_path(shards, recordings.bucket_name(1, 3)).unlink()
+    calls.clear()
+    interleave.write_shards(small, folder, counted)
+    assert calls == [3, 1, 0] and written() == by_buckets  # that bucket alone assembled again
     shutil.rmtree(shards)
     calls.clear()
     interleave.write_shards(small, folder, counted)
-    assert calls == [3]  # the documents kept (nothing shuffled or assembled); publishing wrote every bucket's shards
-    assert written() == by_buckets
+    assert calls == [3, 3, 0] and written() == by_buckets
+    calls.clear()
+    interleave.write_shards(small, folder, counted)
+    assert calls == [0]  # all kept: nothing shuffled, assembled or published again
 
     capped = dataclasses.replace(small, min_shards=4)  # 10 documents: at most 2 a shard
+    calls.clear()
     interleave.write_shards(capped, folder, counted)
-    assert calls[-1] == 3
+    assert calls == [3, 3, 3, 0]  # shuffled, counted, assembled
     capped_samples = [tar_names(path.read_bytes()) for path in sorted(shards.glob("*.tar"))]
     assert len(capped_samples) >= 4 and max(map(len, capped_samples)) <= 2
     assert sorted(sum(capped_samples, [])) == sorted(sum((tar_names(data) for name, data in by_buckets.items() if name.endswith(".tar")), []))
+    calls.clear()
+    interleave.write_shards(capped, folder, counted)
+    assert calls == [0]  # counted from the markers
 
 
 def test_a_finalize_killed_half_way_resumes_to_the_same_shards(tmp_path):

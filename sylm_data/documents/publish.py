@@ -96,10 +96,10 @@ def write_partition_shards(folder: Path, target: Path, shard_bytes: int, item: t
 SAMPLES_PER_SHARD = "samples_per_shard"  # in a partition's stamp, when min_shards caps the shards
 
 
-def partition_stamp(run_id: str, config_hash: str) -> dict:
-    """What a partition's manifest records of the rows its shards were written from; without a
-    `min_shards` cap (which `publish_samples` adds)."""
-    return {"run": run_id, "config": config_hash}
+def partition_stamp(run_id: str, config_hash: str, samples_per_shard: int | None = None) -> dict:
+    """What a partition's manifest records of the rows its shards were written from, and of the cap
+    `min_shards` sets on samples per shard (`shards.samples_per_shard`; None: no cap)."""
+    return {"run": run_id, "config": config_hash} | ({SAMPLES_PER_SHARD: samples_per_shard} if samples_per_shard else {})
 
 
 def _kept_count(folder: Path, keep, partition: str) -> int:
@@ -113,14 +113,21 @@ def publish_samples(folder: Path, target: Path, shard_bytes: int, extra_index: d
     dataset card (see `pipeline.shards.publish`): only partitions committed since the last
     publish are written, unless the cap `min_shards` sets on samples per shard has moved."""
     markers = OutputLayout(folder.parent).markers(folder.name)
-    stamps = {partition: partition_stamp(marker["run_id"], extra_index["config_hash"]) for partition, marker in markers.items()}
     if not any(marker["rows_out"] for marker in markers.values()):
         raise ValueError(f"{folder} holds no samples: nothing to shard")
+    cap = None
     if min_shards > 1:  # the folder's own sample count: a `keep` filter is counted on the workers
         counts = ([marker["rows_out"] for marker in markers.values()] if keep is None
                   else parallel(functools.partial(_kept_count, folder, keep), sorted(markers)))
         cap = shards.samples_per_shard(sum(counts), min_shards)
-        stamps = {partition: stamp | {SAMPLES_PER_SHARD: cap} for partition, stamp in stamps.items()}
+    stamps = {partition: partition_stamp(marker["run_id"], extra_index["config_hash"], cap) for partition, marker in markers.items()}
     write = functools.partial(write_partition_shards, folder, target, shard_bytes, keep=keep, describe=describe)
+    return publish_stamped(target, stamps, write, parallel, extra_index, largest, title)
+
+
+def publish_stamped(target: Path, stamps: dict[str, dict], write, parallel, extra_index: dict, largest: tuple[str, ...] = (),
+                    title: str = "sylm-data samples") -> dict:
+    """`pipeline.shards.publish` of sample shards: `write((partition, stamp))` writes a partition
+    whose manifest lacks its stamp; then the index (its sample version and speech ratio) and card."""
     return shards.publish(target, stamps, write, parallel, extra_index | {sample.INDEX_VERSION: sample.VERSION},
                           derive=_ratio, largest=largest, card=functools.partial(sample.dataset_card, title=title))

@@ -35,6 +35,7 @@ from sylm_data.documents.render import SpeechUnits, TextPieces, documents_json, 
 from sylm_data.documents.utterances import read_batch, sample_rows, utterance_chunks
 from sylm_data.languages import word_joiner
 from sylm_data.pipeline.output import OutputLayout, read_bucket, read_rows, sorted_rows, write_buckets
+from sylm_data.pipeline.shards import read_manifest, samples_per_shard
 from sylm_data.schemas import sample, utterance
 
 DOCUMENTS = "documents"  # DIR/documents/: the assembled document rows, one committed partition per bucket
@@ -263,20 +264,34 @@ _HEAD_COLUMNS = [sample.ROW_KEY, sample.ROW_SOURCE, sample.ROW_LANGUAGE, sample.
 _REPEATING = [sample.ROW_SOURCE, sample.ROW_KIND, sample.ROW_LANGUAGE, sample.ROW_TOKENIZER, sample.ROW_SPEAKER]
 _ORDER = [(name, "ascending", "at_end") for name in (sample.ROW_RECORDING, sample.ROW_SEGMENT_INDEX,
                                                      sample.ROW_RECORDING_START_MS, sample.ROW_KEY)]
+# what `document_starts` and the members' order take
+_PLACE_COLUMNS = [sample.ROW_KEY, sample.ROW_RECORDING, sample.ROW_RECORDING_START_MS, sample.ROW_DURATION_MS,
+                  sample.ROW_SEGMENT_INDEX, sample.ROW_SPEAKER, sample.ROW_LANGUAGE]
+
+
+def _bucket_members(bucket: int, shuffle_dir: str, columns: list[str] | None = None) -> pa.Table:
+    """That bucket of every partition's shuffle file (those of `columns`), sorted by recording and place."""
+    parts = [read_bucket(path, bucket) for path in sorted(Path(shuffle_dir).glob("*.arrow"))]
+    table = pa.concat_tables([part.select(columns) if columns else part for part in parts]) if parts else pa.table({})
+    return sorted_rows(table, _ORDER) if table.num_rows else table
+
+
+def count_documents(bucket: int, shuffle_dir: str, limits: tuple[int, int, bool]) -> int:
+    """On a worker: how many documents one bucket's members make (`document_starts`), nothing rendered."""
+    table = _bucket_members(bucket, shuffle_dir, _PLACE_COLUMNS)
+    return int(document_starts(table, *limits).sum()) if table.num_rows else 0
 
 
 def assemble_bucket(bucket: int, shuffle_dir: str, target: str, buckets: int, stamp: str, config_hash: str, seed: int,
-                    limits: tuple[int, int, bool], choose: ChooseSpeech, shards: tuple[str, int] | None = None) -> int:
-    """On a worker: the documents of one bucket, from that bucket of every partition, committed as
-    DIR/documents/<bucket name>/ with its marker, in key order; how many documents. With `shards`
-    (a shard folder and its shard bytes), their shards are written there first, as publishing
-    DIR/documents would write them, so that it finds them written: not read back and sorted again."""
-    parts = [read_bucket(path, bucket) for path in sorted(Path(shuffle_dir).glob("*.arrow"))]
-    table = pa.concat_tables(parts) if parts else pa.table({})
+                    limits: tuple[int, int, bool], choose: ChooseSpeech, shards: str, shard_bytes: int, shard_stamp: dict) -> int:
+    """On a worker: the documents of one bucket, from that bucket of every partition: their shards
+    (the bucket's group in `shards`, stamped `shard_stamp`, as `publish` writes a partition's),
+    then their rows without the JSON (`sample.DOCUMENT_SCHEMA`), committed as
+    DIR/documents/<bucket name>/ with its marker; how many documents."""
+    table = _bucket_members(bucket, shuffle_dir)
     name, layout = bucket_name(bucket, buckets), OutputLayout(Path(target).parent)
     rows = sample.ROW_SCHEMA.empty_table()
     if table.num_rows:
-        table = sorted_rows(table, _ORDER)
         starts = document_starts(table, *limits)
         documents = render_documents(table[sample.ROW_KEY].combine_chunks(), table[sample.ROW_LANGUAGE].combine_chunks(),
                                      table, starts, seed, choose)
@@ -293,30 +308,29 @@ def assemble_bucket(bucket: int, shuffle_dir: str, target: str, buckets: int, st
             sample.ROW_SEGMENT_INDEX: heads[sample.ROW_SEGMENT_INDEX], sample.ROW_SPEAKER: heads[sample.ROW_SPEAKER],
         } | {name: pa.nulls(len(firsts), sample.ROW_SCHEMA.field(name).type) for name in sample.ROW_MEMBER_COLUMNS},
             schema=sample.ROW_SCHEMA)
-        rows = sorted_rows(rows, [(sample.ROW_KEY, "ascending")])
-    if shards is not None:
-        shard_folder, shard_bytes = shards
-        publish.write_sample_shards(rows, Path(shard_folder), name, shard_bytes, publish.partition_stamp(stamp, config_hash))
+        rows = sorted_rows(rows, [(sample.ROW_KEY, "ascending")])  # the shards' order
+    publish.write_sample_shards(rows, Path(shards), name, shard_bytes, shard_stamp)
     folder = Path(target) / name
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
-    if rows.num_rows:
-        # zstd at level 1: half snappy's bytes for the JSON, written as fast and read back faster;
-        # dictionaries only where values repeat (a dictionary of unique JSON is built, then dropped)
-        pq.write_table(rows, folder / "documents.parquet", compression="zstd", compression_level=1,
-                       use_dictionary=_REPEATING)
+    if rows.num_rows:  # dictionaries only where values repeat
+        pq.write_table(rows.select(sample.DOCUMENT_SCHEMA.names).cast(sample.DOCUMENT_SCHEMA), folder / "documents.parquet",
+                       compression="zstd", compression_level=1, use_dictionary=_REPEATING)
     layout.write_marker(Path(target).name, name, {"run_id": stamp, "config_hash": config_hash, "rows_out": rows.num_rows,
                                                   "members": table.num_rows})
     return rows.num_rows
 
 
-def assemble(folder: Path, target: Path, config, parallel, choose: ChooseSpeech, shards: Path | None = None) -> Path:
-    """The documents of the member rows committed in `folder` (DIR/interleave/) into `target`
-    (DIR/documents/), through the shuffle by recording; buckets already assembled from the same
-    partitions are kept. With `shards` (a shard folder), and no `min_shards` cap on samples per
-    shard (which needs every bucket's count first), each bucket task also writes its documents'
-    shards there. Returns `target`, a folder of committed sample rows."""
+def assemble(folder: Path, target: Path, shards: Path, config, parallel, choose: ChooseSpeech) -> dict[str, dict]:
+    """The documents of the member rows committed in `folder` (DIR/interleave/): their rows into
+    `target` (DIR/documents/) and their shards into `shards`, a group per bucket, through the
+    shuffle by recording. A bucket whose documents are committed from the same partitions and
+    whose shards are written is kept. With `min_shards` above 1, whose cap on samples per shard
+    needs every bucket's document count, the buckets to assemble are counted first. Returns each
+    bucket's shard stamp (for `publish.publish_stamped`)."""
     markers = OutputLayout(folder.parent).markers(folder.name)
+    if not any(marker["rows_out"] for marker in markers.values()):
+        raise ValueError(f"{folder} holds no usable utterances: nothing to shard")
     buckets = bucket_count(sum(marker["rows_out"] for marker in markers.values()), config.members_per_bucket)
     config_hash = publish.config_digest(config)
     inputs = json.dumps([buckets, config_hash, sorted((partition, marker["run_id"]) for partition, marker in markers.items())])
@@ -324,20 +338,40 @@ def assemble(folder: Path, target: Path, config, parallel, choose: ChooseSpeech,
     layout = OutputLayout(target.parent)
     names = [bucket_name(bucket, buckets) for bucket in range(buckets)]
     done = layout.markers(target.name)
-    if all(done.get(name, {}).get("run_id") == stamp for name in names):
-        return target
+    committed = {name: done[name]["rows_out"] for name in names if done.get(name, {}).get("run_id") == stamp}
     shuffle_dir = target / SHUFFLE / stamp
-    shuffle_dir.mkdir(parents=True, exist_ok=True)
-    shuffle = functools.partial(shuffle_partition, folder=str(folder), shuffle_dir=str(shuffle_dir), buckets=buckets)
-    parallel(shuffle, sorted((partition, marker["run_id"]) for partition, marker in markers.items()))
-    pending = [bucket for bucket, name in enumerate(names) if done.get(name, {}).get("run_id") != stamp]
     limits = (config.max_document_ms, config.max_gap_ms, config.same_speaker)
-    parallel(functools.partial(assemble_bucket, shuffle_dir=str(shuffle_dir), target=str(target), buckets=buckets, stamp=stamp,
-                               config_hash=config_hash, seed=config.seed, limits=limits, choose=choose,
-                               shards=(str(shards), config.shard_bytes) if shards is not None and config.min_shards == 1 else None),
-             pending)
+
+    def shuffle() -> None:
+        shuffle_dir.mkdir(parents=True, exist_ok=True)
+        parallel(functools.partial(shuffle_partition, folder=str(folder), shuffle_dir=str(shuffle_dir), buckets=buckets),
+                 sorted((partition, marker["run_id"]) for partition, marker in markers.items()))
+
+    uncommitted = [bucket for bucket, name in enumerate(names) if name not in committed]
+    if uncommitted:
+        shuffle()
+    cap = None
+    if config.min_shards > 1:
+        count = functools.partial(count_documents, shuffle_dir=str(shuffle_dir), limits=limits)
+        counted = parallel(count, uncommitted) if uncommitted else []
+        cap = samples_per_shard(sum(committed.values()) + sum(counted), config.min_shards)
+    shard_stamp = publish.partition_stamp(stamp, config_hash, cap)
+    unwritten_shards = [bucket for bucket, name in enumerate(names)
+                        if name in committed and (read_manifest(shards, name) or {}).get("stamp") != shard_stamp]
+    if unwritten_shards and not uncommitted:
+        shuffle()
+    pending = sorted(uncommitted + unwritten_shards)
+    if pending:
+        parallel(functools.partial(assemble_bucket, shuffle_dir=str(shuffle_dir), target=str(target), buckets=buckets, stamp=stamp,
+                                   config_hash=config_hash, seed=config.seed, limits=limits, choose=choose, shards=str(shards),
+                                   shard_bytes=config.shard_bytes, shard_stamp=shard_stamp), pending)
     for stale in set(layout.markers(target.name)) - set(names):
         layout.uncommit(stale, target.name)
         shutil.rmtree(target / stale, ignore_errors=True)
     shutil.rmtree(target / SHUFFLE, ignore_errors=True)
-    return target
+    return dict.fromkeys(names, shard_stamp)
+
+
+def unwritten(item: tuple[str, dict]) -> None:
+    """`assemble` leaves no bucket's shards unwritten: publishing found one."""
+    raise RuntimeError(f"the shards of documents bucket {item[0]} are not written (stamp {item[1]}): run the stage again")

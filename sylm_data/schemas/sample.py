@@ -192,3 +192,8 @@ ROW_SCHEMA = pa.schema(
     ],
     metadata={"sylm.contract": "sample_row", "sylm.version": str(VERSION)},
 )
+
+# DIR/documents (recording context): one row per document, as a sample row without its JSON, which
+# only its shard holds (the group of its bucket, named as its folder); `key` is its first utterance
+DOCUMENT_SCHEMA = pa.schema([field for field in ROW_SCHEMA if field.name not in (ROW_JSON, *ROW_MEMBER_COLUMNS)],
+                            metadata={"sylm.contract": "document_row", "sylm.version": str(VERSION)})

@@ -26,6 +26,7 @@ from sylm_data.pipeline.stage import Stage, StageConfigError
 from sylm_data.schemas import sample
 
 NAME = "interleave"
+TITLE = "sylm-data interleaved speech–text samples"  # the shards' dataset card
 
 
 @dataclass
@@ -117,15 +118,16 @@ def transform(batch: pa.Table, config: InterleaveConfig) -> pa.Table:
 
 def write_shards(config: InterleaveConfig, folder: Path, parallel) -> dict:
     """The committed sample rows into DIR/shards, partition by partition (see `publish_samples`);
-    in recording context, the documents assembled from the member rows first (DIR/documents/),
-    whose tasks write their shards where they can."""
-    shards = folder.parent / "shards"
+    in recording context, the documents assembled from the member rows, whose tasks write their
+    shards and commit their rows (DIR/documents/), then the index."""
+    shards, extra_index = folder.parent / "shards", {"config_hash": publish.config_digest(config)}
     if config.context == "recording":
-        folder = recordings.assemble(folder, folder.parent / recordings.DOCUMENTS, config, parallel,
-                                     functools.partial(choose_document_speech, config=config), shards=shards)
-    index = publish.publish_samples(folder, shards, config.shard_bytes,
-                                    {"config_hash": publish.config_digest(config)}, parallel, min_shards=config.min_shards,
-                                    title="sylm-data interleaved speech–text samples")
+        stamps = recordings.assemble(folder, folder.parent / recordings.DOCUMENTS, shards, config, parallel,
+                                     functools.partial(choose_document_speech, config=config))
+        index = publish.publish_stamped(shards, stamps, recordings.unwritten, parallel, extra_index, title=TITLE)
+    else:
+        index = publish.publish_samples(folder, shards, config.shard_bytes, extra_index, parallel, min_shards=config.min_shards,
+                                        title=TITLE)
     return {"shards": len(index["shards"]), "samples": index["total_samples"],
             "speech_text_ratio": index["stats"].get("speech_text_ratio")}
 
