@@ -26,7 +26,6 @@ made a pass's shard writing take 0.1-0.45 s), `TMPDIR=/dev/shm` keeps the files 
 import argparse
 import json
 import shutil
-import tarfile
 import tempfile
 import time
 from pathlib import Path
@@ -39,7 +38,7 @@ from sylm_data.documents import recordings
 from sylm_data.pipeline import runner
 from sylm_data.pipeline.config import RunConfig
 from sylm_data.pipeline.output import read_rows
-from sylm_data.pipeline.shards import ShardWriter
+from sylm_data.pipeline.shards import ShardWriter, read_members
 from sylm_data.schemas import sample, stream
 from sylm_data.stages import interleave
 
@@ -91,13 +90,8 @@ def ray_blocks(path: Path):
 
 def shard_samples(folder: Path) -> pa.Table:
     """The samples the stage wrote (their keys and JSON), read back from its shards."""
-    keys, documents = [], []
-    for shard in sorted(folder.glob("*.tar")):
-        with tarfile.open(shard) as archive:
-            for member in archive:
-                keys.append(member.name.split(".", 1)[0])
-                documents.append(archive.extractfile(member).read().decode())
-    return pa.table({sample.ROW_KEY: keys, sample.ROW_JSON: documents})
+    samples = [(key, data.decode()) for key, extension, data in read_members(folder) if extension == "json"]
+    return pa.table({sample.ROW_KEY: [key for key, _ in samples], sample.ROW_JSON: [text for _, text in samples]})
 
 
 def run_stage(scratch: Path, config: interleave.InterleaveConfig) -> float:

@@ -13,7 +13,6 @@ viewer's samples only, which come from the first committed partitions.
 import base64
 import itertools
 import json
-import tarfile
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from html import escape
@@ -28,6 +27,7 @@ import pyarrow.dataset as ds
 from sylm_data import audio
 from sylm_data.pipeline import partitions, registry
 from sylm_data.pipeline.output import OutputLayout
+from sylm_data.pipeline.shards import read_members
 from sylm_data.schemas import aligned, reject, sample, tokenized, utterance
 from sylm_data.documents import recordings
 from sylm_data.stages import ingest, interleave
@@ -428,16 +428,13 @@ def _shard_documents(shards: Path, prefix: str, keys: set[str] | None = None):
     """(sample key, document) of the shards of one partition (or documents bucket), in order; only
     those of `keys` where given (the shards read until all are found)."""
     wanted = None if keys is None else set(keys)
-    for shard in sorted(shards.glob(f"{prefix}-*.tar")):
-        with tarfile.open(shard) as archive:
-            for member in archive:
-                key = member.name.split(".", 1)[0]
-                if member.name.endswith(".json") and (wanted is None or key in wanted):
-                    yield key, json.loads(archive.extractfile(member).read())
-                    if wanted is not None:
-                        wanted.discard(key)
-                        if not wanted:
-                            return
+    for key, extension, data in read_members(shards, f"{prefix}-", keys):
+        if extension == "json":
+            yield key, json.loads(data)
+            if wanted is not None:
+                wanted.discard(key)
+                if not wanted:
+                    return
 
 
 def _documents(layout: OutputLayout, partition: str, count: int) -> dict[str, dict]:

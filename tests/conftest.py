@@ -7,6 +7,7 @@ import pyarrow as pa
 import pytest
 
 from sylm_data.pipeline.output import read_rows
+from sylm_data.pipeline.shards import read_members
 from sylm_data.sample import layouts
 
 
@@ -40,11 +41,7 @@ def emilia_members(utterance: layouts.SampleUtterance, key: str, **fields) -> li
 
 def shard_samples(folder: Path) -> dict[str, dict]:
     """Every sample of a shard folder's tars, by key, its JSON read."""
-    samples = {}
-    for shard in sorted(folder.glob("*.tar")):
-        with tarfile.open(shard) as archive:
-            samples |= {member.name.split(".", 1)[0]: json.loads(archive.extractfile(member).read()) for member in archive}
-    return samples
+    return {key: json.loads(data) for key, extension, data in read_members(folder) if extension == "json"}
 
 
 def read_parquet(folder: Path) -> pa.Table:

@@ -349,6 +349,18 @@ def write_partition(folder: Path, partition: str, keys: pa.Array | pa.ChunkedArr
     return manifest
 
 
+def read_members(folder: Path, prefix: str = "", keys: set[str] | None = None):
+    """(key, extension, bytes) of the members of the shards `<prefix>*.tar` in `folder`, shard by
+    shard in name order, each in its order; only those of `keys` read, where given (a reader's
+    view, for reports and checks)."""
+    for shard in sorted(folder.glob(f"{prefix}*.tar")):
+        with tarfile.open(shard) as archive:
+            for member in archive:
+                key, _, extension = member.name.partition(".")
+                if keys is None or key in keys:
+                    yield key, extension, archive.extractfile(member).read()
+
+
 def samples_per_shard(samples: int, min_shards: int) -> int | None:
     """The most samples a shard may hold for a folder of `samples` to have at least `min_shards`
     shards (or one sample each, when it holds fewer); None when `min_shards` asks for nothing.
