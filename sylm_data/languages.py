@@ -181,7 +181,7 @@ def punctuated_ends_batch(texts: pa.Array, words: pa.Array, word_bounds: np.ndar
     characters are counted only where a mark follows its start."""
     rows = np.asarray(rows, np.int64)
     if len(rows) and (rows[0] < 0 or rows[-1] >= len(texts) or (rows[1:] <= rows[:-1]).any()):
-        # the compiled pass finds at most a mark per byte of the texts, each text once
+        # the compiled pass keeps each (text, word count) once, each text once: its output's bound
         raise ValueError(f"rows must be ascending, each once, among the {len(texts)} texts")
     if not len(offsets):  # no words: no word ends a sentence
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
@@ -195,7 +195,8 @@ def _punctuated_ends(text_bounds, text_bytes, mark_bounds, mark_bytes, word_byte
     for mark in range(len(mark_bounds) - 1):
         if mark_bounds[mark + 1] > mark_bounds[mark]:
             leads[mark_bytes[mark_bounds[mark]]] = True
-    found_rows, found_counts, found = np.empty(len(text_bytes), np.int64), np.empty(len(text_bytes), np.int64), 0  # a mark per byte at most
+    most = len(word_bounds) - 1 + word_bounds[-1] - word_bounds[0]  # each (text, word count) once: counts only grow within a text
+    found_rows, found_counts, found = np.empty(most, np.int64), np.empty(most, np.int64), 0
     for row in rows:
         end, first_word, end_word = text_bounds[row + 1], word_bounds[row], word_bounds[row + 1]
         word, characters = first_word, 0  # the words that start at or before the current character; characters before it
@@ -211,8 +212,9 @@ def _punctuated_ends(text_bounds, text_bytes, mark_bounds, mark_bytes, word_byte
                             word += 1
                         if word > first_word and characters >= offsets[word - 1] + _characters(
                                 word_bytes, word_byte_bounds[word - 1], word_byte_bounds[word]):  # not inside it
-                            found_rows[found], found_counts[found] = row, word - first_word
-                            found += 1
+                            if found == 0 or found_rows[found - 1] != row or found_counts[found - 1] != word - first_word:
+                                found_rows[found], found_counts[found] = row, word - first_word
+                                found += 1
                         break
             characters += (text_bytes[index] & 0xC0) != 0x80
     return found_rows[:found], found_counts[:found]

@@ -68,15 +68,19 @@ def test_punctuated_ends_of_a_batch_are_those_of_each_transcript(cases, sliced, 
     marks = {".", "!", "?", "…", "。", "！", "？"}
     table = word_offset_table(text_array, flat, bounds)
     got = punctuated_ends_batch(text_array, flat, bounds, np.delete(table, bounds[1:] + np.arange(len(bounds) - 1)), marks, rows)
-    assert set(zip(*(column.tolist() for column in got))) == {
+    places = list(zip(*(column.tolist() for column in got)))
+    assert places == sorted(set(places))  # each once, in order: the compiled pass's output is sized for that
+    assert set(places) == {
         (row, count) for row in rows.tolist() for count in punctuated_ends(texts[row] or "", words[row], marks)}
 
 
 def test_punctuated_ends_take_each_text_once_and_in_order():
-    """The compiled pass's output holds a mark per byte of the texts at most: a text twice is refused."""
-    texts, words = pa.array(["Go. Now.", "Stop."]), pa.array(["Go", "Now", "Stop"])
-    bounds, offsets = np.array([0, 2, 3]), np.array([0, 4, 0])
-    assert punctuated_ends_batch(texts, words, bounds, offsets, {"."}, np.array([0, 1]))[1].tolist() == [1, 2, 1]
+    """The compiled pass's output holds each (text, word count) once, "?!" and ".." included: a
+    text twice is refused."""
+    texts, words = pa.array(["Go?! Now..", "Stop."]), pa.array(["Go", "Now", "Stop"])
+    bounds, offsets = np.array([0, 2, 3]), np.array([0, 5, 0])
+    found = punctuated_ends_batch(texts, words, bounds, offsets, {".", "?", "!"}, np.array([0, 1]))
+    assert [column.tolist() for column in found] == [[0, 0, 1], [1, 2, 1]]
     for rows in ([0, 0], [1, 0], [2], [-1]):
         with pytest.raises(ValueError, match="each once"):
             punctuated_ends_batch(texts, words, bounds, offsets, {"."}, np.array(rows))
