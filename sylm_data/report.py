@@ -417,7 +417,8 @@ def _partition_documents(layout: OutputLayout, partition: str):
         for row in table.filter(pc.invert(is_member)).to_pylist():
             yield row[sample.ROW_KEY], json.loads(row[sample.ROW_JSON])
         members = table.filter(is_member)[sample.ROW_KEY].combine_chunks()
-        for bucket in sorted(layout.markers(recordings.DOCUMENTS)) if len(members) else ():
+        buckets = {name: marker for name, marker in layout.markers(recordings.DOCUMENTS).items() if marker["rows_out"]}
+        for bucket in sorted(buckets) if len(members) else ():  # an empty bucket has no rows file
             firsts = {key for rows in _stream(layout.root / recordings.DOCUMENTS / bucket, [sample.ROW_KEY],
                                               pc.field(sample.ROW_KEY).isin(members)) for key in rows[sample.ROW_KEY].to_pylist()}
             if firsts:

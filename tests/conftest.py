@@ -39,9 +39,9 @@ def emilia_members(utterance: layouts.SampleUtterance, key: str, **fields) -> li
     return [(f"{key}.mp3", utterance.audio), (f"{key}.json", json.dumps(document).encode())]
 
 
-def shard_samples(folder: Path) -> dict[str, dict]:
-    """Every sample of a shard folder's tars, by key, its JSON read."""
-    return {key: json.loads(data) for key, extension, data in read_members(folder) if extension == "json"}
+def shard_samples(folder: Path) -> list[tuple[str, dict]]:
+    """Every sample of a shard folder's tars, in order: its key and its JSON read."""
+    return [(key, json.loads(data)) for key, extension, data in read_members(folder) if extension == "json"]
 
 
 def read_parquet(folder: Path) -> pa.Table:

@@ -194,11 +194,12 @@ def test_document_shards_are_the_same_bytes_however_the_members_were_partitioned
     assert [path.name for path in tars] == [path.name for path in sorted((tmp_path / "three" / "shards").glob("*.tar"))]
     for path in tars:
         assert path.read_bytes() == (tmp_path / "three" / "shards" / path.name).read_bytes()
-    documents = shard_samples(tmp_path / "one" / "shards")
-    held = [source for document in documents.values() for source in document["source_ids"]]
+    samples = shard_samples(tmp_path / "one" / "shards")
+    held = [source for _, document in samples for source in document["source_ids"]]
     assert sorted(held) == sorted(r["id"] for r in rows)  # every member in exactly one document
     # talk-0 .. talk-3 hold segments 0-4 then 6-10: two documents each, plus the two without a recording
-    assert len(documents) == 4 * 2 + 2
+    documents = dict(samples)
+    assert len(samples) == len(documents) == 4 * 2 + 2
     rows_of_documents = read_rows(tmp_path / "one" / recordings.DOCUMENTS)  # their rows, without the JSON the shards hold
     assert rows_of_documents.schema.names == sample.DOCUMENT_SCHEMA.names and sorted(rows_of_documents[sample.ROW_KEY].to_pylist()) \
         == sorted(documents)
@@ -215,11 +216,11 @@ def tar_names(data: bytes) -> list[str]:
         return archive.getnames()
 
 
-def test_bucket_tasks_write_the_shards_and_a_bucket_without_them_is_assembled_again(tmp_path):
+def test_bucket_tasks_write_the_shards_and_a_bucket_without_them_is_assembled_again(tmp_path, monkeypatch):
     """Each bucket task writes its documents' shards (publishing then writes none) and commits
-    their rows without the JSON. A bucket whose shards are gone is assembled again, to the same
-    bytes. With `min_shards`, whose cap needs every bucket's document count, the buckets are
-    counted first: the shards hold the same samples, capped."""
+    their rows without the JSON. A bucket whose shards' manifest is gone is assembled again, to the
+    same bytes, also after a kill half way through that. With `min_shards`, whose cap needs every
+    bucket's document count, the buckets are counted first: the shards hold the same samples, capped."""
     rows = recording_rows(42)
     small = interleave.InterleaveConfig(context="recording", shard_bytes=6000, members_per_bucket=16)
     folder, shards = tmp_path / "interleave", tmp_path / "shards"
@@ -239,9 +240,14 @@ def test_bucket_tasks_write_the_shards_and_a_bucket_without_them_is_assembled_ag
     by_buckets = written()
     assert not any(name.endswith(".partial") for name in by_buckets)
     manifest_path(shards, recordings.bucket_name(1, 3)).unlink()
+    with monkeypatch.context() as patched:  # killed after the bucket's shards, before its rows
+        patched.setattr(recordings, "write_parquet", lambda *args, **kwargs: (_ for _ in ()).throw(KeyboardInterrupt))
+        with pytest.raises(KeyboardInterrupt):
+            interleave.write_shards(small, folder, counted)
     calls.clear()
     interleave.write_shards(small, folder, counted)
     assert calls == [3, 1, 0] and written() == by_buckets  # that bucket alone assembled again
+    assert read_rows(tmp_path / recordings.DOCUMENTS).num_rows == 10
     shutil.rmtree(shards)
     calls.clear()
     interleave.write_shards(small, folder, counted)

@@ -6,12 +6,12 @@ holds its chunks, cut as utterance context cuts them, each with its text, word c
 Then, once every partition is committed, a shuffle keyed by recording: each partition's members
 go into hash buckets of their recording (one record batch per bucket of an Arrow IPC file), and
 one task per bucket reads that bucket of every partition, sorts it by recording and place, cuts it into
-documents (`document_starts`), renders them and writes their shards. A document's utterance
-boundaries are chunk boundaries, so speech spans run across them at either granularity. Buckets are named and filled
-by the recordings alone, and a document's random stream comes from the seed and its first
-utterance id, so DIR/documents/ (one committed partition per bucket) and the shards made from it
-are the same bytes however the input was partitioned. The driver holds partition and bucket
-names only.
+documents (`document_starts`), renders them, writes their shards and commits their rows (without
+the JSON, which only the shards hold). A document's utterance boundaries are chunk boundaries, so
+speech spans run across them at either granularity. Buckets are named and filled by the
+recordings alone, and a document's random stream comes from the seed and its first utterance id,
+so DIR/documents/ (one committed partition per bucket) and the shards are the same bytes however
+the input was partitioned. The driver holds partition and bucket names only.
 """
 
 import functools
@@ -27,14 +27,13 @@ from typing import NamedTuple
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from sylm_data.compiled import compiled
 from sylm_data.documents import publish, spans
 from sylm_data.documents.render import SpeechUnits, TextPieces, documents_json, int_lists, range_positions
 from sylm_data.documents.utterances import read_batch, sample_rows, utterance_chunks
 from sylm_data.languages import word_joiner
-from sylm_data.pipeline.output import OutputLayout, read_bucket, read_rows, sorted_rows, write_buckets
+from sylm_data.pipeline.output import OutputLayout, read_bucket, read_rows, sorted_rows, write_buckets, write_parquet
 from sylm_data.pipeline.shards import read_manifest, samples_per_shard
 from sylm_data.schemas import sample, utterance
 
@@ -288,8 +287,9 @@ def assemble_bucket(bucket: int, shuffle_dir: str, target: str, buckets: int, st
     (the bucket's group in `shards`, stamped `shard_stamp`, as `publish` writes a partition's),
     then their rows without the JSON (`sample.DOCUMENT_SCHEMA`), committed as
     DIR/documents/<bucket name>/ with its marker; how many documents."""
-    table = _bucket_members(bucket, shuffle_dir)
     name, layout = bucket_name(bucket, buckets), OutputLayout(Path(target).parent)
+    layout.uncommit(name, Path(target).name)  # a committed bucket rebuilt for its shards must not look done half way
+    table = _bucket_members(bucket, shuffle_dir)
     rows = sample.ROW_SCHEMA.empty_table()
     if table.num_rows:
         starts = document_starts(table, *limits)
@@ -314,8 +314,8 @@ def assemble_bucket(bucket: int, shuffle_dir: str, target: str, buckets: int, st
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
     if rows.num_rows:  # dictionaries only where values repeat
-        pq.write_table(rows.select(sample.DOCUMENT_SCHEMA.names).cast(sample.DOCUMENT_SCHEMA), folder / "documents.parquet",
-                       compression="zstd", compression_level=1, use_dictionary=_REPEATING)
+        write_parquet(rows.select(sample.DOCUMENT_SCHEMA.names).cast(sample.DOCUMENT_SCHEMA), folder / "documents.parquet",
+                      compression="zstd", compression_level=1, use_dictionary=_REPEATING)
     layout.write_marker(Path(target).name, name, {"run_id": stamp, "config_hash": config_hash, "rows_out": rows.num_rows,
                                                   "members": table.num_rows})
     return rows.num_rows

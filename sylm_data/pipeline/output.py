@@ -174,14 +174,14 @@ def staged_name(ids: pa.ChunkedArray) -> str:
     return f"{digest.hexdigest()[:20]}.parquet"
 
 
-def write_parquet(table: pa.Table, path: Path, groups: str | None = None) -> None:
+def write_parquet(table: pa.Table, path: Path, groups: str | None = None, **options) -> None:
     """`table` into `path` atomically: a reader (or a run killed half way) never finds part of it.
     `groups`: a column whose values are each written as their own row group (in ascending order, the
     rows of one value in their order), so that a reader filtering on it reads only its own (a
-    shuffle's buckets)."""
+    shuffle's buckets). `options`: `pq.ParquetWriter`'s (compression, dictionaries)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.partial")
-    with pq.ParquetWriter(temporary, table.schema) as writer:
+    with pq.ParquetWriter(temporary, table.schema, **options) as writer:
         if groups is None:
             writer.write_table(table)
         else:

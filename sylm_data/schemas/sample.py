@@ -194,6 +194,6 @@ ROW_SCHEMA = pa.schema(
 )
 
 # DIR/documents (recording context): one row per document, as a sample row without its JSON, which
-# only its shard holds (the group of its bucket, named as its folder); `key` is its first utterance
+# only its shard holds (the group of its bucket, named as its folder); its `id` is its first utterance's
 DOCUMENT_SCHEMA = pa.schema([field for field in ROW_SCHEMA if field.name not in (ROW_JSON, *ROW_MEMBER_COLUMNS)],
                             metadata={"sylm.contract": "document_row", "sylm.version": str(VERSION)})
