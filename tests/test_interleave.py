@@ -89,12 +89,43 @@ def test_sentence_granularity_cuts_only_at_sentence_ends():
     text = "The river ran. It reached the sea, slowly!"
     words = ["The", "river", "ran", "It", "reached", "the", "sea", "slowly"]
     assert spans.sentence_ends(text, words) == {3, 8}
-    everywhere = spans.Cuts(np.zeros(7, np.int64), np.arange(1, 8), np.arange(1, 8))  # a unit boundary in every gap
-    pieces = spans.chunks(everywhere.restricted_to([0, 0], [3, 8]), np.array([8]), np.array([8]), np.array([0]))
+    starts, ends = [100 * k for k in range(8)], [100 * k + 60 for k in range(8)]  # a 40 ms gap after every word
+    timed = ([8], starts, ends, [16], [50 * j for j in range(16)], [50 * j + 50 for j in range(16)], 10)  # 50 ms units
+    at_ends = spans.word_cuts(*timed, at=(np.array([0, 0, 0]), np.array([3, 3, 8])))  # the place twice; 8 ends the utterance
+    assert at_ends.words.tolist() == [3] and at_ends.units.tolist() == [6]
+    pieces = spans.chunks(at_ends, np.array([8]), np.array([16]), np.array([0]))
     assert list(zip(pieces.first_word.tolist(), pieces.end_word.tolist())) == [(0, 3), (3, 8)]
-    assert everywhere.restricted_to([0, 0, 0], [3, 3, 8]).words.tolist() == [3]  # word 8 ends the utterance: no cut there
     with pytest.raises(ValueError, match="sorted"):
-        everywhere.restricted_to([0, 0], [8, 3])
+        spans.word_cuts(*timed, at=(np.array([0, 0]), np.array([8, 3])))
+
+
+@st.composite
+def timed_utterance_with_holes(draw):
+    """A timed utterance with units dropped and shortened: boundaries where one unit does not end
+    where the next starts, and gaps with no boundary at all."""
+    word_starts, word_ends, unit_starts, unit_ends = draw(timed_utterance())
+    kept = [index for index in range(len(unit_starts)) if index == 0 or draw(st.booleans())]
+    shortened = [unit_ends[index] - (10 if unit_ends[index] - unit_starts[index] > 10 and draw(st.booleans()) else 0) for index in kept]
+    return word_starts, word_ends, [unit_starts[index] for index in kept], shortened
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.one_of(timed_utterance(), timed_utterance_with_holes()), min_size=1, max_size=5), st.sampled_from([0, 10, 40]),
+       st.lists(st.tuples(st.integers(0, 4), st.integers(0, 26)), max_size=30))
+# the nearest boundary lies behind a unit that is none (120 ms, not 290), or beyond one (230 ms, not 100)
+@example([([0, 300], [100, 400], [0, 120, 160, 290], [120, 150, 290, 400])], 10, [(0, 1)])
+@example([([0, 300], [100, 400], [0, 100, 205, 230], [100, 180, 230, 400])], 10, [(0, 1)])
+def test_cuts_at_given_gaps_are_the_nearest_cuts_there(utterances, tolerance, places):
+    """Sentence granularity looks only at the gaps before given places (edges, repeats and places
+    past the last word included), and finds there what looking everywhere finds."""
+    places = sorted(place for place in places if place[0] < len(utterances))
+    word_starts, word_ends, unit_starts, unit_ends = zip(*utterances)
+    rows, words = (np.array([place[part] for place in places], np.int64) for part in (0, 1))
+    at = spans.word_cuts([len(w) for w in word_starts], sum(word_starts, []), sum(word_ends, []), [len(u) for u in unit_starts],
+                         sum(unit_starts, []), sum(unit_ends, []), tolerance, at=(rows, words))
+    expected = [(row, word, unit) for row, utterance in enumerate(utterances)
+                for word, unit in sorted(nearest_cuts(*utterance, tolerance).items()) if (row, word) in set(places)]
+    assert list(zip(*(column.tolist() for column in at))) == expected
 
 
 def one_by_one_speech(chunk_words, key, speech_ratio, span_mean, span_in_words, first_draw, max_tries=100):

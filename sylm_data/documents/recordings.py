@@ -44,9 +44,9 @@ SHUFFLE = "_shuffle"
 def member_rows(batch: pa.Table, config, stage: str) -> pa.Table:
     """One member row per usable utterance: its chunks (cut as utterance context cuts them), word
     offsets, units and transcript, and its place in its recording."""
-    read = read_batch(batch, config.tolerance_ms, stage)
+    read = read_batch(batch, config.tolerance_ms, config.granularity, stage)
     utterances, rows = read.utterances, read.rows
-    chunked = utterance_chunks(utterances, rows, config.granularity)
+    chunked = utterance_chunks(utterances, rows)
     per_row = np.diff(np.append(np.searchsorted(chunked.rows, rows), len(chunked.rows)))  # both ascending
     word_sizes, unit_sizes = utterances.word_sizes[rows], utterances.unit_sizes[rows]
     offsets, units = utterances.offset_table, utterances.unit_ids

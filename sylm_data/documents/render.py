@@ -355,7 +355,7 @@ def segment_texts(utterances: Utterances, pieces: spans.Pieces) -> TextPieces:
 def build_samples(batch: pa.Table, config, plan, stage: str) -> pa.Table:
     """One sample row per usable utterance: `plan(utterances, rows, config)` chooses the samples'
     kinds and segments, rendered as JSON over the whole batch."""
-    read = read_batch(batch, config.tolerance_ms, stage)
+    read = read_batch(batch, config.tolerance_ms, config.granularity, stage)
     chosen = plan(read.utterances, read.rows, config)
     documents, speech_words, unit_counts = render(read.utterances, read.rows, chosen)
     return sample_rows(read, {sample.ROW_KIND: chosen.kinds, sample.ROW_JSON: documents,

@@ -171,27 +171,6 @@ class Cuts(NamedTuple):
     words: np.ndarray
     units: np.ndarray
 
-    def restricted_to(self, rows: np.ndarray, words: np.ndarray) -> "Cuts":
-        """The cuts that fall before one of the given (utterance, word) places, which come sorted
-        by utterance then word as the cuts do (a place may repeat)."""
-        rows, words = np.asarray(rows, np.int64), np.asarray(words, np.int64)
-        if ((rows[1:] < rows[:-1]) | ((rows[1:] == rows[:-1]) & (words[1:] < words[:-1]))).any():
-            raise ValueError("the places must be sorted by utterance, then word")
-        keep = _matching(self.rows, self.words, rows, words)
-        return Cuts(*(column[keep] for column in self))
-
-
-@compiled
-def _matching(cut_rows, cut_words, rows, words):
-    """Which cuts are at one of the places: a merge of the two sorted lists."""
-    keep = np.zeros(len(cut_rows), np.bool_)
-    place = 0
-    for cut in range(len(cut_rows)):
-        while place < len(rows) and (rows[place] < cut_rows[cut] or (rows[place] == cut_rows[cut] and words[place] < cut_words[cut])):
-            place += 1
-        keep[cut] = place < len(rows) and rows[place] == cut_rows[cut] and words[place] == cut_words[cut]
-    return keep
-
 
 class Pieces(NamedTuple):
     """Consecutive pieces (chunks, runs) of utterances, in order: piece i of utterance rows[i] holds
@@ -210,13 +189,23 @@ class Pieces(NamedTuple):
         return Pieces(*(column[index] for column in self))
 
 
-def word_cuts(word_sizes, word_starts, word_ends, unit_sizes, unit_starts, unit_ends, tolerance_ms: int) -> Cuts:
+def word_cuts(word_sizes, word_starts, word_ends, unit_sizes, unit_starts, unit_ends, tolerance_ms: int,
+              at: tuple[np.ndarray, np.ndarray] | None = None) -> Cuts:
     """Where each utterance may be cut: before word k and unit j when unit j starts (where unit
     j - 1 ends) inside the gap between words k - 1 and k, give or take `tolerance_ms`. When several
-    unit boundaries qualify, the one nearest the gap's middle wins (the earlier on a tie)."""
+    unit boundaries qualify, the one nearest the gap's middle wins (the earlier on a tie). `at`:
+    only the gaps before these (utterance, word) places, sorted by utterance then word (a place
+    may repeat; one at an utterance's edge has no gap): the others are never looked at. Unit
+    starts ascend within an utterance."""
     word_bounds, unit_bounds = (np.concatenate([[0], np.cumsum(np.asarray(sizes, np.int64))]) for sizes in (word_sizes, unit_sizes))
-    times = (np.asarray(values, np.int64) for values in (word_starts, word_ends, unit_starts, unit_ends))
-    return Cuts(*_word_cuts(word_bounds, unit_bounds, *times, tolerance_ms))
+    times = [np.asarray(values, np.int64) for values in (word_starts, word_ends, unit_starts, unit_ends)]
+    if at is None:
+        return Cuts(*_word_cuts(word_bounds, unit_bounds, *times, tolerance_ms))
+    rows, words = (np.asarray(values, np.int64) for values in at)
+    if ((rows[1:] < rows[:-1]) | ((rows[1:] == rows[:-1]) & (words[1:] < words[:-1]))).any() or (
+            len(rows) and not 0 <= rows[0] <= rows[-1] < len(word_bounds) - 1):
+        raise ValueError("the places must be sorted by utterance, then word, among the utterances")
+    return Cuts(*_cuts_at(word_bounds, unit_bounds, *times, tolerance_ms, rows, words))
 
 
 @compiled
@@ -250,6 +239,47 @@ def _word_cuts(word_bounds, unit_bounds, word_starts, word_ends, unit_starts, un
             if best >= 0:
                 found_cuts[0, found], found_cuts[1, found], found_cuts[2, found] = row, word - word_bounds[row], best - first_unit
                 found += 1
+    return found_cuts[0, :found], found_cuts[1, :found], found_cuts[2, :found]
+
+
+@compiled
+def _cuts_at(word_bounds, unit_bounds, word_starts, word_ends, unit_starts, unit_ends, tolerance_ms, at_rows, at_words):
+    """`_word_cuts` at the given gaps only. The boundaries either side of a gap's middle are found
+    from a binary search over the utterance's units (their starts ascend), walking to the nearest
+    boundary no further than the gap's window: the units elsewhere are never read."""
+    found_cuts = np.empty((3, len(at_rows)), np.int64)
+    found = 0
+    for place in range(len(at_rows)):
+        row, word_in_row = at_rows[place], at_words[place]
+        if word_in_row <= 0 or word_in_row >= word_bounds[row + 1] - word_bounds[row]:
+            continue  # at an edge: no gap
+        if found and found_cuts[0, found - 1] == row and found_cuts[1, found - 1] == word_in_row:
+            continue  # the place again
+        word, first_unit, end_unit = word_bounds[row] + word_in_row, unit_bounds[row], unit_bounds[row + 1]
+        middle2 = word_ends[word - 1] + word_starts[word]  # doubled times, as in _word_cuts
+        low2, high2 = 2 * (word_ends[word - 1] - tolerance_ms), 2 * (word_starts[word] + tolerance_ms)
+        low, high = first_unit + 1, end_unit  # the first unit starting at or after the middle
+        while low < high:
+            half = (low + high) // 2
+            if 2 * unit_starts[half] < middle2:
+                low = half + 1
+            else:
+                high = half
+        before = low - 1  # the last boundary before it, and the first at or after it, within the window
+        while before > first_unit and unit_ends[before - 1] != unit_starts[before] and 2 * unit_starts[before] >= low2:
+            before -= 1
+        after = low
+        while after < end_unit and unit_ends[after - 1] != unit_starts[after] and 2 * unit_starts[after] <= high2:
+            after += 1
+        best, best_distance = -1, 0
+        for candidate in (before, after):  # the earlier first
+            if first_unit < candidate < end_unit and unit_ends[candidate - 1] == unit_starts[candidate]:
+                time2 = 2 * unit_starts[candidate]
+                if low2 <= time2 <= high2 and (best < 0 or abs(time2 - middle2) < best_distance):
+                    best, best_distance = candidate, abs(time2 - middle2)
+        if best >= 0:
+            found_cuts[0, found], found_cuts[1, found], found_cuts[2, found] = row, word_in_row, best - first_unit
+            found += 1
     return found_cuts[0, :found], found_cuts[1, :found], found_cuts[2, :found]
 
 

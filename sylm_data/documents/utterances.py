@@ -23,7 +23,10 @@ from sylm_data.schemas.reject import Reason
 @dataclass
 class Utterances:
     """A batch's utterances read flat from Arrow: list columns as one flat array plus bounds
-    (utterance i's words are word_array[word_bounds[i]:word_bounds[i + 1]])."""
+    (utterance i's words are word_array[word_bounds[i]:word_bounds[i + 1]]). `cuts`: where they
+    may be cut at the batch's granularity. `offset_table`: per utterance, where each of its words
+    starts in its transcript, then the transcript's length (utterance i's are
+    offset_table[offset_bounds[i]:offset_bounds[i + 1]])."""
     ids: pa.Array
     text_array: pa.Array
     languages: pa.Array
@@ -32,6 +35,7 @@ class Utterances:
     unit_ids: pa.Array
     unit_bounds: np.ndarray
     cuts: spans.Cuts
+    offset_table: np.ndarray
 
     @property
     def word_sizes(self) -> np.ndarray:
@@ -40,17 +44,6 @@ class Utterances:
     @property
     def unit_sizes(self) -> np.ndarray:
         return np.diff(self.unit_bounds)
-
-    @functools.cached_property
-    def offset_table(self) -> np.ndarray:
-        """Per utterance, where each of its words starts in its transcript, then the transcript's
-        length (utterance i's are offset_table[offset_bounds[i]:offset_bounds[i + 1]])."""
-        return languages.word_offset_table(self.text_array, self.word_array, self.word_bounds)
-
-    @functools.cached_property
-    def word_offsets(self) -> np.ndarray:
-        """Where each word starts in its transcript, flat (utterance i's: word_bounds[i]:word_bounds[i + 1])."""
-        return np.delete(self.offset_table, self.offset_bounds[1:] - 1)
 
     @functools.cached_property
     def offset_bounds(self) -> np.ndarray:
@@ -87,14 +80,9 @@ def unusable(word_sizes, first_word_starts, last_word_ends, unit_sizes, first_un
     return problems
 
 
-def utterance_chunks(utterances: Utterances, rows: np.ndarray, granularity: str) -> spans.Pieces:
-    """The chunks of utterances `rows`: cut at every allowed cut (word), or only at sentence ends."""
-    cuts = utterances.cuts
-    if granularity == "sentence":
-        cuts = cuts.restricted_to(*languages.punctuated_ends_batch(utterances.text_array, utterances.word_array,
-                                                                   utterances.word_bounds, utterances.word_offsets,
-                                                                   spans.SENTENCE_MARKS, rows))
-    return spans.chunks(cuts, utterances.word_sizes, utterances.unit_sizes, rows)
+def utterance_chunks(utterances: Utterances, rows: np.ndarray) -> spans.Pieces:
+    """The chunks of utterances `rows`: cut at every cut their granularity allows."""
+    return spans.chunks(utterances.cuts, utterances.word_sizes, utterances.unit_sizes, rows)
 
 
 OUTPUT_SCHEMA = stream.in_flight(sample.ROW_SCHEMA)
@@ -110,9 +98,11 @@ class Batch(NamedTuple):
     envelope: dict[str, list | pa.ChunkedArray]
 
 
-def read_batch(batch: pa.Table, tolerance_ms: int, stage: str) -> Batch:
+def read_batch(batch: pa.Table, tolerance_ms: int, granularity: str, stage: str) -> Batch:
     """Column-wise: lists are read flat from Arrow (the audio column is never copied); the checks
-    and the cuts run over the whole batch. Unusable utterances are rejected by `stage`."""
+    and the cuts run over the whole batch: at every gap between words where a unit boundary falls
+    (word granularity), or only at the usable utterances' sentence ends (sentence granularity: the
+    other gaps are never looked at). Unusable utterances are rejected by `stage`."""
     pending = pc.is_null(batch[stream.REJECT_REASON]).to_numpy(zero_copy_only=False)
     unit_lengths = [_sizes(batch[name]) for name in (tokenized.UNITS, tokenized.UNIT_START_MS, tokenized.UNIT_END_MS)]
     mismatched = pending & ((unit_lengths[0] != unit_lengths[1]) | (unit_lengths[0] != unit_lengths[2]))
@@ -141,11 +131,15 @@ def read_batch(batch: pa.Table, tolerance_ms: int, stage: str) -> Batch:
     usable = pending.copy()
     usable[rejected] = False
     rows = np.flatnonzero(usable)
-    utterances = Utterances(
-        batch[utterance.ID].combine_chunks(), batch[utterance.TEXT].combine_chunks(), batch[utterance.LANGUAGE].combine_chunks(),
-        pc.struct_field(pc.list_flatten(words), aligned.WORD_TEXT), word_bounds,
-        pc.list_flatten(units).combine_chunks(), unit_bounds,
-        spans.word_cuts(word_sizes, word_starts, word_ends, unit_sizes, unit_starts, unit_ends, tolerance_ms))
+    texts, word_texts = batch[utterance.TEXT].combine_chunks(), pc.struct_field(pc.list_flatten(words), aligned.WORD_TEXT)
+    offset_table = languages.word_offset_table(texts, word_texts, word_bounds)
+    sentence_ends = None
+    if granularity == "sentence":
+        word_offsets = np.delete(offset_table, word_bounds[1:] + np.arange(len(word_bounds) - 1))  # each text's length left out
+        sentence_ends = languages.punctuated_ends_batch(texts, word_texts, word_bounds, word_offsets, spans.SENTENCE_MARKS, rows)
+    cuts = spans.word_cuts(word_sizes, word_starts, word_ends, unit_sizes, unit_starts, unit_ends, tolerance_ms, at=sentence_ends)
+    utterances = Utterances(batch[utterance.ID].combine_chunks(), texts, batch[utterance.LANGUAGE].combine_chunks(), word_texts,
+                            word_bounds, pc.list_flatten(units).combine_chunks(), unit_bounds, cuts, offset_table)
     return Batch(batch, utterances, rows, word_sizes, envelope)
 
 

@@ -76,7 +76,7 @@ def plan_interleaved(utterances: Utterances, rows: np.ndarray, config: Interleav
     keys = spans.stream_keys(config.seed, utterances.ids.take(rows))
     kinds = draw_kinds(config.kinds, spans.uniforms(keys, 0))
     mixed = kinds == "interleaved"
-    chunked = utterance_chunks(utterances, rows[mixed], config.granularity)
+    chunked = utterance_chunks(utterances, rows[mixed])
     speech = spans.choose_speech(chunked.words, np.searchsorted(rows[mixed], chunked.rows), keys[mixed], config.speech_ratio,
                                  config.span_mean, span_in_words=config.granularity == "word", first_draw=1)
     mixed_runs, mixed_speech = spans.runs(chunked, speech)

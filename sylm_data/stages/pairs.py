@@ -49,7 +49,7 @@ def plan_pairs(utterances: Utterances, rows: np.ndarray, config: PairsConfig) ->
     """Each utterance's chunks grouped into consecutive Poisson spans, each span a text segment
     followed by the speech segment that says it."""
     keys = spans.stream_keys(config.seed, utterances.ids.take(rows))
-    chunked = utterance_chunks(utterances, rows, config.granularity)
+    chunked = utterance_chunks(utterances, rows)
     span_of = spans.consecutive_spans(chunked.words, np.searchsorted(rows, chunked.rows), keys, config.span_mean,
                                       span_in_words=config.granularity == "word")
     grouped, _ = spans.runs(chunked, span_of)
