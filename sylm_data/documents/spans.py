@@ -194,17 +194,17 @@ def word_cuts(word_sizes, word_starts, word_ends, unit_sizes, unit_starts, unit_
     """Where each utterance may be cut: before word k and unit j when unit j starts (where unit
     j - 1 ends) inside the gap between words k - 1 and k, give or take `tolerance_ms`. When several
     unit boundaries qualify, the one nearest the gap's middle wins (the earlier on a tie). `at`:
-    only the gaps before these (utterance, word) places, sorted by utterance then word (a place
-    may repeat; one at an utterance's edge has no gap): the others are never looked at. Unit
-    starts ascend within an utterance."""
+    only the gaps before these (utterance, word) places, each once, sorted by utterance then word
+    (one at an utterance's edge has no gap): the others are never looked at. Unit starts ascend
+    within an utterance."""
     word_bounds, unit_bounds = (np.concatenate([[0], np.cumsum(np.asarray(sizes, np.int64))]) for sizes in (word_sizes, unit_sizes))
     times = [np.asarray(values, np.int64) for values in (word_starts, word_ends, unit_starts, unit_ends)]
     if at is None:
         return Cuts(*_word_cuts(word_bounds, unit_bounds, *times, tolerance_ms))
     rows, words = (np.asarray(values, np.int64) for values in at)
-    if ((rows[1:] < rows[:-1]) | ((rows[1:] == rows[:-1]) & (words[1:] < words[:-1]))).any() or (
+    if ((rows[1:] < rows[:-1]) | ((rows[1:] == rows[:-1]) & (words[1:] <= words[:-1]))).any() or (
             len(rows) and not 0 <= rows[0] <= rows[-1] < len(word_bounds) - 1):
-        raise ValueError("the places must be sorted by utterance, then word, among the utterances")
+        raise ValueError("the places must be sorted by utterance, then word, each once, among the utterances")
     return Cuts(*_cuts_at(word_bounds, unit_bounds, *times, tolerance_ms, rows, words))
 
 
@@ -233,13 +233,21 @@ def _word_cuts(word_bounds, unit_bounds, word_starts, word_ends, unit_starts, un
             best, best_distance = -1, 0
             for candidate in (low - 1, low):  # the boundaries either side of the middle, the earlier first
                 if 0 <= candidate < count:
-                    time2 = 2 * unit_starts[boundaries[candidate]]
-                    if low2 <= time2 <= high2 and (best < 0 or abs(time2 - middle2) < best_distance):
-                        best, best_distance = boundaries[candidate], abs(time2 - middle2)
+                    best, best_distance = _nearer(best, best_distance, boundaries[candidate], unit_starts, low2, high2, middle2)
             if best >= 0:
                 found_cuts[0, found], found_cuts[1, found], found_cuts[2, found] = row, word - word_bounds[row], best - first_unit
                 found += 1
     return found_cuts[0, :found], found_cuts[1, :found], found_cuts[2, :found]
+
+
+@compiled
+def _nearer(best, best_distance, candidate, unit_starts, low2, high2, middle2):
+    """Unit boundary `candidate` in place of `best` where it starts inside the gap's window
+    [low2, high2] and nearer its middle (doubled times; the one found first kept on a tie)."""
+    time2 = 2 * unit_starts[candidate]
+    if low2 <= time2 <= high2 and (best < 0 or abs(time2 - middle2) < best_distance):
+        return candidate, abs(time2 - middle2)
+    return best, best_distance
 
 
 @compiled
@@ -253,8 +261,6 @@ def _cuts_at(word_bounds, unit_bounds, word_starts, word_ends, unit_starts, unit
         row, word_in_row = at_rows[place], at_words[place]
         if word_in_row <= 0 or word_in_row >= word_bounds[row + 1] - word_bounds[row]:
             continue  # at an edge: no gap
-        if found and found_cuts[0, found - 1] == row and found_cuts[1, found - 1] == word_in_row:
-            continue  # the place again
         word, first_unit, end_unit = word_bounds[row] + word_in_row, unit_bounds[row], unit_bounds[row + 1]
         middle2 = word_ends[word - 1] + word_starts[word]  # doubled times, as in _word_cuts
         low2, high2 = 2 * (word_ends[word - 1] - tolerance_ms), 2 * (word_starts[word] + tolerance_ms)
@@ -274,9 +280,7 @@ def _cuts_at(word_bounds, unit_bounds, word_starts, word_ends, unit_starts, unit
         best, best_distance = -1, 0
         for candidate in (before, after):  # the earlier first
             if first_unit < candidate < end_unit and unit_ends[candidate - 1] == unit_starts[candidate]:
-                time2 = 2 * unit_starts[candidate]
-                if low2 <= time2 <= high2 and (best < 0 or abs(time2 - middle2) < best_distance):
-                    best, best_distance = candidate, abs(time2 - middle2)
+                best, best_distance = _nearer(best, best_distance, candidate, unit_starts, low2, high2, middle2)
         if best >= 0:
             found_cuts[0, found], found_cuts[1, found], found_cuts[2, found] = row, word_in_row, best - first_unit
             found += 1
