@@ -199,6 +199,10 @@ def _stripped(data, start, end):
     return start, end
 
 
+# "00" to "99": a number is written two digits at a time
+_DIGIT_PAIRS = _template("".join(f"{pair:02d}" for pair in range(100)))
+
+
 @compiled
 def _put_number(out, at, value):
     """An int64 in decimal: 20 bytes at most."""
@@ -208,9 +212,15 @@ def _put_number(out, at, value):
     digits, rest = 1, value
     while rest >= 10:
         digits, rest = digits + 1, rest // 10
-    for place in range(digits):
-        out[at + digits - 1 - place] = 48 + value % 10
-        value //= 10
+    end = at + digits
+    while value >= 100:
+        pair = 2 * (value % 100)
+        out[end - 1], out[end - 2] = _DIGIT_PAIRS[pair + 1], _DIGIT_PAIRS[pair]
+        end, value = end - 2, value // 100
+    if value >= 10:
+        out[end - 1], out[end - 2] = _DIGIT_PAIRS[2 * value + 1], _DIGIT_PAIRS[2 * value]
+    else:
+        out[end - 1] = 48 + value
     return at + digits
 
 
