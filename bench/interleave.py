@@ -39,7 +39,7 @@ from sylm_data.pipeline import runner
 from sylm_data.pipeline.config import RunConfig
 from sylm_data.pipeline.output import read_rows
 from sylm_data.pipeline.shards import ShardWriter, read_members
-from sylm_data.schemas import sample, stream
+from sylm_data.schemas import sample, stream, tokenized
 from sylm_data.stages import interleave
 
 TEXT = "The river ran past the old mill. Before it reached the sea, it slowed."
@@ -69,7 +69,10 @@ def synthetic_rows(count: int) -> pa.Table:
                      "segment_index": index % SEGMENTS_PER_RECORDING, "recording_start_ms": None, "speaker": None,
                      stream.PARTITION: "p", stream.PARTITION_TOTAL: 0, stream.REJECT_STAGE: None,
                      stream.REJECT_REASON: None, stream.REJECT_DETAIL: None})
-    return pa.Table.from_pylist(rows)
+    table = pa.Table.from_pylist(rows)
+    contract = stream.in_flight(tokenized.SCHEMA)  # the types tokenize writes (units are int32)
+    return table.cast(pa.schema([contract.field(name) if name in contract.names else table.schema.field(name)
+                                 for name in table.column_names]))
 
 
 def ray_blocks(path: Path):
