@@ -351,7 +351,9 @@ def range_positions(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
 
 def int_lists(values: pa.Array | np.ndarray, sizes: np.ndarray) -> pa.ListArray:
     """`values` grouped by `sizes`, each group one list of int32."""
-    return pa.ListArray.from_arrays(list_offsets(sizes), pc.cast(values, pa.int32()))
+    if not (isinstance(values, pa.Array) and values.type == pa.int32()):
+        values = pc.cast(values, pa.int32())  # checked: a value past int32 raises
+    return pa.ListArray.from_arrays(list_offsets(sizes), values)
 
 
 def segment_texts(utterances: Utterances, pieces: spans.Pieces) -> TextPieces:

@@ -167,9 +167,9 @@ def sample_rows(read: Batch, values: dict[str, list | pa.Array | np.ndarray]) ->
 
 def _typed(values, kind: pa.DataType) -> pa.Array:
     if isinstance(values, pa.ChunkedArray):
-        return values.combine_chunks().cast(kind)
+        values = values.combine_chunks()
     if isinstance(values, pa.Array):
-        return values.cast(kind)
+        return values if values.type == kind else values.cast(kind)
     return pa.array(values, kind)
 
 
