@@ -415,6 +415,19 @@ def test_the_document_writer_grows_its_buffer_where_its_guess_falls_short():
     assert_written_as_encoded(["short", controls, "end", ""], documents)
 
 
+@pytest.mark.parametrize("values", [np.array([3, 2**31]), np.array([-(2**31) - 1, 0]), pa.array([2**31], pa.int64())])
+def test_int_lists_refuse_values_past_int32(values):
+    """Member rows keep counts, offsets and units as int32: a value that does not fit raises (the
+    batch's rows are then built one by one, and the row that holds it rejected), never wraps."""
+    with pytest.raises((OverflowError, pa.ArrowInvalid)):
+        render.int_lists(values, np.array([len(values)]))
+
+
+def test_int_lists_group_values_by_size():
+    made = render.int_lists(np.array([1, -(2**31), 2**31 - 1], np.int64), np.array([2, 0, 1]))
+    assert made.type == pa.list_(pa.int32()) and made.to_pylist() == [[1, -(2**31)], [], [2**31 - 1]]
+
+
 def assert_written_as_encoded(transcripts, documents):
     segments = [(modality, content, joiner) for held, *_, joiner in documents for modality, content in held]
     spoken = [content for modality, content, _ in segments if modality == "speech"]

@@ -339,6 +339,9 @@ def _write_documents(out, bounds, state, speech, per_document, unit_ids, range_s
 quoted = json.encoder.encode_basestring  # a JSON string literal, non-ASCII kept (as COMPACT_JSON writes it)
 
 
+_INT32 = np.iinfo(np.int32)
+
+
 def list_offsets(sizes: np.ndarray) -> pa.Array:
     """The offsets of an Arrow list array whose lists hold `sizes` items each."""
     return pa.array(np.concatenate([[0], np.cumsum(sizes)]), pa.int32())
@@ -351,8 +354,12 @@ def range_positions(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
 
 def int_lists(values: pa.Array | np.ndarray, sizes: np.ndarray) -> pa.ListArray:
     """`values` grouped by `sizes`, each group one list of int32."""
-    if not (isinstance(values, pa.Array) and values.type == pa.int32()):
-        values = pc.cast(values, pa.int32())  # checked: a value past int32 raises
+    if isinstance(values, np.ndarray) and len(values):
+        if values.min() < _INT32.min or values.max() > _INT32.max:
+            raise OverflowError(f"values {values.min()}..{values.max()} do not fit int32 lists")
+        values = pa.array(values.astype(np.int32, copy=False))  # an unchecked cast takes a fifth of Arrow's checked one
+    elif not (isinstance(values, pa.Array) and values.type == pa.int32()):
+        values = pc.cast(values, pa.int32())
     return pa.ListArray.from_arrays(list_offsets(sizes), values)
 
 
