@@ -21,6 +21,7 @@ from sylm_data.documents import recordings
 from sylm_data.pipeline import config as config_module
 from sylm_data.pipeline import runner
 from sylm_data.pipeline.shards import manifest_path
+from sylm_data.pipeline import output
 from sylm_data.pipeline.output import read_rows
 from sylm_data.sample import MANIFEST
 from sylm_data.schemas import sample, stream
@@ -394,3 +395,23 @@ def test_member_rows_carry_their_chunks_and_place():
     assert members.units.to_pylist()[:len(UNITS)] == [u for u, _, _ in UNITS]
     assert members.offsets[:len(WORDS) + 1].tolist() == [0, 4, 10, 14, 19, 23, 28]
     assert np.array_equal(table[sample.ROW_SEGMENT_INDEX].to_pylist()[:4], [0, 0, 0, 0])
+
+
+_INTS = st.lists(st.one_of(st.none(), st.integers(-(2**31), 2**31 - 1)), max_size=4)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.lists(st.integers(-(2**31), 2**31 - 1), max_size=5), st.one_of(st.none(), _INTS),
+                          st.one_of(st.none(), st.text(max_size=4))), min_size=1, max_size=12),
+       st.integers(1, 4), st.randoms(use_true_random=False))
+def test_the_shuffle_gathers_rows_as_arrow_takes_them(rows, pieces, random):
+    """`taken` (the shuffle's gather: lists of numbers range by range, the rest by Arrow) gives
+    Arrow's take, over several chunks, for lists with and without nulls and for strings."""
+    table = pa.table({"units": pa.array([units for units, _, _ in rows], pa.list_(pa.int32())),
+                      "nullable": pa.array([values for _, values, _ in rows], pa.list_(pa.int64())),
+                      "text": pa.array([text for _, _, text in rows], pa.string())})
+    cuts = sorted({0, table.num_rows, *(random.randrange(table.num_rows + 1) for _ in range(pieces))})
+    chunked = pa.concat_tables([table.slice(start, end - start) for start, end in zip(cuts[:-1], cuts[1:])])
+    order = np.array([random.randrange(table.num_rows) for _ in range(random.randrange(2 * table.num_rows))], np.int64)
+    made = output.taken(chunked, order)
+    assert made.schema == table.schema and made.equals(table.take(pa.array(order, pa.int64())))
