@@ -49,8 +49,12 @@ def batch_cuts(utterances, tolerance) -> spans.Cuts:
 def test_chunks_keep_every_word_and_unit_once_and_cut_on_both_grids(utterances, tolerance, data):
     rows = np.array(sorted(data.draw(st.sets(st.integers(0, len(utterances) - 1), min_size=1))))
     word_sizes, unit_sizes = (np.array([len(u[part]) for u in utterances]) for part in (0, 2))
-    pieces = spans.chunks(batch_cuts(utterances, tolerance), word_sizes, unit_sizes, rows)
+    cuts = batch_cuts(utterances, tolerance)
+    pieces = spans.chunks(cuts, word_sizes, unit_sizes, rows)
     assert sorted(set(pieces.rows.tolist())) == rows.tolist() and (np.diff(pieces.rows) >= 0).all()
+    words, units, per_row = spans.chunk_sizes(cuts, word_sizes, unit_sizes, rows)  # what member rows keep of them
+    assert words.tolist() == pieces.words.tolist() and units.tolist() == (pieces.end_unit - pieces.first_unit).tolist()
+    assert per_row.tolist() == [int((pieces.rows == row).sum()) for row in rows.tolist()]
     for row in rows.tolist():
         word_starts, word_ends, unit_starts, unit_ends = utterances[row]
         mine = pieces.take(np.flatnonzero(pieces.rows == row))

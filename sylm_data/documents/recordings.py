@@ -31,7 +31,7 @@ import pyarrow.compute as pc
 from sylm_data.compiled import compiled
 from sylm_data.documents import publish, spans
 from sylm_data.documents.render import SpeechUnits, TextPieces, documents_json, int_lists, range_positions
-from sylm_data.documents.utterances import read_batch, sample_rows, utterance_chunks
+from sylm_data.documents.utterances import read_batch, sample_rows
 from sylm_data.languages import word_joiner
 from sylm_data.pipeline.output import OutputLayout, read_bucket, read_rows, sorted_rows, write_buckets, write_parquet
 from sylm_data.pipeline.shards import read_manifest, samples_per_shard
@@ -46,8 +46,7 @@ def member_rows(batch: pa.Table, config, stage: str) -> pa.Table:
     offsets, units and transcript, and its place in its recording."""
     read = read_batch(batch, config.tolerance_ms, config.granularity, stage)
     utterances, rows = read.utterances, read.rows
-    chunked = utterance_chunks(utterances, rows)
-    per_row = np.diff(np.append(np.searchsorted(chunked.rows, rows), len(chunked.rows)))  # both ascending
+    chunk_words, chunk_units, per_row = spans.chunk_sizes(utterances.cuts, utterances.word_sizes, utterances.unit_sizes, rows)
     word_sizes, unit_sizes = utterances.word_sizes[rows], utterances.unit_sizes[rows]
     offsets, units = utterances.offset_table, utterances.unit_ids
     table = read.table.select([utterance.TEXT, utterance.RECORDING, utterance.RECORDING_START_MS, utterance.DURATION_MS,
@@ -62,8 +61,7 @@ def member_rows(batch: pa.Table, config, stage: str) -> pa.Table:
         sample.ROW_RECORDING: table[utterance.RECORDING], sample.ROW_RECORDING_START_MS: table[utterance.RECORDING_START_MS],
         sample.ROW_DURATION_MS: table[utterance.DURATION_MS], sample.ROW_SEGMENT_INDEX: table[utterance.SEGMENT_INDEX],
         sample.ROW_SPEAKER: table[utterance.SPEAKER],
-        sample.ROW_CHUNK_WORDS: int_lists(chunked.words, per_row),
-        sample.ROW_CHUNK_UNITS: int_lists(chunked.end_unit - chunked.first_unit, per_row),
+        sample.ROW_CHUNK_WORDS: int_lists(chunk_words, per_row), sample.ROW_CHUNK_UNITS: int_lists(chunk_units, per_row),
         sample.ROW_WORD_OFFSETS: int_lists(offsets, word_sizes + 1), sample.ROW_UNIT_IDS: int_lists(units, unit_sizes)})
 
 

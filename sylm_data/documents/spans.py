@@ -300,26 +300,46 @@ def chunks(cuts: Cuts, word_sizes: np.ndarray, unit_sizes: np.ndarray, rows: np.
     return Pieces(*_chunks(*(np.asarray(column, np.int64) for column in (*cuts, word_sizes, unit_sizes, rows))))
 
 
+def chunk_sizes(cuts: Cuts, word_sizes: np.ndarray, unit_sizes: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, ...]:
+    """`chunks`' sizes alone: each chunk's words and units (int32), and each row's chunk count."""
+    return _chunk_sizes(*(np.asarray(column, np.int64) for column in (*cuts, word_sizes, unit_sizes, rows)))
+
+
 @compiled
-def _chunks(cut_rows, cut_words, cut_units, word_sizes, unit_sizes, rows):
+def _chunk_sizes(cut_rows, cut_words, cut_units, word_sizes, unit_sizes, rows):
     most = len(rows) + len(cut_rows)
-    pieces = np.empty((5, most), np.int64)  # row, first word, end word, first unit, end unit
+    words, units, per_row = np.empty(most, np.int32), np.empty(most, np.int32), np.empty(len(rows), np.int64)
     count = cut = 0
-    for row in rows:
+    for index in range(len(rows)):
+        row = rows[index]
         while cut < len(cut_rows) and cut_rows[cut] < row:
             cut += 1
+        first = count
         first_word = first_unit = 0
-        while True:
-            last = cut == len(cut_rows) or cut_rows[cut] != row
-            end_word, end_unit = (word_sizes[row], unit_sizes[row]) if last else (cut_words[cut], cut_units[cut])
-            pieces[0, count], pieces[1, count], pieces[2, count] = row, first_word, end_word
-            pieces[3, count], pieces[4, count] = first_unit, end_unit
+        while cut < len(cut_rows) and cut_rows[cut] == row:
+            words[count], units[count] = cut_words[cut] - first_word, cut_units[cut] - first_unit
+            first_word, first_unit = cut_words[cut], cut_units[cut]
             count += 1
-            if last:
-                break
-            first_word, first_unit = end_word, end_unit
             cut += 1
-    return pieces[0, :count], pieces[1, :count], pieces[2, :count], pieces[3, :count], pieces[4, :count]
+        words[count], units[count] = word_sizes[row] - first_word, unit_sizes[row] - first_unit
+        count += 1
+        per_row[index] = count - first
+    return words[:count], units[:count], per_row
+
+
+@compiled
+def _chunks(cut_rows, cut_words, cut_units, word_sizes, unit_sizes, rows):
+    words, units, per_row = _chunk_sizes(cut_rows, cut_words, cut_units, word_sizes, unit_sizes, rows)
+    pieces = np.empty((5, len(words)), np.int64)  # row, first word, end word, first unit, end unit
+    count = 0
+    for index in range(len(rows)):
+        first_word = first_unit = 0
+        for _ in range(per_row[index]):
+            pieces[0, count], pieces[1, count], pieces[2, count] = rows[index], first_word, first_word + words[count]
+            pieces[3, count], pieces[4, count] = first_unit, first_unit + units[count]
+            first_word, first_unit = first_word + words[count], first_unit + units[count]
+            count += 1
+    return pieces[0], pieces[1], pieces[2], pieces[3], pieces[4]
 
 
 def sentence_ends(text: str, words: list[str], offsets: list[int] | None = None) -> set[int]:
