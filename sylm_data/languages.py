@@ -152,10 +152,11 @@ def string_buffers(strings: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.
     strings = strings.combine_chunks() if isinstance(strings, pa.ChunkedArray) else strings
     if strings.null_count:
         strings = pc.fill_null(strings, "")
-    if strings.type != pa.large_string():
+    if strings.type not in (pa.string(), pa.large_string()):
         strings = strings.cast(pa.large_string())
     _, bounds, data = strings.buffers()
-    bounds = np.frombuffer(bounds, np.int64)[strings.offset : strings.offset + len(strings) + 1]
+    bound_type = np.int32 if strings.type == pa.string() else np.int64
+    bounds = np.frombuffer(bounds, bound_type)[strings.offset : strings.offset + len(strings) + 1].astype(np.int64)
     data = np.frombuffer(data, np.uint8) if data is not None else np.zeros(0, np.uint8)
     return bounds - bounds[0], np.append(data[bounds[0] : bounds[-1]], np.uint8(0))
 

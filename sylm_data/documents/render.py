@@ -344,7 +344,11 @@ _INT32 = np.iinfo(np.int32)
 
 def list_offsets(sizes: np.ndarray) -> pa.Array:
     """The offsets of an Arrow list array whose lists hold `sizes` items each."""
-    return pa.array(np.concatenate([[0], np.cumsum(sizes)]), pa.int32())
+    offsets = np.zeros(len(sizes) + 1, np.int64)
+    np.cumsum(sizes, out=offsets[1:])
+    if offsets[-1] > _INT32.max:
+        raise OverflowError(f"{offsets[-1]} items do not fit a list array's int32 offsets")
+    return pa.array(offsets.astype(np.int32))
 
 
 def range_positions(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
