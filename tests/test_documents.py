@@ -415,3 +415,10 @@ def test_the_shuffle_gathers_rows_as_arrow_takes_them(rows, pieces, random):
     order = np.array([random.randrange(table.num_rows) for _ in range(random.randrange(2 * table.num_rows))], np.int64)
     made = output.taken(chunked, order)
     assert made.schema == table.schema and made.equals(table.take(pa.array(order, pa.int64())))
+
+
+@pytest.mark.parametrize("order", [[2], [-1], [0, 5]])
+def test_the_shuffle_gather_refuses_rows_the_table_does_not_have(order):
+    """A list column alone would be gathered from outside its buffers: the indices are checked first."""
+    with pytest.raises(IndexError):
+        output.taken(pa.table({"units": pa.array([[1], [2, 3]], pa.list_(pa.int32()))}), np.array(order))

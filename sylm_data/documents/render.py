@@ -358,7 +358,7 @@ def range_positions(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
 
 def int_lists(values: pa.Array | np.ndarray, sizes: np.ndarray) -> pa.ListArray:
     """`values` grouped by `sizes`, each group one list of int32."""
-    if isinstance(values, np.ndarray) and len(values):
+    if isinstance(values, np.ndarray) and values.dtype.kind in "iu" and len(values):
         if values.min() < _INT32.min or values.max() > _INT32.max:
             raise OverflowError(f"values {values.min()}..{values.max()} do not fit int32 lists")
         values = pa.array(values.astype(np.int32, copy=False))  # an unchecked cast takes a fifth of Arrow's checked one

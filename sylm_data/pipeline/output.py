@@ -213,18 +213,25 @@ def write_buckets(table: pa.Table, buckets: np.ndarray, count: int, path: Path) 
     os.replace(temporary, path)
 
 
+_GATHERED = {pa.int8(), pa.int16(), pa.int32(), pa.int64(), pa.uint8(), pa.uint16(), pa.uint32(), pa.uint64(), pa.float32(),
+             pa.float64()}  # value types the compiled gather takes (numba has no float16)
+
+
 def taken(table: pa.Table, order: np.ndarray) -> pa.Table:
     """`table`'s rows `order`, one chunk per column. Lists of numbers without nulls are gathered
     range by range (`_gathered_lists`): Arrow's take copies their values one by one, about three
     times slower; other columns go through Arrow's take."""
-    indices = pa.array(order, pa.int64())
+    order = np.asarray(order, np.int64)
+    if len(order) and not 0 <= order.min() <= order.max() < table.num_rows:
+        raise IndexError(f"row indices {order.min()}..{order.max()} are not all among {table.num_rows} rows")
+    indices = pa.array(order)
     columns = []
     for column in table.columns:
         values = column.combine_chunks()
-        if (pa.types.is_list(values.type) and (pa.types.is_integer(values.type.value_type) or pa.types.is_floating(values.type.value_type))
+        if (pa.types.is_list(values.type) and values.type.value_type in _GATHERED
                 and not values.null_count and not values.values.null_count):
             offsets, items = values.offsets.to_numpy(), values.values.to_numpy()
-            gathered_offsets, gathered_items = _gathered_lists(offsets, items, np.asarray(order, np.int64))
+            gathered_offsets, gathered_items = _gathered_lists(offsets, items, order)
             columns.append(pa.ListArray.from_arrays(gathered_offsets, gathered_items, type=values.type))
         else:
             columns.append(values.take(indices))
