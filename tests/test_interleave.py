@@ -562,3 +562,12 @@ def test_speech_is_chosen_only_for_chunks_in_utterance_order():
         with pytest.raises(ValueError, match="ascending"):
             interleave.choose_document_speech(keys, words, np.array(owners), config)
     assert len(interleave.choose_document_speech(keys, words, np.array([0, 1, 1]), config)[1]) == 3
+
+
+def test_sample_columns_take_the_contracts_list_field_name():
+    """Arrow's type equality ignores a list's field name, so a list column named otherwise is
+    still cast: a table built with the contract's schema would otherwise hold a mismatched column."""
+    from sylm_data.documents.utterances import _typed
+
+    made = _typed(pa.array([[1, 2]], pa.list_(pa.field("element", pa.int32()))), pa.list_(pa.int32()))
+    assert made.type.value_field.name == "item" and made.to_pylist() == [[1, 2]]

@@ -169,7 +169,8 @@ def _typed(values, kind: pa.DataType) -> pa.Array:
     if isinstance(values, pa.ChunkedArray):
         values = values.combine_chunks()
     if isinstance(values, pa.Array):
-        return values if values.type == kind else values.cast(kind)
+        # Arrow's type equality ignores a list's field name: nested columns are always cast to the contract's
+        return values if values.type == kind and not pa.types.is_nested(kind) else values.cast(kind)
     return pa.array(values, kind)
 
 
